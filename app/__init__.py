@@ -1,0 +1,52 @@
+"""Batchery's API: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from app.config import MAX_BODY_BYTES, Settings
+from app.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the API: deploys `BATCHERY_APIS` at start. `config` may hold `SETTINGS` and `CELERY`."""
+    config = config or {}
+    flask_app = Flask(__name__)
+    flask_app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused before the body is read whole
+    flask_app.json.sort_keys = False
+    settings = config.get("SETTINGS") or Settings.from_env()
+    services = Services.build(settings, config.get("CELERY"))
+    flask_app.extensions["batchery"] = services
+    if settings.apis_file:
+        services.registry.deploy_file(settings.apis_file)
+
+    from app.api import bp
+
+    flask_app.register_blueprint(bp)
+    flask_app.add_url_rule("/healthz", "healthz", lambda: _health(services))
+    flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
+    flask_app.register_error_handler(HTTPException, _http_error)
+    return flask_app
+
+
+def _health(services: Services) -> Response:
+    """Liveness: 200 when the job store answers. Errors: 503 when Redis does not."""
+    try:
+        services.redis.ping()
+    except Exception as err:  # noqa: BLE001 - any failure to reach Redis means unhealthy
+        return jsonify({"status": "unhealthy", "redis": str(err)}), 503
+    return jsonify({"status": "ok"})
+
+
+def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
+    message = "the request body is over 10 MiB: submit large inputs through S3 (file_path_lister or delimited_files)"
+    return jsonify({"kind": "payload_too_large", "message": message}), 413
+
+
+def _http_error(err: HTTPException) -> tuple[Response, int]:
+    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": err.description}), err.code

@@ -1,0 +1,84 @@
+"""The HTTP interface of a Batch API (`/batch/<api_name>`), as Cortex 0.28 served it."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from app import job
+from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning
+from app.registry import public_spec
+from app.services import Services
+from app.status import STOPPED
+
+bp = Blueprint("batch", __name__)
+
+
+def services() -> Services:
+    return current_app.extensions["batchery"]
+
+
+def endpoint(api_name: str) -> str:
+    return url_for("batch.get_api", api_name=api_name, _external=True)
+
+
+@bp.post("/batch/<api_name>")
+def submit(api_name: str) -> Response:
+    """Submit a job; `?dryRun=true` only validates. Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB."""
+    dry_run = request.args.get("dryRun", "false").lower() == "true"
+    result = services().submitter.submit(api_name, request.get_data(cache=False), dry_run=dry_run)
+    if isinstance(result, str):
+        return Response(result, mimetype="text/plain")
+    return jsonify(result)
+
+
+@bp.get("/batch/<api_name>")
+def get_api(api_name: str) -> Response:
+    """A job's status with `?jobID=`, else the API and its jobs. Errors: 404 unknown API or job."""
+    api = services().registry.get(api_name)
+    job_id = request.args.get("jobID")
+    if job_id is not None:
+        return jsonify(_job_status(api, job_id))
+    store = services().store
+    statuses = []
+    for listed in store.job_ids(api_name, services().settings.recent_jobs):
+        state = store.state(listed, api_name, job.now())
+        if state is not None:
+            statuses.append(job.job_status(state))
+    return jsonify({"api_spec": public_spec(api), "job_statuses": statuses, "endpoint": endpoint(api_name)})
+
+
+@bp.delete("/batch/<api_name>")
+def stop(api_name: str) -> Response:
+    """Stop a job. Errors: 400 no jobID or job already ended, 404 unknown API or job."""
+    services().registry.get(api_name)
+    job_id = _job_id()
+    store = services().store
+    state = _state(api_name, job_id)
+    if not store.end(state["spec"], STOPPED, "", job.now()):
+        final = _state(api_name, job_id)["status"]
+        raise JobNotRunning(f"job {job_id} is not running: it already ended with {final}")
+    return jsonify({"message": f"stopped job {job_id}"})
+
+
+def _job_id() -> str:
+    job_id = request.args.get("jobID")
+    if not job_id:
+        raise InvalidRequest("the jobID query parameter is required, e.g. ?jobID=<job_id>")
+    return job_id
+
+
+def _state(api_name: str, job_id: str) -> dict:
+    state = services().store.state(job_id, api_name, job.now())
+    if state is None or state["spec"]["api_name"] != api_name:
+        raise JobNotFound(f"job {job_id} does not exist for api {api_name}")
+    return state
+
+
+def _job_status(api: dict, job_id: str) -> dict:
+    state = _state(api["name"], job_id)
+    return {"job_status": job.job_status(state), "endpoint": endpoint(api["name"]), "api_spec": public_spec(api)}
+
+
+@bp.app_errorhandler(BatcheryError)
+def batchery_error(err: BatcheryError) -> tuple[Response, int]:
+    return jsonify({"kind": err.kind, "message": err.message}), err.status

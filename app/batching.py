@@ -1,0 +1,29 @@
+"""Slicing an item list into batches, each a JSON list under the batch size limit."""
+
+from __future__ import annotations
+
+import json
+
+from app.config import MAX_BATCH_BYTES
+from app.errors import InvalidRequest
+
+
+def entry(batch_id: int, payload_json: str) -> str:
+    """A backlog entry: the batch id, a space, then the batch body (the store splits on the space)."""
+    return f"{batch_id} {payload_json}"
+
+
+def item_batches(items: list, batch_size: int) -> list[str]:
+    """Backlog entries of consecutive slices of `batch_size` items; raises InvalidRequest if one is too big."""
+    entries = []
+    for number, start in enumerate(range(0, len(items), batch_size)):
+        payload = json.dumps(items[start : start + batch_size], ensure_ascii=False, separators=(",", ":"))
+        size = len(payload.encode())
+        if size >= MAX_BATCH_BYTES:
+            last = min(start + batch_size, len(items)) - 1
+            raise InvalidRequest(
+                f"item_list: batch {number} (items {start} to {last}) is {size / 1024:.1f} KiB, and every "
+                f"batch must be smaller than 256 KiB: lower item_list.batch_size, or put the items in S3"
+            )
+        entries.append(entry(number, payload))
+    return entries

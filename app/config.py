@@ -1,0 +1,43 @@
+"""Settings, read from the environment (the names are the contract in the README)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MAX_BODY_BYTES = 10 * 1024 * 1024  # Cortex: the request must be under 10 MiB
+MAX_BATCH_BYTES = 256 * 1024  # Cortex: every batch must be under 256 KiB (an SQS message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Batchery finds its services and what it deploys at start."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""
+    apis_file: str = str(ROOT / "examples" / "cortex.yaml")
+    queue: str = "batchery"
+    visibility_timeout: int = 3600
+    recent_jobs: int = 50
+
+    @property
+    def broker(self) -> str:
+        """The broker URL: BROKER_URL, else the job store's Redis."""
+        return self.broker_url or self.redis_url
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> Settings:
+        """Read the settings from environment variables (unset ones keep their defaults)."""
+        env = os.environ if env is None else env
+        default = cls()
+        return cls(
+            redis_url=env.get("REDIS_URL") or default.redis_url,
+            broker_url=env.get("BROKER_URL", ""),
+            apis_file=env.get("BATCHERY_APIS", default.apis_file),
+            queue=env.get("BATCHERY_QUEUE", default.queue),
+            visibility_timeout=int(env.get("BATCHERY_VISIBILITY_TIMEOUT", default.visibility_timeout)),
+            recent_jobs=int(env.get("BATCHERY_RECENT_JOBS", default.recent_jobs)),
+        )

@@ -1,0 +1,63 @@
+"""Every Redis key Batchery uses, in one place (the python-rq / arq habit)."""
+
+PREFIX = "batchery"
+
+
+def api(name: str) -> str:
+    """Hash: a deployed API's spec (JSON) and id."""
+    return f"{PREFIX}:api:{name}"
+
+
+def apis() -> str:
+    """Set: names of the deployed APIs."""
+    return f"{PREFIX}:apis"
+
+
+def api_jobs(name: str) -> str:
+    """Sorted set: an API's job ids, scored by creation time."""
+    return f"{PREFIX}:api:{name}:jobs"
+
+
+def api_active(name: str) -> str:
+    """Sorted set: an API's jobs not yet in a final status, scored by creation time."""
+    return f"{PREFIX}:api:{name}:active"
+
+
+def job(job_id: str) -> str:
+    """Hash: a job's spec, status, counters and times."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def backlog(job_id: str) -> str:
+    """List: batches not yet released to the broker (JSON entries)."""
+    return f"{PREFIX}:job:{job_id}:backlog"
+
+
+def inflight(job_id: str) -> str:
+    """Hash: batch id -> entry, for batches released and not finished (at most `workers`)."""
+    return f"{PREFIX}:job:{job_id}:inflight"
+
+
+def deliveries(job_id: str) -> str:
+    """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded."""
+    return f"{PREFIX}:job:{job_id}:deliveries"
+
+
+def procs(job_id: str) -> str:
+    """Hash: worker process id -> `initializing` or `running`, while it works on the job."""
+    return f"{PREFIX}:job:{job_id}:procs"
+
+
+def finalizer(job_id: str) -> str:
+    """String: set once (SET NX) by whoever claims the job's finalizer."""
+    return f"{PREFIX}:job:{job_id}:finalizer"
+
+
+def dead_letters(queue_name: str) -> str:
+    """List: the dead-letter queue named by a job's `sqs_dead_letter_queue.arn` (Redis broker)."""
+    return f"{PREFIX}:dlq:{queue_name}"
+
+
+def job_keys(job_id: str) -> list[str]:
+    """The keys a job owns, for expiry once it ends."""
+    return [job(job_id), backlog(job_id), inflight(job_id), deliveries(job_id), procs(job_id), finalizer(job_id)]

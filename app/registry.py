@@ -1,0 +1,130 @@
+"""Deploying Batch APIs from a Cortex-style cortex.yaml, and looking them up."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import redis
+import yaml
+
+from app import keys
+from app.errors import ApiNotFound, DeployError
+
+log = logging.getLogger(__name__)
+
+KNOWN_API_KEYS = {"name", "kind", "predictor"}
+KNOWN_PREDICTOR_KEYS = {"type", "path", "config"}
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def read_cortex_yaml(path: str | Path) -> list[dict]:
+    """Parse and check a cortex.yaml; raises DeployError saying which API and field is wrong."""
+    path = Path(path).resolve()
+    try:
+        documents = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise DeployError(f"cannot read {path.name}: {err}") from None
+    if isinstance(documents, dict):
+        documents = [documents]
+    if not isinstance(documents, list) or not documents:
+        raise DeployError(f"{path.name} must hold a list of APIs")
+    specs = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
+    return [spec for spec in specs if spec is not None]
+
+
+def _api_spec(entry: object, base: Path, index: int) -> dict | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise DeployError(f"API #{index + 1}: each API needs a `name`")
+    name = entry["name"]
+    if not NAME.match(name):
+        raise DeployError(f"API {name!r}: names use lowercase letters, digits and '-' (at most 63)")
+    if entry.get("kind") != "BatchAPI":
+        log.warning("skipping API %s: kind %r is not BatchAPI", name, entry.get("kind"))
+        return None
+    _warn_unknown(name, entry, KNOWN_API_KEYS, "")
+    predictor = entry.get("predictor")
+    if not isinstance(predictor, dict):
+        raise DeployError(f"API {name}: `predictor` is required (type, path, config)")
+    _warn_unknown(name, predictor, KNOWN_PREDICTOR_KEYS, "predictor.")
+    if predictor.get("type", "python") != "python":
+        raise DeployError(f"API {name}: predictor.type must be python (got {predictor.get('type')!r})")
+    config = predictor.get("config") or {}
+    if not isinstance(config, dict):
+        raise DeployError(f"API {name}: predictor.config must be a mapping")
+    source = _predictor_file(name, base, predictor.get("path"))
+    spec = {
+        "name": name,
+        "kind": "BatchAPI",
+        "predictor": {"type": "python", "path": predictor["path"], "config": config},
+    }
+    spec["api_id"] = _api_id(spec, source.read_bytes())
+    spec["predictor_file"] = str(source)
+    return spec
+
+
+def _warn_unknown(name: str, mapping: dict, known: set, prefix: str) -> None:
+    for key in sorted(set(mapping) - known):
+        log.warning("API %s: %s%s is not used by Batchery and is ignored", name, prefix, key)
+
+
+def _predictor_file(name: str, base: Path, path: object) -> Path:
+    if not isinstance(path, str) or not path:
+        raise DeployError(f"API {name}: predictor.path is required (a .py file beside the yaml)")
+    source = (base / path).resolve()
+    if not source.is_file():
+        raise DeployError(f"API {name}: predictor.path {path} does not exist")
+    # Read the class names without importing: user code (and its heavy imports) runs on workers only.
+    try:
+        tree = ast.parse(source.read_text(), filename=str(source))
+    except SyntaxError as err:
+        raise DeployError(f"API {name}: {path} line {err.lineno}: {err.msg}") from None
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    if "PythonPredictor" not in classes:
+        raise DeployError(f"API {name}: {path} must define class PythonPredictor")
+    return source
+
+
+def _api_id(spec: dict, source: bytes) -> str:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + source)
+    return digest.hexdigest()[:20]
+
+
+class Registry:
+    """The deployed APIs, kept in Redis so that every API and worker process sees the same."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def deploy_file(self, path: str | Path) -> list[dict]:
+        """Deploy every BatchAPI of a cortex.yaml; raises DeployError if any is invalid."""
+        specs = read_cortex_yaml(path)
+        pipe = self.redis.pipeline()
+        for spec in specs:
+            pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
+            pipe.sadd(keys.apis(), spec["name"])
+        pipe.execute()
+        for spec in specs:
+            log.info("deployed API %s (api_id %s)", spec["name"], spec["api_id"])
+        return specs
+
+    def get(self, name: str) -> dict:
+        """The spec of a deployed API; raises ApiNotFound."""
+        raw = self.redis.hget(keys.api(name), "spec")
+        if raw is None:
+            deployed = ", ".join(sorted(self.names())) or "none"
+            raise ApiNotFound(f"api {name} is not deployed (deployed: {deployed})")
+        return json.loads(raw)
+
+    def names(self) -> list[str]:
+        """Names of the deployed APIs."""
+        return sorted(n.decode() for n in self.redis.smembers(keys.apis()))
+
+
+def public_spec(spec: dict) -> dict:
+    """An API spec as shown to users (without this machine's file paths)."""
+    return {k: v for k, v in spec.items() if k != "predictor_file"}

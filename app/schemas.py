@@ -1,0 +1,106 @@
+"""Marshmallow schemas of the job submission, and how their errors read."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.errors import InvalidRequest
+
+SOURCES = ("item_list", "file_path_lister", "delimited_files")
+
+
+class JsonList(fields.Raw):
+    """A JSON array taken as it is: items are any JSON values and are not copied one by one."""
+
+    default_error_messages: ClassVar[dict] = {"invalid": "Must be a list.", "empty": "Must hold at least one item."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        if not value:
+            raise self.make_error("empty")
+        return value
+
+
+def positive(**kwargs: Any) -> fields.Integer:
+    """An integer field (JSON integers only: not strings, floats or booleans) of at least 1."""
+    return fields.Integer(strict=True, validate=validate.Range(min=1), **kwargs)
+
+
+class DeadLetterQueueSchema(Schema):
+    """`sqs_dead_letter_queue`: where batches that failed for good go."""
+
+    arn = fields.String(required=True, validate=validate.Length(min=1, error="Must not be empty."))
+    max_receive_count = positive(required=True)
+
+
+class ItemListSchema(Schema):
+    """`item_list`: the items themselves, sliced into batches of `batch_size`."""
+
+    items = JsonList(required=True)
+    batch_size = positive(required=True)
+
+
+class S3SourceSchema(Schema):
+    """`file_path_lister` / `delimited_files`: S3 prefixes filtered by globs."""
+
+    s3_paths = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
+    includes = fields.List(fields.String(), load_default=list)
+    excludes = fields.List(fields.String(), load_default=list)
+    batch_size = positive(required=True)
+
+
+class JobSubmissionSchema(Schema):
+    """The body of `POST /batch/<api>`."""
+
+    workers = positive(required=True)
+    timeout = positive(allow_none=True, load_default=None)
+    sqs_dead_letter_queue = fields.Nested(DeadLetterQueueSchema, allow_none=True, load_default=None)
+    item_list = fields.Nested(ItemListSchema)
+    file_path_lister = fields.Nested(S3SourceSchema)
+    delimited_files = fields.Nested(S3SourceSchema)
+    config = fields.Dict(keys=fields.String(), allow_none=True, load_default=dict)
+
+    @validates_schema
+    def exactly_one_source(self, data: dict, **kwargs: Any) -> None:
+        """Cortex takes exactly one of the three input kinds."""
+        given = [name for name in SOURCES if name in data]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValidationError(f"exactly one of {', '.join(SOURCES)} is required (found: {found})")
+
+
+def load_submission(body: Any) -> dict:
+    """Validate a decoded JSON body; raises InvalidRequest naming each bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object describing the job")
+    try:
+        data = JobSubmissionSchema().load(body)
+    except ValidationError as err:
+        raise InvalidRequest(describe(err.normalized_messages())) from None
+    data["config"] = data.get("config") or {}
+    return data
+
+
+def describe(messages: Any, path: str = "") -> str:
+    """Flatten marshmallow's nested messages into `field.sub: message; ...`."""
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            name = path if key == "_schema" else f"{path}.{key}" if path else str(key)
+            parts.append(describe(value, name))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        text = " ".join(_sentence(m) for m in messages if not isinstance(m, (dict, list)))
+        nested = [describe(m, path) for m in messages if isinstance(m, (dict, list))]
+        return "; ".join(([f"{path}: {text}" if path else text] if text else []) + nested)
+    return f"{path}: {_sentence(messages)}" if path else _sentence(messages)
+
+
+def _sentence(message: Any) -> str:
+    text = str(message).rstrip(".")
+    if text == "Unknown field":
+        return "unknown field (check its spelling against the job submission reference)"
+    return text[:1].lower() + text[1:]

@@ -1,0 +1,37 @@
+"""The objects a process needs to talk to Redis and the broker, built once from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from app.broker import make_celery, public_queue_url
+from app.config import Settings
+from app.dead_letters import DeadLetters
+from app.dispatch import Dispatcher
+from app.registry import Registry
+from app.store import JobStore
+from app.submission import Submitter
+
+
+@dataclass
+class Services:
+    """Job store, registry, dispatcher and submitter over one Redis client."""
+
+    settings: Settings
+    redis: redis.Redis
+    registry: Registry
+    store: JobStore
+    dispatcher: Dispatcher
+    dead_letters: DeadLetters
+    submitter: Submitter
+
+    @classmethod
+    def build(cls, settings: Settings, celery: object | None = None) -> Services:
+        """Connect to the job store and the broker named by `settings`."""
+        client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        registry, store = Registry(client), JobStore(client)
+        dispatcher = Dispatcher(celery or make_celery(settings))
+        submitter = Submitter(registry, store, dispatcher, public_queue_url(settings))
+        return cls(settings, client, registry, store, dispatcher, DeadLetters(client), submitter)

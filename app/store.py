@@ -1,0 +1,312 @@
+"""The Redis job store: a job's spec, status and counters, its backlog and the batches in flight.
+
+Every change that must be atomic is one Lua call. All scripts take the same KEYS (see `_keys`)
+and `ARGV[1] = job_id, ARGV[2] = now`, so the shared Lua functions below can end a job or
+release batches from any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import redis
+
+from app import keys, status
+from app.job import deadline, retry_limits
+
+LUA_COMMON = """
+local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_id, now = ARGV[1], tonumber(ARGV[2])
+
+local function in_progress()
+  local st = redis.call('HGET', job, 'status')
+  return st == 'status_enqueuing' or st == 'status_running'
+end
+
+local function end_job(final, message)
+  if not in_progress() then return 0 end
+  redis.call('HSET', job, 'status', final, 'end', ARGV[2])
+  if message ~= '' then redis.call('HSET', job, 'message', message) end
+  redis.call('DEL', backlog, inflight, deliveries, procs)
+  redis.call('ZREM', active, job_id)
+  return 1
+end
+
+local function past_deadline()
+  local d = tonumber(redis.call('HGET', job, 'deadline') or '0')
+  if d > 0 and now >= d then
+    end_job('status_timed_out', 'the job ran past its timeout of ' .. redis.call('HGET', job, 'timeout') .. ' seconds')
+    return true
+  end
+  return false
+end
+
+-- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
+local function release()
+  local out = {}
+  if not in_progress() then return out end
+  local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
+  while room > 0 do
+    local entry = redis.call('LPOP', backlog)
+    if not entry then break end
+    redis.call('HSET', inflight, string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1), entry)
+    out[#out + 1] = entry
+    room = room - 1
+  end
+  if #out > 0 then
+    redis.call('HINCRBY', job, 'released', #out)
+    redis.call('HSETNX', job, 'start', ARGV[2])
+  end
+  return out
+end
+
+-- 1 for the single caller that sees the job's last batch end (HSETNX, as Celery's chord counter).
+local function claim_finalizer()
+  if not in_progress() then return 0 end
+  local v = redis.call('HMGET', job, 'enqueued', 'total', 'succeeded', 'failed_batches')
+  if v[1] ~= '1' or tonumber(v[3]) + tonumber(v[4]) < tonumber(v[2]) then return 0 end
+  return redis.call('HSETNX', job, 'finalizer', '1')
+end
+
+local function release_and_claim()
+  local out = release()
+  table.insert(out, 1, claim_finalizer())
+  return out
+end
+"""
+
+APPEND = """
+if not in_progress() or past_deadline() then return {} end
+redis.call('RPUSH', backlog, unpack(ARGV, 3))
+redis.call('HINCRBY', job, 'total', #ARGV - 2)
+return release()
+"""
+
+ENQUEUED = """
+if not in_progress() then return {0} end
+redis.call('HSET', job, 'enqueued', '1', 'status', 'status_running')
+return release_and_claim()
+"""
+
+BEGIN = """
+local id, proc = ARGV[3], ARGV[4]
+if not redis.call('HGET', job, 'status') then return {'skip', 'missing'} end
+if not in_progress() or past_deadline() then
+  redis.call('HINCRBY', job, 'skipped', 1)
+  return {'skip', redis.call('HGET', job, 'status')}
+end
+if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} end
+local started = redis.call('HINCRBY', deliveries, id, 1)
+local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')
+if started - 1 > recorded then
+  -- earlier deliveries that never reported an outcome died with their worker: failed attempts
+  redis.call('HINCRBY', job, 'failed', started - 1 - recorded)
+  redis.call('HSET', deliveries, id .. ':r', started - 1)
+end
+if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
+  redis.call('HSET', deliveries, id .. ':r', started)
+  return {'dead', started}
+end
+redis.call('HSET', procs, proc, 'initializing')
+return {'run', started}
+"""
+
+PROCEED = """
+if not in_progress() or past_deadline() then
+  redis.call('HINCRBY', job, 'skipped', 1)
+  return 0
+end
+redis.call('HSET', procs, ARGV[3], 'running')
+return 1
+"""
+
+RECORD = """
+local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local live = in_progress()
+if live then
+  redis.call('HDEL', procs, proc)
+  if outcome ~= 'dead' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
+end
+if outcome == 'retry' then
+  redis.call('HINCRBY', job, 'failed', 1)
+  return {0}
+end
+-- a second delivery of a batch that already finished (at-least-once) is not counted twice
+if live and redis.call('HDEL', inflight, id) == 0 then return {0} end
+if outcome == 'ok' then
+  redis.call('HINCRBY', job, 'succeeded', 1)
+  redis.call('HINCRBYFLOAT', job, 'time_sum', seconds)
+else
+  if outcome == 'failed' then redis.call('HINCRBY', job, 'failed', 1) end
+  redis.call('HINCRBY', job, 'failed_batches', 1)
+end
+if not live then return {0} end
+return release_and_claim()
+"""
+
+END = """
+return end_job(ARGV[3], ARGV[4])
+"""
+
+READ = """
+past_deadline()
+return {redis.call('HGETALL', job), redis.call('HGETALL', procs), redis.call('HLEN', inflight)}
+"""
+
+COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "skipped", "workers")
+TIMES = ("created", "start", "end", "deadline", "time_sum")
+
+
+@dataclass
+class Outcome:
+    """What a store call asks of its caller: batches to publish, and whether to run the finalizer."""
+
+    released: list[str] = field(default_factory=list)
+    finalize: bool = False
+
+    @classmethod
+    def parse(cls, reply: list) -> Outcome:
+        return cls(released=[e.decode() for e in reply[1:]], finalize=bool(reply and reply[0] == 1))
+
+
+@dataclass
+class Delivery:
+    """The store's answer to a delivery: `run` it, `skip` it, or it is `dead` (out of deliveries)."""
+
+    action: str
+    number: int = 0
+    reason: str = ""
+
+
+class JobStore:
+    """Jobs in Redis; every operation costs O(1) in the number of the job's batches."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._scripts = {
+            name: client.register_script(LUA_COMMON + body)
+            for name, body in {
+                "append": APPEND,
+                "enqueued": ENQUEUED,
+                "begin": BEGIN,
+                "proceed": PROCEED,
+                "record": RECORD,
+                "end": END,
+                "read": READ,
+            }.items()
+        }
+
+    def _call(self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float) -> list:
+        job_id = spec_or_id if isinstance(spec_or_id, str) else spec_or_id["job_id"]
+        key_list = [
+            keys.job(job_id),
+            keys.backlog(job_id),
+            keys.inflight(job_id),
+            keys.deliveries(job_id),
+            keys.procs(job_id),
+            keys.api_active(api_name),
+        ]
+        return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args])
+
+    def create(self, spec: dict, api: dict, now: float) -> None:
+        """Store a new job in `status_enqueuing`, with the API as deployed at submission."""
+        max_deliveries, _ = retry_limits(spec)
+        fields = {
+            "spec": json.dumps(spec),
+            "api": json.dumps(api),
+            "api_name": spec["api_name"],
+            "status": status.ENQUEUING,
+            "workers": spec["workers"],
+            "timeout": spec.get("timeout", 0),
+            "max_deliveries": max_deliveries,
+            "created": repr(now),
+            "deadline": repr(deadline(spec, now)),
+            "enqueued": 0,
+        }
+        fields.update(
+            {name: 0 for name in ("total", "released", "succeeded", "failed", "failed_batches", "skipped", "time_sum")}
+        )
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(spec["job_id"]), mapping=fields)
+        pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
+        pipe.zadd(keys.api_active(spec["api_name"]), {spec["job_id"]: now})
+        pipe.execute()
+
+    def append(self, spec: dict, entries: list[str], now: float) -> list[str]:
+        """Add batches (`"<batch_id> <body>"`) to the backlog; returns those released to run now."""
+        released: list[str] = []
+        for start in range(0, len(entries), 1000):  # Lua's unpack() takes a few thousand at most
+            chunk = entries[start : start + 1000]
+            released += [e.decode() for e in self._call("append", spec, spec["api_name"], *chunk, now=now)]
+        return released
+
+    def enqueued(self, spec: dict, now: float) -> Outcome:
+        """Mark enqueuing done (the job is `status_running`); may release batches or finalize."""
+        return Outcome.parse(self._call("enqueued", spec, spec["api_name"], now=now))
+
+    def begin(self, spec: dict, batch_id: str, proc: str, now: float) -> Delivery:
+        """Count a delivery of a batch and say whether to run it."""
+        action, detail = self._call("begin", spec, spec["api_name"], batch_id, proc, now=now)
+        if action == b"skip":
+            return Delivery("skip", reason=detail.decode())
+        return Delivery(action.decode(), number=int(detail))
+
+    def proceed(self, spec: dict, proc: str, now: float) -> bool:
+        """The last check before `predict` (the predictor may have taken minutes to load)."""
+        return bool(self._call("proceed", spec, spec["api_name"], proc, now=now))
+
+    def record(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Outcome:
+        """Count a delivery's outcome: ok, retry (failed, will run again), failed or dead (for good)."""
+        reply = self._call("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
+        return Outcome.parse(reply)
+
+    def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
+        """Give a job in progress its final status; False if it had one already."""
+        return bool(self._call("end", spec, spec["api_name"], final_status, message, now=now))
+
+    def state(self, job_id: str, api_name: str, now: float) -> dict | None:
+        """A job's state (timing it out if its deadline passed), or None if there is no such job."""
+        job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
+        if not job_hash:
+            return None
+        return _parse_state(_pairs(job_hash), _pairs(procs), inflight)
+
+    def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
+        """The spec a job was submitted with and its API as deployed then; None if no such job."""
+        spec, api = self.redis.hmget(keys.job(job_id), "spec", "api")
+        return (json.loads(spec), json.loads(api)) if spec else None
+
+    def job_ids(self, api_name: str, recent: int) -> list[str]:
+        """The API's jobs in progress, then its `recent` latest ones, newest first."""
+        pipe = self.redis.pipeline()
+        pipe.zrevrange(keys.api_active(api_name), 0, -1)
+        pipe.zrevrange(keys.api_jobs(api_name), 0, recent - 1)
+        active, latest = pipe.execute()
+        ids = [i.decode() for i in active]
+        return ids + [i.decode() for i in latest if i.decode() not in set(ids)]
+
+
+def _pairs(flat: list) -> dict:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
+    state: dict = {
+        "spec": json.loads(job_hash["spec"]),
+        "status": job_hash["status"],
+        "message": job_hash.get("message", ""),
+    }
+    state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
+    state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
+    states = list(procs.values())
+    working = states.count("initializing") + states.count("running")
+    state["worker_counts"] = {
+        "pending": max(0, inflight - working),
+        "initializing": states.count("initializing"),
+        "running": states.count("running"),
+        "succeeded": 0,
+        "failed": 0,
+        "stalled": 0,
+    }
+    return state

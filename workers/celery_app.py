@@ -1,0 +1,9 @@
+"""The Celery app the workers run (`celery -A workers worker`), after Flask's `celery_init_app`."""
+
+from __future__ import annotations
+
+from app.broker import make_celery
+from app.config import Settings
+
+settings = Settings.from_env()
+celery = make_celery(settings, include=["workers.tasks"])

@@ -1,0 +1,134 @@
+"""The Celery tasks: one per batch, and one finalizer per job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+
+from app import status
+from app.job import dead_letter_queue_name, now, retry_limits
+from app.services import Services
+from app.submission import follow
+from workers.celery_app import celery, settings
+from workers.runtime import PredictorCache, PredictorError, load_class
+
+log = logging.getLogger(__name__)
+
+_services: Services | None = None
+_predictors = PredictorCache(int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")))
+
+
+def services() -> Services:
+    """This worker process's connections (built after the fork, once)."""
+    global _services
+    if _services is None:
+        _services = Services.build(settings, celery)
+    return _services
+
+
+def process_id() -> str:
+    """This pool process, as counted in `worker_counts`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@celery.task(name="batchery.run_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_batch(self, job_id: str, batch_id: str, body: str) -> None:
+    """Run `predict` on one batch of a job, counting the delivery and its outcome."""
+    found = services().store.spec_and_api(job_id)
+    if found is None:
+        log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
+        return
+    spec, api = found
+    BatchRun(spec, api, batch_id, body).run(self)
+
+
+class BatchRun:
+    """One delivery of one batch."""
+
+    def __init__(self, spec: dict, api: dict, batch_id: str, body: str):
+        self.spec, self.api, self.batch_id, self.body = spec, api, batch_id, body
+        self.store = services().store
+        self.proc = process_id()
+
+    def run(self, task) -> None:
+        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now())
+        if delivery.action == "skip":
+            return
+        if delivery.action == "dead":
+            self._fail_for_good("dead", f"the worker running delivery {delivery.number - 1} died")
+            return
+        predictor = self._predictor()
+        if predictor is None or not self.store.proceed(self.spec, self.proc, now()):
+            return
+        started = time.perf_counter()
+        try:
+            predictor.predict(json.loads(self.body), self.batch_id)
+        except Exception as err:  # noqa: BLE001 - any error in user code is a failed attempt
+            self._failed(task, delivery.number, err)
+            return
+        self._record("ok", time.perf_counter() - started)
+
+    def _predictor(self):
+        try:
+            return _predictors.get(self.spec, self.api)
+        except PredictorError as err:
+            log.error("job %s: %s", self.spec["job_id"], err)
+            self.store.end(self.spec, status.WORKER_ERROR, str(err), now())
+            return None
+
+    def _failed(self, task, number: int, err: Exception) -> None:
+        log.warning("job %s: batch %s failed (delivery %d)", self.spec["job_id"], self.batch_id, number, exc_info=err)
+        _, max_exception = retry_limits(self.spec)
+        if number < max_exception:
+            self._record("retry", 0.0)
+            raise task.retry(countdown=0, max_retries=None, exc=err)
+        error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        self._fail_for_good("failed", error, traceback.format_exc())
+
+    def _fail_for_good(self, outcome: str, error: str, trace: str = "") -> None:
+        queue = dead_letter_queue_name(self.spec)
+        if queue:
+            services().dead_letters.send(
+                queue,
+                {
+                    "job_id": self.spec["job_id"],
+                    "api_name": self.spec["api_name"],
+                    "batch_id": self.batch_id,
+                    "payload": json.loads(self.body),
+                    "error": error,
+                    "traceback": trace,
+                    "failed_time": now(),
+                },
+            )
+        self._record(outcome, 0.0)
+
+    def _record(self, outcome: str, seconds: float) -> None:
+        result = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
+        follow(services().dispatcher, self.spec["job_id"], result)
+
+
+@celery.task(name="batchery.finalize_job", acks_late=True, reject_on_worker_lost=True)
+def finalize_job(job_id: str) -> None:
+    """Decide a job's final status and run `on_job_complete` once, after its last batch."""
+    store = services().store
+    spec, api = store.spec_and_api(job_id)
+    state = store.state(job_id, spec["api_name"], now())
+    if state is None or status.is_final(state["status"]):
+        return
+    final = status.COMPLETED_WITH_FAILURES if state["failed_batches"] else status.SUCCEEDED
+    message = ""
+    try:
+        if callable(getattr(load_class(api["predictor_file"], api["api_id"]), "on_job_complete", None)):
+            _predictors.get(spec, api).on_job_complete()
+    except PredictorError as err:
+        final, message = status.WORKER_ERROR, str(err)
+    except Exception as err:
+        log.exception("job %s: on_job_complete raised", job_id)
+        final, message = status.WORKER_ERROR, f"on_job_complete raised {type(err).__name__}: {err}"
+    store.end(spec, final, message, now())
+    _predictors.evict(job_id)
+    log.info("job %s: %s", job_id, final)
