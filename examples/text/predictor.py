@@ -14,7 +14,35 @@ from pathlib import Path
 WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]*")
 SENTENCE_END = re.compile(r"[.!?]+(\s|$)")
 STOP_WORDS = frozenset(
-    "a an and are as at be by for from has he in is it its of on or that the this to was were will with".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "he",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "will",
+        "with",
+    ]
 )
 
 

@@ -1,0 +1,100 @@
+"""Fixtures: a real redis-server, real Celery workers, and the Flask app wired to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from app import create_app, status
+from app.config import Settings
+from tests.services import ROOT, RedisServer, Worker, wait_for
+
+PREDICTORS = Path(__file__).parent / "predictors"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def queue_name() -> str:
+    return f"batchery-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server, queue_name) -> Settings:
+    return Settings(redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue_name)
+
+
+@pytest.fixture(scope="session")
+def worker_env(settings, tmp_path_factory) -> dict:
+    env = dict(os.environ)
+    env.update(REDIS_URL=settings.redis_url, BATCHERY_QUEUE=settings.queue, PYTHONPATH=str(ROOT))
+    env.pop("BROKER_URL", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env, tmp_path_factory):
+    """A worker with 4 pool processes, shared by the tests that do not kill it."""
+    process = Worker(worker_env, tmp_path_factory.mktemp("logs"), "shared", concurrency=4)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def flask_app(settings):
+    return create_app({"SETTINGS": settings})
+
+
+@pytest.fixture
+def client(flask_app):
+    return flask_app.test_client()
+
+
+@pytest.fixture
+def r(redis_server) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+@pytest.fixture
+def probe_config(redis_server) -> dict:
+    """Config for the `probe` test predictor: where it records what it saw, under a fresh prefix."""
+    return {"redis_url": redis_server.url, "tag": uuid.uuid4().hex[:8]}
+
+
+class Jobs:
+    """Submit jobs and wait for them through the HTTP API."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def submit(self, api: str, body: dict) -> dict:
+        response = self.client.post(f"/batch/{api}", data=json.dumps(body))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    def status(self, api: str, job_id: str) -> dict:
+        response = self.client.get(f"/batch/{api}?jobID={job_id}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()["job_status"]
+
+    def wait_final(self, api: str, job_id: str, timeout: float = 120) -> dict:
+        def final():
+            job = self.status(api, job_id)
+            return job if status.is_final(job["status"]) else None
+
+        return wait_for(final, timeout=timeout, interval=0.1, what=f"job {job_id} to end")
+
+
+@pytest.fixture
+def jobs(client) -> Jobs:
+    return Jobs(client)

@@ -1,0 +1,61 @@
+"""A test predictor that records what it sees in Redis, under `probe:<tag>:...`.
+
+Items steer it: an item {"fail": N} makes its batch raise on the first N deliveries ("always":
+every time); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
+sleeps S seconds. config["sleep"] sleeps every batch; config["complete_raises"] makes
+on_job_complete raise.
+"""
+
+import json
+import os
+import signal
+import time
+
+import redis
+
+RUNNING_MAX = """
+local now = redis.call('INCR', KEYS[1])
+if now > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], now) end
+return now
+"""
+
+
+class PythonPredictor:
+    def __init__(self, config, job_spec):
+        self.config = config
+        self.job_id = job_spec["job_id"]
+        self.redis = redis.Redis.from_url(config["redis_url"])
+        self.key = f"probe:{config['tag']}"
+        self.redis.rpush(f"{self.key}:inits", json.dumps({"job": self.job_id, "pid": os.getpid()}))
+        self.redis.set(f"{self.key}:config:{self.job_id}", json.dumps(config))
+        self.redis.set(f"{self.key}:job_spec:{self.job_id}", json.dumps(job_spec))
+        time.sleep(float(config.get("init_sleep", 0)))
+
+    def predict(self, payload, batch_id):
+        started = time.time()
+        deliveries = self.redis.hincrby(f"{self.key}:deliveries:{self.job_id}", batch_id, 1)
+        self.redis.eval(RUNNING_MAX, 2, f"{self.key}:running:{self.job_id}", f"{self.key}:max:{self.job_id}")
+        try:
+            self.redis.rpush(f"{self.key}:starts:{self.job_id}", json.dumps({"batch": batch_id, "t": started}))
+            for item in payload:
+                self._obey(item, deliveries)
+            time.sleep(float(self.config.get("sleep", 0)))
+        finally:
+            self.redis.decr(f"{self.key}:running:{self.job_id}")
+        self.redis.rpush(f"{self.key}:done:{self.job_id}", batch_id)
+
+    def _obey(self, item, deliveries):
+        if not isinstance(item, dict):
+            return
+        if "sleep" in item:
+            time.sleep(item["sleep"])
+        if "kill" in item and (item["kill"] == "always" or deliveries <= item["kill"]):
+            self.redis.decr(f"{self.key}:running:{self.job_id}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        if "fail" in item and (item["fail"] == "always" or deliveries <= item["fail"]):
+            raise ValueError(f"probe failure on delivery {deliveries}")
+
+    def on_job_complete(self):
+        self.redis.rpush(f"{self.key}:complete", self.job_id)
+        if self.config.get("complete_raises"):
+            raise RuntimeError("on_job_complete exploded")

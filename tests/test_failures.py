@@ -1,0 +1,126 @@
+"""Retries, dead letters and workers that die, with the counts the status must show."""
+
+from __future__ import annotations
+
+from app import status
+from app.dead_letters import DeadLetters
+
+
+def dlq(name: str, count: int) -> dict:
+    return {"arn": f"arn:aws:sqs:us-west-2:123456789012:{name}", "max_receive_count": count}
+
+
+def test_batch_that_always_fails_is_delivered_max_receive_count_times_then_dead_lettered(
+    jobs, worker, redis_server, probe_config
+):
+    queue = f"failed-{probe_config['tag']}"
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 2,
+            "sqs_dead_letter_queue": dlq(queue, 3),
+            "config": probe_config,
+            "item_list": {"items": [1, {"fail": "always"}, 3, 4], "batch_size": 1},
+        },
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["succeeded"] == 3
+    assert job["batch_metrics"]["failed"] == 3  # three failed attempts of one batch
+    assert job["batches_in_queue"] == 0
+    letters = DeadLetters(redis_server.client).read(queue)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["job_id"] == spec["job_id"]
+    assert letter["batch_id"] == "1"
+    assert letter["payload"] == [{"fail": "always"}]
+    assert "probe failure on delivery 3" in letter["error"]
+    assert "Traceback" in letter["traceback"]
+
+
+def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(jobs, worker, r, probe_config):
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 1,
+            "sqs_dead_letter_queue": dlq(f"q-{probe_config['tag']}", 3),
+            "config": probe_config,
+            "item_list": {"items": [{"fail": 2}, 2], "batch_size": 1},
+        },
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"] == {
+        "succeeded": 2,
+        "failed": 2,
+        "avg_time_per_batch": job["batch_metrics"]["avg_time_per_batch"],
+    }
+    assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "3"
+    assert r.llen(f"batchery:dlq:q-{probe_config['tag']}") == 0
+
+
+def test_without_dead_letter_queue_a_failed_batch_is_not_retried(jobs, worker, r, probe_config):
+    spec = jobs.submit(
+        "probe", {"workers": 1, "config": probe_config, "item_list": {"items": [{"fail": 1}, 2, 3], "batch_size": 1}}
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["failed"] == 1
+    assert job["batch_metrics"]["succeeded"] == 2
+    assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "1"
+
+
+def test_failures_still_run_on_job_complete_once(jobs, worker, r, probe_config):
+    spec = jobs.submit(
+        "probe",
+        {"workers": 2, "config": probe_config, "item_list": {"items": [{"fail": "always"}] * 3, "batch_size": 1}},
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["succeeded"] == 0
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+
+
+def test_delivery_whose_worker_dies_counts_and_the_batch_runs_again(jobs, worker, r, probe_config):
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 2,
+            "sqs_dead_letter_queue": dlq(f"k-{probe_config['tag']}", 3),
+            "config": probe_config,
+            "item_list": {"items": [1, {"kill": 1}, 3], "batch_size": 1},
+        },
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 3
+    assert job["batch_metrics"]["failed"] == 1  # the delivery that died
+    assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "1") == "2"
+
+
+def test_batch_that_kills_its_worker_every_time_is_dead_lettered_and_the_fleet_survives(
+    jobs, worker, redis_server, r, probe_config
+):
+    queue = f"poison-{probe_config['tag']}"
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 2,
+            "sqs_dead_letter_queue": dlq(queue, 2),
+            "config": probe_config,
+            "item_list": {"items": [{"kill": "always"}, 2, 3], "batch_size": 1},
+        },
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["succeeded"] == 2
+    assert job["batch_metrics"]["failed"] == 2  # both deliveries died
+    assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "2"
+    letters = DeadLetters(redis_server.client).read(queue)
+    assert [letter["batch_id"] for letter in letters] == ["0"]
+    assert "died" in letters[0]["error"]
+    assert worker.process.poll() is None
+    after = jobs.submit(
+        "probe", {"workers": 2, "item_list": {"items": [1, 2], "batch_size": 1}, "config": probe_config}
+    )
+    assert jobs.wait_final("probe", after["job_id"])["status"] == status.SUCCEEDED
