@@ -44,7 +44,7 @@ def deliveries(job_id: str) -> str:
 
 
 def procs(job_id: str) -> str:
-    """Hash: worker process id -> `initializing` or `running`, while it works on the job."""
+    """Hash: worker process id -> `initializing <batch_id>` or `running <batch_id>` while it works on the job."""
     return f"{PREFIX}:job:{job_id}:procs"
 
 

@@ -103,12 +103,16 @@ if started - 1 > recorded then
   -- earlier deliveries that never reported an outcome died with their worker: failed attempts
   redis.call('HINCRBY', job, 'failed', started - 1 - recorded)
   redis.call('HSET', deliveries, id .. ':r', started - 1)
+  local working = redis.call('HGETALL', procs)  -- the dead process no longer counts as a worker
+  for i = 1, #working, 2 do
+    if string.match(working[i + 1], ' (.*)$') == id then redis.call('HDEL', procs, working[i]) end
+  end
 end
 if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
   redis.call('HSET', deliveries, id .. ':r', started)
   return {'dead', started}
 end
-redis.call('HSET', procs, proc, 'initializing')
+redis.call('HSET', procs, proc, 'initializing ' .. id)
 return {'run', started}
 """
 
@@ -117,7 +121,7 @@ if not in_progress() or past_deadline() then
   redis.call('HINCRBY', job, 'skipped', 1)
   return 0
 end
-redis.call('HSET', procs, ARGV[3], 'running')
+redis.call('HSET', procs, ARGV[3], 'running ' .. ARGV[4])
 return 1
 """
 
@@ -252,9 +256,9 @@ class JobStore:
             return Delivery("skip", reason=detail.decode())
         return Delivery(action.decode(), number=int(detail))
 
-    def proceed(self, spec: dict, proc: str, now: float) -> bool:
+    def proceed(self, spec: dict, batch_id: str, proc: str, now: float) -> bool:
         """The last check before `predict` (the predictor may have taken minutes to load)."""
-        return bool(self._call("proceed", spec, spec["api_name"], proc, now=now))
+        return bool(self._call("proceed", spec, spec["api_name"], proc, batch_id, now=now))
 
     def record(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Outcome:
         """Count a delivery's outcome: ok, retry (failed, will run again), failed or dead (for good)."""
@@ -299,7 +303,7 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
     }
     state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
-    states = list(procs.values())
+    states = [value.partition(" ")[0] for value in procs.values()]
     working = states.count("initializing") + states.count("running")
     state["worker_counts"] = {
         "pending": max(0, inflight - working),

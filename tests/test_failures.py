@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app import status
 from app.dead_letters import DeadLetters
+from tests.services import wait_for
 
 
 def dlq(name: str, count: int) -> dict:
@@ -124,3 +125,19 @@ def test_batch_that_kills_its_worker_every_time_is_dead_lettered_and_the_fleet_s
         "probe", {"workers": 2, "item_list": {"items": [1, 2], "batch_size": 1}, "config": probe_config}
     )
     assert jobs.wait_final("probe", after["job_id"])["status"] == status.SUCCEEDED
+
+
+def test_a_worker_that_died_is_no_longer_counted_as_running(jobs, worker, probe_config):
+    spec = jobs.submit(
+        "probe",
+        {"workers": 1, "config": probe_config, "item_list": {"items": [{"kill": 1}, {"sleep": 2}], "batch_size": 1}},
+    )
+
+    def second_batch_running():
+        job = jobs.status("probe", spec["job_id"])
+        return job if job["batch_metrics"]["succeeded"] == 1 and job["worker_counts"]["running"] else None
+
+    job = wait_for(second_batch_running, what="the batch after the killed one to run")
+    assert job["worker_counts"]["running"] == 1
+    assert job["worker_counts"]["initializing"] == 0
+    assert jobs.wait_final("probe", spec["job_id"])["status"] == status.SUCCEEDED

@@ -62,7 +62,7 @@ class BatchRun:
             self._fail_for_good("dead", f"the worker running delivery {delivery.number - 1} died")
             return
         predictor = self._predictor()
-        if predictor is None or not self.store.proceed(self.spec, self.proc, now()):
+        if predictor is None or not self.store.proceed(self.spec, self.batch_id, self.proc, now()):
             return
         started = time.perf_counter()
         try:
