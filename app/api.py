@@ -44,7 +44,8 @@ def get_api(api_name: str) -> Response:
         state = store.state(listed, api_name, job.now())
         if state is not None:
             statuses.append(job.job_status(state))
-    return jsonify({"api_spec": public_spec(api), "job_statuses": statuses, "endpoint": endpoint(api_name)})
+    # Cortex's APIResponse shape for `cortex get <api>`
+    return jsonify({"spec": public_spec(api), "endpoint": endpoint(api_name), "batch_job_statuses": statuses})
 
 
 @bp.delete("/batch/<api_name>")

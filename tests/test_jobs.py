@@ -205,8 +205,8 @@ def test_list_shows_jobs_in_progress_first_then_recent_newest_first(client, jobs
         {"workers": 1, "item_list": {"items": items(50), "batch_size": 1}, "config": dict(probe_config, sleep=0.2)},
     )
     listing = client.get("/batch/probe").get_json()
-    ids = [job["job_id"] for job in listing["job_statuses"]]
+    ids = [job["job_id"] for job in listing["batch_job_statuses"]]
     assert ids[0] == running["job_id"]
     assert ids.index(finished[1]["job_id"]) < ids.index(finished[0]["job_id"])
-    assert listing["api_spec"]["name"] == "probe"
+    assert listing["spec"]["name"] == "probe"
     assert client.delete(f"/batch/probe?jobID={running['job_id']}").status_code == 200
