@@ -22,6 +22,10 @@ _services: Services | None = None
 _predictors = PredictorCache(int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")))
 
 
+class BatchFailed(Exception):
+    """A batch failed for good (it is counted, and dead-lettered if the job has a queue)."""
+
+
 def services() -> Services:
     """This worker process's connections (built after the fork, once)."""
     global _services
@@ -59,8 +63,9 @@ class BatchRun:
         if delivery.action == "skip":
             return
         if delivery.action == "dead":
-            self._fail_for_good("dead", f"the worker running delivery {delivery.number - 1} died")
-            return
+            error = f"the worker running delivery {delivery.number - 1} died"
+            self._fail_for_good("dead", error)
+            raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
         predictor = self._predictor()
         if predictor is None or not self.store.proceed(self.spec, self.batch_id, self.proc, now()):
             return
@@ -88,6 +93,8 @@ class BatchRun:
             raise task.retry(countdown=0, max_retries=None, exc=err)
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
         self._fail_for_good("failed", error, traceback.format_exc())
+        # Raised so that Celery (and Flower) show the task as failed; the outcome is already counted.
+        raise BatchFailed(f"batch {self.batch_id} failed for good after {number} deliveries: {error}") from err
 
     def _fail_for_good(self, outcome: str, error: str, trace: str = "") -> None:
         queue = dead_letter_queue_name(self.spec)
