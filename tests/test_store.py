@@ -1,0 +1,73 @@
+"""The job store on its own Redis: costs and counting rules that do not need workers."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from app import status
+from app.job import build_spec
+from app.store import JobStore
+from tests.services import RedisServer
+
+API = {"name": "api", "api_id": "x", "predictor": {"config": {}}}
+
+
+@pytest.fixture
+def store(tmp_path):
+    server = RedisServer(tmp_path)
+    yield JobStore(redis.Redis.from_url(server.url))
+    server.stop()
+
+
+def new_job(store: JobStore, batches: int, workers: int = 2) -> dict:
+    spec = build_spec(API, {"workers": workers, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    for start in range(0, batches, 50_000):
+        store.append(spec, [f"{i} [{i}]" for i in range(start, min(start + 50_000, batches))], 1000.0)
+    store.enqueued(spec, 1000.0)
+    return spec
+
+
+def commands_for_status(store: JobStore, spec: dict) -> dict:
+    store.redis.config_resetstat()
+    store.state(spec["job_id"], spec["api_name"], 1001.0)
+    stats = store.redis.info("commandstats")
+    return {name: value["calls"] for name, value in stats.items() if name not in ("cmdstat_config", "cmdstat_info")}
+
+
+def test_status_costs_the_same_for_10_batches_and_1_000_000(store):
+    small, large = new_job(store, 10), new_job(store, 1_000_000)
+    assert store.state(large["job_id"], "api", 1001.0)["total"] == 1_000_000
+    commands = commands_for_status(store, large)
+    assert commands == commands_for_status(store, small)
+    assert not {"cmdstat_lrange", "cmdstat_scan", "cmdstat_hscan", "cmdstat_keys"} & set(commands)
+
+
+def test_release_never_puts_more_than_workers_in_flight(store):
+    spec = new_job(store, 10, workers=3)
+    assert store.redis.hlen(f"batchery:job:{spec['job_id']}:inflight") == 3
+    outcome = store.record(spec, "0", "ok", 0.1, "p", 1001.0)
+    assert outcome.released == ["3 [3]"]
+    assert store.redis.hlen(f"batchery:job:{spec['job_id']}:inflight") == 3
+
+
+def test_a_duplicate_outcome_is_not_counted_twice(store):
+    spec = new_job(store, 2, workers=2)
+    assert store.begin(spec, "0", "p1", 1001.0).action == "run"
+    assert store.begin(spec, "0", "p2", 1001.0).action == "run"  # redelivered while the first still runs
+    store.record(spec, "0", "ok", 0.1, "p1", 1001.0)
+    store.record(spec, "0", "ok", 0.1, "p2", 1001.0)
+    state = store.state(spec["job_id"], "api", 1001.0)
+    assert state["succeeded"] == 1
+
+
+def test_the_last_outcome_claims_the_finalizer_exactly_once(store):
+    spec = new_job(store, 2, workers=2)
+    first = store.record(spec, "0", "ok", 0.1, "p", 1001.0)
+    last = store.record(spec, "1", "failed", 0.0, "p", 1001.0)
+    again = store.record(spec, "1", "failed", 0.0, "p", 1001.0)
+    assert (first.finalize, last.finalize, again.finalize) == (False, True, False)
+    assert store.end(spec, status.COMPLETED_WITH_FAILURES, "", 1002.0)
+    assert not store.end(spec, status.SUCCEEDED, "", 1003.0)  # the first final status stays
+    assert store.state(spec["job_id"], "api", 1004.0)["status"] == status.COMPLETED_WITH_FAILURES
