@@ -1,0 +1,37 @@
+# Batchery's tasks. Everything runs from the virtualenv in .venv, created on first use.
+#   make test    install, then run the test suite (real Redis and worker processes)
+#   make demo    install, start the local stack, run the example jobs over HTTP, stop the stack
+#   make up      start the local stack in the background (logs and pid files in .run/); make down stops it
+#   make lint    ruff
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo up down test lint
+
+install: $(STAMP)
+
+# The stamp depends on requirements.txt, so a second `make install` does nothing until it changes.
+$(STAMP): requirements.txt
+	@[ -x $(BIN)/pip ] || $(PYTHON) -m venv $(VENV) || { \
+		echo "error: '$(PYTHON) -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
+	$(BIN)/pip install --disable-pip-version-check -r requirements.txt
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python scripts/stack.py demo
+
+up: $(STAMP)
+	$(BIN)/python scripts/stack.py up
+
+# stack.py needs only the standard library, so `down` works even without the virtualenv.
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; else $(PYTHON) scripts/stack.py down; fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
