@@ -1,0 +1,257 @@
+"""The run tooling: docker-compose.yml and the Procfile agree, and scripts/stack.py runs a real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.services import ROOT, free_port, wait_for
+
+STACK = ROOT / "scripts" / "stack.py"
+SERVICES = {"redis", "api", "worker", "flower", "s3"}
+COMPOSE_COMMANDS = {"api": "web", "worker": "worker", "flower": "flower"}  # compose service -> Procfile entry
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def shell_command(command) -> str:
+    """The shell command a compose `command:` runs, after Compose's own `$$` -> `$` unescaping."""
+    if isinstance(command, list):
+        assert command[:2] == ["sh", "-c"] and len(command) == 3, command
+        command = command[2]
+    else:
+        assert command.startswith("sh -c "), command
+        command = command.removeprefix("sh -c ")
+    # A lone `$` would be substituted by Compose from the host's environment, not by the container's shell.
+    assert "$" not in command.replace("$$", ""), f"unescaped $ in {command!r}"
+    return command.replace("$$", "$")
+
+
+def test_procfile_has_the_web_worker_and_flower_commands():
+    entries = procfile()
+    assert {"web", "worker", "flower"} <= set(entries)
+    assert entries["web"].startswith("gunicorn ")
+    assert "'app:create_app()'" in entries["web"]
+    assert entries["worker"].startswith("celery -A workers worker")
+    assert entries["flower"].startswith("celery -A workers flower")
+
+
+def test_compose_has_the_five_services(compose):
+    assert set(compose["services"]) == SERVICES
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE_COMMANDS))
+def test_compose_commands_are_the_procfile_commands(compose, service):
+    command = shell_command(compose["services"][service]["command"])
+    assert command == procfile()[COMPOSE_COMMANDS[service]]
+
+
+def test_compose_redis_persists_and_is_checked(compose):
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    command = redis["command"] if isinstance(redis["command"], list) else redis["command"].split()
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_compose_worker_scales(compose):
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_compose_api_and_worker_share_the_results_volume(compose):
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        assert "results:/app/results" in service["volumes"], name
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["build"] == "."
+    assert "results" in compose["volumes"]
+    api = compose["services"]["api"]
+    assert "8080:8080" in api["ports"]
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert "5555:5555" in compose["services"]["flower"]["ports"]
+
+
+def test_dockerfile_default_command_is_the_procfile_web_command():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    cmd = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
+    assert cmd == ["sh", "-c", procfile()["web"]]
+
+
+# --- scripts/stack.py on real processes ------------------------------------------------------
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group (the pool and gunicorn children of a stack process)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[2] == str(pgid) and fields[0] not in "ZX":
+                members.append(int(entry.name))
+    return members
+
+
+class LocalStack:
+    """`scripts/stack.py` with its own ports and run directory, so it never meets a developer's stack."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.port, self.flower_port, self.redis_port = free_port(), free_port(), free_port()
+        self.env = dict(os.environ)
+        for name in ("REDIS_URL", "BROKER_URL", "BATCHERY_APIS", "BATCHERY_QUEUE"):
+            self.env.pop(name, None)
+        self.env.update(
+            BATCHERY_RUN_DIR=str(run_dir),
+            PORT=str(self.port),
+            FLOWER_PORT=str(self.flower_port),
+            REDIS_PORT=str(self.redis_port),
+            WEB_CONCURRENCY="1",
+            WORKER_CONCURRENCY="2",
+            BATCHERY_UP_TIMEOUT="90",
+        )
+        self.api = f"http://127.0.0.1:{self.port}"
+
+    def run(self, command: str, timeout: float = 150) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(STACK), command],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def pids(self) -> dict[str, int]:
+        return {path.stem: int(path.read_text()) for path in self.run_dir.glob("*.pid")}
+
+    def get(self, path: str) -> tuple[int, dict]:
+        with urllib.request.urlopen(self.api + path, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    def post(self, path: str, body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(self.api + path, data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+
+def remove_results(job_ids) -> None:
+    for job_id in job_ids:
+        (ROOT / "results" / f"{job_id}.json").unlink(missing_ok=True)
+        shutil.rmtree(ROOT / "results" / job_id, ignore_errors=True)
+
+
+def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
+    stack = LocalStack(tmp_path / "run")
+    job_ids = []
+    try:
+        up = stack.run("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{stack.port}" in up.stdout
+        assert f"http://127.0.0.1:{stack.flower_port}" in up.stdout
+        pids = stack.pids()
+        assert set(pids) == {"redis", "web", "worker", "flower"}
+        members = {pid for pgid in pids.values() for pid in group_members(pgid)}
+        assert all(process_alive(pid) for pid in pids.values())
+
+        again = stack.run("up")
+        assert again.returncode == 1
+        assert "already up" in again.stderr
+
+        code, submitted = stack.post("/batch/sum", (ROOT / "examples" / "sum" / "job.json").read_bytes())
+        assert code == 200
+        job_id = submitted["job_id"]
+        job_ids.append(job_id)
+
+        def final():
+            _, answer = stack.get(f"/batch/sum?jobID={job_id}")
+            return answer if answer["job_status"]["status"] not in ("status_enqueuing", "status_running") else None
+
+        answer = wait_for(final, timeout=60, interval=0.1, what=f"job {job_id} to end")
+        job = answer["job_status"]
+        assert job["status"] == "status_succeeded", job
+        assert job["job_id"] == job_id
+        assert job["total_batch_count"] == 4
+        assert job["batches_in_queue"] == 0
+        assert job["batch_metrics"]["succeeded"] == 4
+        assert job["batch_metrics"]["failed"] == 0
+        assert job["batch_metrics"]["avg_time_per_batch"] >= 0
+        assert job["end_time"] >= job["start_time"] >= job["created_time"]
+        assert answer["endpoint"].endswith("/batch/sum")
+        assert answer["api_spec"]["name"] == "sum"
+        result = json.loads((ROOT / "results" / f"{job_id}.json").read_text())
+        assert result == {"job_id": job_id, "items": 8, "batches": 4, "total": sum(range(1, 25))}
+
+        down = stack.run("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not [pid for pid in members | set(pids.values()) if process_alive(pid)]
+        assert not list(stack.run_dir.glob("*.pid"))
+        assert "not running" in stack.run("down").stdout  # idempotent
+    finally:
+        stack.run("down")
+        remove_results(job_ids)
+
+
+def test_up_refuses_a_port_that_is_taken(tmp_path):
+    stack = LocalStack(tmp_path / "run")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", stack.port))
+        busy.listen()
+        up = stack.run("up")
+    assert up.returncode == 1
+    assert f"port {stack.port} is taken" in up.stderr
+    assert not list(stack.run_dir.glob("*.pid"))
+
+
+def test_demo_runs_the_examples_and_stops_the_stack(tmp_path):
+    stack = LocalStack(tmp_path / "run")
+    demo = None
+    try:
+        demo = stack.run("demo", timeout=240)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "status_succeeded" in demo.stdout
+        assert re.search(r"batches 4/4 succeeded, 0 failed attempts", demo.stdout)
+        assert '"total": 300' in demo.stdout  # the sum predictor's result file
+        assert "demo succeeded" in demo.stdout
+        assert not list(stack.run_dir.glob("*.pid"))
+    finally:
+        stack.run("down")
+        if demo is not None:
+            remove_results(re.findall(r"submitted a [\w-]+ job: (\w+)", demo.stdout))
