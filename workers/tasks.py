@@ -122,7 +122,11 @@ class BatchRun:
 def finalize_job(job_id: str) -> None:
     """Decide a job's final status and run `on_job_complete` once, after its last batch."""
     store = services().store
-    spec, api = store.spec_and_api(job_id)
+    found = store.spec_and_api(job_id)
+    if found is None:
+        log.warning("job %s: finalizer for no known job; dropped", job_id)
+        return
+    spec, api = found
     state = store.state(job_id, spec["api_name"], now())
     if state is None or status.is_final(state["status"]):
         return
