@@ -9,6 +9,8 @@ from app.errors import InvalidRequest
 
 # One encoder for every batch: json.dumps() with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# For the rare batch holding a lone surrogate ("\ud800" is valid JSON), which UTF-8 cannot encode.
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def entry(batch_id: int, payload_json: str) -> str:
@@ -21,7 +23,10 @@ def item_batches(items: list, batch_size: int) -> list[str]:
     entries = []
     for number, start in enumerate(range(0, len(items), batch_size)):
         payload = _ENCODER.encode(items[start : start + batch_size])
-        size = len(payload) if payload.isascii() else len(payload.encode())
+        size = len(payload) if payload.isascii() else _utf8_size(payload)
+        if size < 0:
+            payload = _ASCII_ENCODER.encode(items[start : start + batch_size])
+            size = len(payload)
         if size >= MAX_BATCH_BYTES:
             last = min(start + batch_size, len(items)) - 1
             raise InvalidRequest(
@@ -30,3 +35,11 @@ def item_batches(items: list, batch_size: int) -> list[str]:
             )
         entries.append(f"{number} {payload}")  # entry(), inlined: this loop runs once per batch
     return entries
+
+
+def _utf8_size(payload: str) -> int:
+    """Bytes of `payload` in UTF-8, or -1 if it holds a lone surrogate."""
+    try:
+        return len(payload.encode())
+    except UnicodeEncodeError:
+        return -1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from app import status
 from app.batching import item_batches
@@ -22,7 +23,7 @@ def decode_body(raw: bytes) -> object:
     if not raw.strip():
         raise InvalidRequest("the request body is empty: send the job as a JSON object")
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        return json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
     except RecursionError:
         raise InvalidRequest("the request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as err:
@@ -31,6 +32,14 @@ def decode_body(raw: bytes) -> object:
 
 def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 would become inf, which json then writes back as the non-JSON `Infinity`.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
 
 
 class Submitter:
