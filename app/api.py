@@ -26,9 +26,9 @@ def submit(api_name: str) -> Response:
     """Submit a job; `?dryRun=true` only validates. Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB."""
     dry_run = request.args.get("dryRun", "false").lower() == "true"
     result = services().submitter.submit(api_name, request.get_data(cache=False), dry_run=dry_run)
-    if isinstance(result, str):
-        return Response(result, mimetype="text/plain")
-    return jsonify(result)
+    if isinstance(result, dict):
+        return jsonify(result)
+    return Response(result, mimetype="text/plain")
 
 
 @bp.get("/batch/<api_name>")

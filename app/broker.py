@@ -10,6 +10,7 @@ from app.config import Settings
 
 RUN_BATCH = "batchery.run_batch"
 FINALIZE_JOB = "batchery.finalize_job"
+ENQUEUE_JOB = "batchery.enqueue_job"
 
 
 def celery_config(settings: Settings) -> dict:

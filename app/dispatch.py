@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.broker import FINALIZE_JOB, RUN_BATCH
+from app.broker import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
 
 
 class Dispatcher:
@@ -25,3 +25,7 @@ class Dispatcher:
     def publish_finalizer(self, job_id: str) -> None:
         """Publish the job's finalizer (decides the final status, runs on_job_complete)."""
         self.celery.send_task(FINALIZE_JOB, args=[job_id])
+
+    def publish_enqueuer(self, job_id: str) -> None:
+        """Publish the task that streams a job's S3 input into its backlog."""
+        self.celery.send_task(ENQUEUE_JOB, args=[job_id])

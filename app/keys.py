@@ -48,16 +48,11 @@ def procs(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:procs"
 
 
-def finalizer(job_id: str) -> str:
-    """String: set once (SET NX) by whoever claims the job's finalizer."""
-    return f"{PREFIX}:job:{job_id}:finalizer"
+def enqueuer(job_id: str) -> str:
+    """String with a TTL: the lease of the process enqueuing the job (renewed with each chunk)."""
+    return f"{PREFIX}:job:{job_id}:enqueuer"
 
 
 def dead_letters(queue_name: str) -> str:
     """List: the dead-letter queue named by a job's `sqs_dead_letter_queue.arn` (Redis broker)."""
     return f"{PREFIX}:dlq:{queue_name}"
-
-
-def job_keys(job_id: str) -> list[str]:
-    """The keys a job owns, for expiry once it ends."""
-    return [job(job_id), backlog(job_id), inflight(job_id), deliveries(job_id), procs(job_id), finalizer(job_id)]

@@ -8,6 +8,7 @@ release batches from any of them.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import redis
@@ -17,6 +18,7 @@ from app.job import deadline, retry_limits
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lease = KEYS[7]
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 local function in_progress()
@@ -28,7 +30,7 @@ local function end_job(final, message)
   if not in_progress() then return 0 end
   redis.call('HSET', job, 'status', final, 'end', ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
-  redis.call('DEL', backlog, inflight, deliveries, procs)
+  redis.call('DEL', backlog, inflight, deliveries, procs, lease)
   redis.call('ZREM', active, job_id)
   return 1
 end
@@ -69,6 +71,14 @@ local function claim_finalizer()
   return redis.call('HSETNX', job, 'finalizer', '1')
 end
 
+-- An enqueuer may write only while it holds the job's lease; each write renews it (the heartbeat).
+local function holds_lease(token)
+  if token == '' then return true end
+  if redis.call('GET', lease) ~= token then return false end
+  redis.call('PEXPIRE', lease, LEASE_MS)
+  return true
+end
+
 local function release_and_claim()
   local out = release()
   table.insert(out, 1, claim_finalizer())
@@ -77,15 +87,27 @@ end
 """
 
 APPEND = """
-if not in_progress() or past_deadline() then return {} end
-redis.call('RPUSH', backlog, unpack(ARGV, 3))
-redis.call('HINCRBY', job, 'total', #ARGV - 2)
-return release()
+local cursor, token = ARGV[3], ARGV[4]
+if not in_progress() or past_deadline() then return {0} end
+if not holds_lease(token) then return {-1} end
+redis.call('RPUSH', backlog, unpack(ARGV, 5))
+redis.call('HINCRBY', job, 'total', #ARGV - 4)
+if cursor ~= '' then redis.call('HSET', job, 'cursor', cursor) end
+local out = release()
+table.insert(out, 1, 1)
+return out
 """
 
 ENQUEUED = """
+local token, empty_message = ARGV[3], ARGV[4]
 if not in_progress() then return {0} end
+if not holds_lease(token) then return {-1} end
+if redis.call('HGET', job, 'total') == '0' then
+  end_job('status_enqueue_failed', empty_message)
+  return {0}
+end
 redis.call('HSET', job, 'enqueued', '1', 'status', 'status_running')
+redis.call('DEL', lease)
 return release_and_claim()
 """
 
@@ -158,6 +180,8 @@ past_deadline()
 return {redis.call('HGETALL', job), redis.call('HGETALL', procs), redis.call('HLEN', inflight)}
 """
 
+# An enqueuer silent this long is presumed dead; another one resumes from its cursor.
+LEASE_MS = int(float(os.environ.get("BATCHERY_ENQUEUE_LEASE", "30")) * 1000)
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "skipped", "workers")
 TIMES = ("created", "start", "end", "deadline", "time_sum")
 
@@ -175,6 +199,14 @@ class Outcome:
 
 
 @dataclass
+class Appended:
+    """What appending batches did: were they accepted, and which were released to run now."""
+
+    accepted: bool = True
+    released: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Delivery:
     """The store's answer to a delivery: `run` it, `skip` it, or it is `dead` (out of deliveries)."""
 
@@ -189,7 +221,7 @@ class JobStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
         self._scripts = {
-            name: client.register_script(LUA_COMMON + body)
+            name: client.register_script(LUA_COMMON.replace("LEASE_MS", str(LEASE_MS)) + body)
             for name, body in {
                 "append": APPEND,
                 "enqueued": ENQUEUED,
@@ -210,11 +242,13 @@ class JobStore:
             keys.deliveries(job_id),
             keys.procs(job_id),
             keys.api_active(api_name),
+            keys.enqueuer(job_id),
         ]
         return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args])
 
-    def create(self, spec: dict, api: dict, now: float) -> None:
-        """Store a new job in `status_enqueuing`, with the API as deployed at submission."""
+    def create(self, spec: dict, api: dict, now: float, source: dict | None = None) -> None:
+        """Store a new job in `status_enqueuing`, with the API as deployed at submission and, for
+        S3 inputs, the source its enqueuer reads."""
         max_deliveries, _ = retry_limits(spec)
         fields = {
             "spec": json.dumps(spec),
@@ -226,6 +260,7 @@ class JobStore:
             "max_deliveries": max_deliveries,
             "created": repr(now),
             "deadline": repr(deadline(spec, now)),
+            "source": json.dumps(source) if source else "",
             "enqueued": 0,
         }
         fields.update(
@@ -237,17 +272,40 @@ class JobStore:
         pipe.zadd(keys.api_active(spec["api_name"]), {spec["job_id"]: now})
         pipe.execute()
 
-    def append(self, spec: dict, entries: list[str], now: float) -> list[str]:
-        """Add batches (`"<batch_id> <body>"`) to the backlog; returns those released to run now."""
-        released: list[str] = []
+    def append(self, spec: dict, entries: list[str], now: float, cursor: str = "", token: str = "") -> Appended:
+        """Add batches (`"<batch_id> <body>"`) to the backlog, with the enqueuer's cursor after them.
+
+        Returns the batches released to run now, and whether the job still takes batches (it may
+        have been stopped, or another enqueuer may have taken over the lease).
+        """
+        result = Appended()
         for start in range(0, len(entries), 1000):  # Lua's unpack() takes a few thousand at most
             chunk = entries[start : start + 1000]
-            released += [e.decode() for e in self._call("append", spec, spec["api_name"], *chunk, now=now)]
-        return released
+            last = start + 1000 >= len(entries)
+            reply = self._call("append", spec, spec["api_name"], cursor if last else "", token, *chunk, now=now)
+            result.accepted = reply[0] == 1
+            if not result.accepted:
+                break
+            result.released += [e.decode() for e in reply[1:]]
+        return result
 
-    def enqueued(self, spec: dict, now: float) -> Outcome:
-        """Mark enqueuing done (the job is `status_running`); may release batches or finalize."""
-        return Outcome.parse(self._call("enqueued", spec, spec["api_name"], now=now))
+    def enqueued(self, spec: dict, now: float, token: str = "", empty_message: str = "") -> Outcome:
+        """Mark enqueuing done (the job is `status_running`, or `status_enqueue_failed` if it has no
+        batch); may release batches or finalize."""
+        return Outcome.parse(self._call("enqueued", spec, spec["api_name"], token, empty_message, now=now))
+
+    def take_lease(self, job_id: str, token: str) -> bool:
+        """Become the job's enqueuer, unless a live one holds the lease."""
+        return bool(self.redis.set(keys.enqueuer(job_id), token, nx=True, px=LEASE_MS))
+
+    def lease_held(self, job_id: str) -> bool:
+        """Whether some enqueuer is alive (it renews its lease with every chunk of batches)."""
+        return bool(self.redis.exists(keys.enqueuer(job_id)))
+
+    def enqueue_state(self, job_id: str) -> tuple[dict | None, dict | None]:
+        """The job's S3 source and the cursor where enqueuing resumes (None before the first chunk)."""
+        source, cursor = self.redis.hmget(keys.job(job_id), "source", "cursor")
+        return (json.loads(source) if source else None), (json.loads(cursor) if cursor else None)
 
     def begin(self, spec: dict, batch_id: str, proc: str, now: float) -> Delivery:
         """Count a delivery of a batch and say whether to run it."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from app import status
 from app.batching import item_batches
@@ -13,6 +16,7 @@ from app.errors import BrokerUnavailable, InvalidRequest
 from app.job import build_spec, now
 from app.registry import Registry
 from app.schemas import load_submission
+from app.sources import s3
 from app.store import JobStore, Outcome
 
 log = logging.getLogger(__name__)
@@ -51,34 +55,88 @@ class Submitter:
         self.dispatcher = dispatcher
         self.queue_url = queue_url
 
-    def submit(self, api_name: str, raw: bytes, dry_run: bool = False) -> dict | str:
-        """Create a job (or, for a dry run, only validate: returns the text answer).
+    def submit(self, api_name: str, raw: bytes, dry_run: bool = False) -> dict | Iterator[str]:
+        """Create a job; for a dry run only validate and return the text answer's lines.
 
         Raises ApiNotFound, InvalidRequest, BrokerUnavailable.
         """
         api = self.registry.get(api_name)
         submission = load_submission(decode_body(raw))
-        if "item_list" not in submission:
-            raise InvalidRequest(
-                "file_path_lister and delimited_files (S3 inputs) are not supported yet: use item_list"
-            )
-        entries = item_batches(submission["item_list"]["items"], submission["item_list"]["batch_size"])
+        if "item_list" in submission:
+            return self._submit_items(api, submission, dry_run)
+        return self._submit_s3(api, submission, dry_run)
+
+    def _submit_items(self, api: dict, submission: dict, dry_run: bool) -> dict | Iterator[str]:
+        items = submission["item_list"]["items"]
+        entries = item_batches(items, submission["item_list"]["batch_size"])
         if dry_run:
-            return "validations passed\n"
-        spec = build_spec(api, submission, self.queue_url, now())
-        self.store.create(spec, api, now())
-        try:
+            return iter(["validations passed\n"])
+        spec = self._create(api, submission)
+        with self._publishing(spec):
             self._enqueue(spec, entries)
-        except Exception as err:  # the broker refused: say so on the job, and to the client
-            log.exception("job %s: enqueuing failed", spec["job_id"])
-            self.store.end(spec, status.ENQUEUE_FAILED, f"could not publish batches to the broker: {err}", now())
-            raise BrokerUnavailable(f"job {spec['job_id']} could not be enqueued: {err}") from None
-        log.info("job %s: %d items in %d batches", spec["job_id"], len(submission["item_list"]["items"]), len(entries))
+        log.info("job %s: %d items in %d batches", spec["job_id"], len(items), len(entries))
         return spec
 
+    def _submit_s3(self, api: dict, submission: dict, dry_run: bool) -> dict | Iterator[str]:
+        kind = "file_path_lister" if "file_path_lister" in submission else "delimited_files"
+        source = dict(submission[kind], kind=kind)
+        selected = _selected_objects(kind, source)
+        if dry_run:
+            return _dry_run_lines(selected)
+        spec = self._create(api, submission, source)
+        with self._publishing(spec):
+            self.dispatcher.publish_enqueuer(spec["job_id"])
+        return spec
+
+    def _create(self, api: dict, submission: dict, source: dict | None = None) -> dict:
+        spec = build_spec(api, submission, self.queue_url, now())
+        self.store.create(spec, api, now(), source)
+        return spec
+
+    @contextmanager
+    def _publishing(self, spec: dict) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:  # the broker refused: say so on the job, and to the client
+            log.exception("job %s: enqueuing failed", spec["job_id"])
+            self.store.end(spec, status.ENQUEUE_FAILED, f"could not publish to the broker: {err}", now())
+            raise BrokerUnavailable(f"job {spec['job_id']} could not be enqueued: {err}") from None
+
     def _enqueue(self, spec: dict, entries: list[str]) -> None:
-        self.dispatcher.publish_batches(spec["job_id"], self.store.append(spec, entries, now()))
+        self.dispatcher.publish_batches(spec["job_id"], self.store.append(spec, entries, now()).released)
         follow(self.dispatcher, spec["job_id"], self.store.enqueued(spec, now()))
+
+
+def _selected_objects(kind: str, source: dict) -> Iterator[s3.S3Object]:
+    """The objects an S3 source selects, checked to be at least one; raises InvalidRequest."""
+    try:
+        s3.distinct_prefixes(source["s3_paths"])
+    except ValueError as err:
+        raise InvalidRequest(f"{kind}.s3_paths: {err}") from None
+    for field in ("includes", "excludes"):
+        try:
+            s3.check_globs(source[field])
+        except ValueError as err:
+            raise InvalidRequest(f"{kind}.{field}: {err}") from None
+    objects = (obj for _, obj in s3.matching(source["s3_paths"], source["includes"], source["excludes"]))
+    try:
+        first = next(objects, None)
+    except s3.S3Error as err:
+        raise InvalidRequest(str(err)) from None
+    if first is None:
+        raise InvalidRequest("no s3 files match search criteria")
+    return itertools.chain([first], objects)
+
+
+def _dry_run_lines(objects: Iterator[s3.S3Object]) -> Iterator[str]:
+    # Streamed: a prefix of a million keys is listed page by page, never held whole.
+    try:
+        for obj in objects:
+            yield obj.url + "\n"
+    except s3.S3Error as err:
+        yield f"error: {err}\n"
+        return
+    yield "validations passed\n"
 
 
 def follow(dispatcher: Dispatcher, job_id: str, outcome: Outcome) -> None:

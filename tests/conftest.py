@@ -12,7 +12,7 @@ import redis
 
 from app import create_app, status
 from app.config import Settings
-from tests.services import ROOT, RedisServer, Worker, wait_for
+from tests.services import ROOT, MotoServer, RedisServer, Worker, wait_for
 
 PREDICTORS = Path(__file__).parent / "predictors"
 
@@ -21,6 +21,21 @@ PREDICTORS = Path(__file__).parent / "predictors"
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    """A moto server for S3; this process and the workers reach it through the standard variables."""
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     server.stop()
 
 
@@ -35,9 +50,15 @@ def settings(redis_server, queue_name) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def worker_env(settings, tmp_path_factory) -> dict:
+def worker_env(settings, moto) -> dict:
     env = dict(os.environ)
-    env.update(REDIS_URL=settings.redis_url, BATCHERY_QUEUE=settings.queue, PYTHONPATH=str(ROOT))
+    env.update(
+        REDIS_URL=settings.redis_url,
+        BATCHERY_QUEUE=settings.queue,
+        PYTHONPATH=str(ROOT),
+        BATCHERY_ENQUEUE_LEASE="4",
+        **moto.env(),
+    )
     env.pop("BROKER_URL", None)
     return env
 

@@ -138,3 +138,41 @@ def stop_process(process: subprocess.Popen, group: bool = False, grace: float = 
         process.wait(grace)
     except ProcessLookupError:
         pass
+
+
+class MotoServer:
+    """A real `moto_server` process: S3 (and SQS) over HTTP on localhost."""
+
+    def __init__(self, logdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (logdir / "moto.log").open("w")
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._ready, timeout=60, interval=0.1, what="moto_server to answer")
+
+    def env(self) -> dict:
+        """The standard variables that point boto3 (and so Batchery) at this server."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.url,
+            "AWS_ENDPOINT_URL_SQS": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {self.process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()

@@ -8,10 +8,15 @@ import os
 import socket
 import time
 import traceback
+import uuid
 
 from app import status
+from app.broker import ENQUEUE_JOB
+from app.enqueuer import Enqueuer
 from app.job import dead_letter_queue_name, now, retry_limits
 from app.services import Services
+from app.sources.batches import payload
+from app.store import LEASE_MS
 from app.submission import follow
 from workers.celery_app import celery, settings
 from workers.runtime import PredictorCache, PredictorError, load_class
@@ -59,6 +64,7 @@ class BatchRun:
         self.proc = process_id()
 
     def run(self, task) -> None:
+        """Run the delivery: skip it, dead-letter it, or predict and count the outcome."""
         delivery = self.store.begin(self.spec, self.batch_id, self.proc, now())
         if delivery.action == "skip":
             return
@@ -71,7 +77,7 @@ class BatchRun:
             return
         started = time.perf_counter()
         try:
-            predictor.predict(json.loads(self.body), self.batch_id)
+            predictor.predict(payload(self.body), self.batch_id)
         except Exception as err:  # noqa: BLE001 - any error in user code is a failed attempt
             self._failed(task, delivery.number, err)
             return
@@ -105,7 +111,7 @@ class BatchRun:
                     "job_id": self.spec["job_id"],
                     "api_name": self.spec["api_name"],
                     "batch_id": self.batch_id,
-                    "payload": json.loads(self.body),
+                    "payload": json.loads(self.body),  # as sent: a list, or the S3 ranges holding it
                     "error": error,
                     "traceback": trace,
                     "failed_time": now(),
@@ -143,3 +149,12 @@ def finalize_job(job_id: str) -> None:
     store.end(spec, final, message, now())
     _predictors.evict(job_id)
     log.info("job %s: %s", job_id, final)
+
+
+@celery.task(name=ENQUEUE_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
+def enqueue_job(self, job_id: str) -> None:
+    """Stream a job's S3 input into its backlog; resumes where a dead enqueuer stopped."""
+    token = f"{process_id()}:{uuid.uuid4().hex[:8]}"  # says who holds the lease
+    result = Enqueuer(services().store, services().dispatcher).run(job_id, token=token)
+    if result == "busy":  # another enqueuer holds the lease: try again once it would have expired
+        raise self.retry(countdown=LEASE_MS / 2000, max_retries=None)

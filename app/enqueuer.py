@@ -1,0 +1,78 @@
+"""Enqueuing an S3 input in the background: stream it into the job's backlog, resumably.
+
+Runs as a Celery task on the workers (off the request). It holds a lease in Redis while it
+works and saves its cursor with every chunk of batches, in the same Lua call, so an enqueuer
+that dies is resumed from the last chunk by the next one, with no batch lost or repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from app import status
+from app.dispatch import Dispatcher
+from app.job import now
+from app.sources.batches import START, SourceError, source_batches
+from app.sources.s3 import S3Error
+from app.store import JobStore
+from app.submission import follow
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # batches per Redis call
+FLUSH_SECONDS = 0.5  # so that batches start running while a long input is still being read
+
+
+class Enqueuer:
+    """Moves a job's S3 input into its backlog."""
+
+    def __init__(self, store: JobStore, dispatcher: Dispatcher):
+        self.store = store
+        self.dispatcher = dispatcher
+
+    def run(self, job_id: str, token: str) -> str:
+        """Enqueue (or resume enqueuing) a job: `done`, `busy` (another enqueuer is alive) or `gone`."""
+        found = self.store.spec_and_api(job_id)
+        source, cursor = self.store.enqueue_state(job_id)
+        if found is None or source is None:
+            return "gone"
+        spec = found[0]
+        state = self.store.state(job_id, spec["api_name"], now())
+        if state is None or state["status"] != status.ENQUEUING:
+            return "gone"
+        if not self.store.take_lease(job_id, token):
+            return "busy"
+        if cursor:
+            log.info("job %s: resuming enqueuing at batch %d", job_id, cursor["batch"])
+        try:
+            return self._stream(spec, source, cursor or START, token)
+        except (SourceError, S3Error) as err:
+            log.warning("job %s: enqueuing failed: %s", job_id, err)
+            self.store.end(spec, status.ENQUEUE_FAILED, str(err), now())
+            return "done"
+
+    def _stream(self, spec: dict, source: dict, cursor: dict, token: str) -> str:
+        chunk: list[str] = []
+        flushed = time.monotonic()
+        started = cursor["batch"] > 0
+        after = cursor
+        for body, after in source_batches(source, cursor):
+            chunk.append(f"{after['batch'] - 1} {body}")
+            due = time.monotonic() - flushed >= FLUSH_SECONDS or (not started and len(chunk) >= spec["workers"])
+            if len(chunk) >= CHUNK or due:
+                if not self._flush(spec, chunk, after, token):
+                    return "gone"
+                chunk, flushed, started = [], time.monotonic(), True
+        if chunk and not self._flush(spec, chunk, after, token):
+            return "gone"
+        outcome = self.store.enqueued(spec, now(), token, "the input holds no items: the selected files are empty")
+        follow(self.dispatcher, spec["job_id"], outcome)
+        log.info("job %s: enqueued %d items in %d batches", spec["job_id"], after["item"], after["batch"])
+        return "done"
+
+    def _flush(self, spec: dict, chunk: list[str], cursor: dict, token: str) -> bool:
+        appended = self.store.append(spec, chunk, now(), cursor=json.dumps(cursor), token=token)
+        self.dispatcher.publish_batches(spec["job_id"], appended.released)
+        return appended.accepted

@@ -1,0 +1,87 @@
+"""Reading a stream of JSON values (newline-delimited JSON in practice) with their byte offsets.
+
+The offsets let a batch be described as byte ranges of S3 objects, read again by the worker with a
+ranged GET, so neither the enqueuer nor Redis ever holds the whole input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+
+from app.config import MAX_BATCH_BYTES
+
+DECODER = json.JSONDecoder()
+WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class JsonStreamError(ValueError):
+    """A value that is not valid JSON, or too large for any batch; `offset` is its first byte."""
+
+    def __init__(self, reason: str, offset: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.offset = offset
+
+
+def values(chunks: Iterable[bytes], offset: int = 0) -> Iterator[tuple[object, int, int]]:
+    """(value, first byte, end byte) of each JSON value in the stream; raises JsonStreamError.
+
+    `offset` is the position of the first chunk in its object. Values may span lines; blank lines
+    are ignored. A value is only parsed once the lines holding it are complete.
+    """
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut == 0:
+            _check_size(pending, offset)
+            continue
+        consumed = yield from _parse(pending[:cut], offset, at_end=False)
+        pending = pending[consumed:]
+        offset += consumed
+        _check_size(pending, offset)
+    yield from _parse(pending, offset, at_end=True)
+
+
+def _check_size(pending: bytes, offset: int) -> None:
+    # A value this long cannot fit a batch: say so rather than buffer an unbounded line.
+    if len(pending) > 2 * MAX_BATCH_BYTES:
+        raise JsonStreamError("a value (or a run of text without a line break) is over 256 KiB", offset)
+
+
+def _parse(block: bytes, offset: int, at_end: bool):
+    """Yield the complete values of `block`; return how many bytes were consumed."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise JsonStreamError(f"not UTF-8 text ({err.reason})", offset + err.start) from None
+    to_bytes = _offsets(text, block)
+    i = WHITESPACE.match(text, 0).end()
+    while i < len(text):
+        try:
+            value, j = DECODER.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            if at_end or len(text) - i > 2 * MAX_BATCH_BYTES:
+                raise JsonStreamError(err.msg, offset + to_bytes(i)) from None
+            return to_bytes(i)  # perhaps a value spanning lines: parse it with the next block
+        start, end = to_bytes(i), to_bytes(j)
+        if end - start >= MAX_BATCH_BYTES - 2:
+            too_big = f"a value of {(end - start) / 1024:.0f} KiB cannot fit a 256 KiB batch"
+            raise JsonStreamError(too_big, offset + start)
+        yield value, offset + start, offset + end
+        i = WHITESPACE.match(text, j).end()
+    return len(block)
+
+
+def _offsets(text: str, block: bytes):
+    """Character index -> byte index in `block` (the identity for ASCII text)."""
+    if len(text) == len(block):
+        return lambda i: i
+    return lambda i: len(text[:i].encode())
+
+
+def parse_all(data: bytes) -> list:
+    """Every value of a complete piece of the stream (what a worker reads back for a batch)."""
+    return [value for value, _, _ in values([data])]

@@ -1,0 +1,216 @@
+"""S3 inputs against a real moto server over HTTP: filtering, dry runs, enqueuing, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+
+from app import keys, status
+from tests.services import wait_for
+
+IMAGES = ["images/img_1.png", "images/img_2.jpg", "images/img_3.jpg", "images/img_4.gif"]
+
+
+@pytest.fixture
+def bucket(moto) -> str:
+    name = f"bucket-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def put(bucket: str, objects: dict[str, bytes | str]) -> None:
+    s3 = boto3.client("s3")
+
+    def one(item):
+        key, body = item
+        s3.put_object(Bucket=bucket, Key=key, Body=body.encode() if isinstance(body, str) else body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, objects.items()))
+
+
+def dry_run(client, lister: dict, kind: str = "file_path_lister"):
+    body = {"workers": 1, kind: dict(lister, batch_size=lister.get("batch_size", 1))}
+    return client.post("/batch/minimal?dryRun=true", data=json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("lister", "selected"),
+    [
+        ({"s3_paths": ["s3://{b}/images/"]}, IMAGES),
+        ({"s3_paths": ["s3://{b}/images/img"]}, IMAGES),
+        ({"s3_paths": ["s3://{b}/images/img_1.png", "s3://{b}/images/img_2.jpg"]}, IMAGES[:2]),
+        ({"s3_paths": ["s3://{b}/images/"], "includes": ["**.jpg"]}, IMAGES[1:3]),
+        ({"s3_paths": ["s3://{b}/images/"], "includes": ["**.jpg"], "excludes": ["**_3.jpg"]}, IMAGES[1:2]),
+        ({"s3_paths": ["s3://{b}/images/"], "excludes": ["**.gif"]}, IMAGES[:3]),
+        # the rest of DESIGN.md's rules: * and ? stay in a segment, [...], [!...], {a,b}; duplicates once
+        ({"s3_paths": ["s3://{b}/images/"], "includes": ["*.jpg"], "excludes": []}, None),
+        ({"s3_paths": ["s3://{b}/"], "includes": ["s3://{b}/*/img_?.{png,gif}"]}, [IMAGES[0], IMAGES[3]]),
+        ({"s3_paths": ["s3://{b}/images/"], "includes": ["**img_[!12].*"]}, IMAGES[2:]),
+        ({"s3_paths": ["s3://{b}/images/", "s3://{b}/images/img_1", "s3://{b}/images/"]}, IMAGES),
+    ],
+)
+def test_filtering_examples_of_the_reference_page(client, bucket, lister, selected):
+    put(bucket, {key: "x" for key in [*IMAGES, "images/", "other/readme.txt"]})
+    lister = json.loads(json.dumps(lister).replace("{b}", bucket))
+    response = dry_run(client, lister)
+    if selected is None:
+        assert response.status_code == 400
+        assert response.get_json()["message"] == "no s3 files match search criteria"
+        return
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/plain"
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines == [f"s3://{bucket}/{key}" for key in selected] + ["validations passed"]
+
+
+def test_dry_run_creates_nothing(client, r, bucket):
+    put(bucket, {"a.json": "{}"})
+    before = r.zcard(keys.api_jobs("minimal"))
+    assert dry_run(client, {"s3_paths": [f"s3://{bucket}/"]}, "delimited_files").status_code == 200
+    assert r.zcard(keys.api_jobs("minimal")) == before
+
+
+@pytest.mark.parametrize(
+    ("lister", "words"),
+    [
+        ({"s3_paths": ["bucket/images"]}, ["file_path_lister.s3_paths", "is not an S3 path"]),
+        ({"s3_paths": ["s3:///images"]}, ["is not an S3 path"]),
+        ({"s3_paths": ["s3://{b}/"], "includes": ["**.{jpg"]}, ["file_path_lister.includes", "'**.{jpg'"]),
+        ({"s3_paths": ["s3://{b}/"], "excludes": ["[z-a]"]}, ["file_path_lister.excludes", "'[z-a]'"]),
+        ({"s3_paths": ["s3://{b}/nothing-here/"]}, ["no s3 files match search criteria"]),
+        ({"s3_paths": ["s3://no-such-bucket-batchery/x"]}, ["no-such-bucket-batchery", "does not exist"]),
+    ],
+)
+def test_bad_s3_input_is_a_400_naming_the_path_or_pattern(client, bucket, lister, words):
+    put(bucket, {"images/a.jpg": "x"})
+    lister = json.loads(json.dumps(lister).replace("{b}", bucket))
+    response = dry_run(client, lister)
+    assert response.status_code == 400
+    message = response.get_json()["message"]
+    for word in words:
+        assert word in message
+
+
+def test_a_prefix_of_more_keys_than_one_listing_page(client, jobs, worker, r, bucket, probe_config):
+    keys_ = [f"many/{i:05d}.txt" for i in range(1234)]
+    put(bucket, dict.fromkeys(keys_, "x"))
+    listed = dry_run(client, {"s3_paths": [f"s3://{bucket}/many/"]}).get_data(as_text=True).splitlines()
+    assert listed[:-1] == [f"s3://{bucket}/{key}" for key in keys_]
+    spec = jobs.submit(
+        "minimal",
+        {
+            "workers": 2,
+            "config": probe_config,
+            "file_path_lister": {"s3_paths": [f"s3://{bucket}/many/"], "batch_size": 100},
+        },
+    )
+    job = jobs.wait_final("minimal", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["total_batch_count"] == 13
+    payloads = [json.loads(p) for p in r.lrange(f"minimal:{probe_config['tag']}:payloads", 0, -1)]
+    assert sorted(path for payload in payloads for path in payload) == [f"s3://{bucket}/{k}" for k in keys_]
+    assert sorted(len(p) for p in payloads) == [34] + [100] * 12
+
+
+def ndjson(rows: list) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def test_delimited_files_end_to_end_batches_span_files(jobs, worker, r, bucket, probe_config):
+    put(
+        bucket,
+        {
+            "data/part-0.jsonl": ndjson([{"n": 0}, {"n": 1}, {"n": 2}]),
+            "data/part-1.jsonl": "\n" + ndjson([{"n": 3}]) + "\n\n" + ndjson([{"n": 4}, {"n": 5}]),
+            "data/part-2.jsonl": '{"n": 6,\n "multi": "line"}\n' + ndjson([{"n": 7, "text": "héllo"}]),
+            "data/skip.txt": "not json",
+        },
+    )
+    spec = jobs.submit(
+        "minimal",
+        {
+            "workers": 2,
+            "config": probe_config,
+            "delimited_files": {"s3_paths": [f"s3://{bucket}/data/"], "includes": ["**.jsonl"], "batch_size": 3},
+        },
+    )
+    job = jobs.wait_final("minimal", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED, job
+    assert job["total_batch_count"] == 3
+    payloads = sorted(
+        (json.loads(p) for p in r.lrange(f"minimal:{probe_config['tag']}:payloads", 0, -1)),
+        key=lambda batch: batch[0]["n"],
+    )
+    assert payloads == [
+        [{"n": 0}, {"n": 1}, {"n": 2}],
+        [{"n": 3}, {"n": 4}, {"n": 5}],
+        [{"n": 6, "multi": "line"}, {"n": 7, "text": "héllo"}],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ({"d/a.jsonl": ndjson([{"a": 1}, {"a": 2}]), "d/b.jsonl": '{"b": 1}\n{"b": oops}\n'}, ["item 4:", "d/b.jsonl"]),
+        ({"d/a.jsonl": ndjson([{"a": 1}]) + json.dumps({"big": "x" * 300_000}) + "\n"}, ["item 2:", "256 KiB"]),
+        ({"d/a.jsonl": "", "d/b.jsonl": "\n\n"}, ["no items"]),
+    ],
+)
+def test_bad_delimited_input_ends_the_job_enqueue_failed_with_the_item(jobs, worker, bucket, files, words):
+    put(bucket, files)
+    spec = jobs.submit(
+        "minimal",
+        {
+            "workers": 1,
+            "config": {"redis_url": "redis://unused", "tag": "x"},
+            "delimited_files": {"s3_paths": [f"s3://{bucket}/d/"], "batch_size": 10},
+        },
+    )
+    job = jobs.wait_final("minimal", spec["job_id"])
+    assert job["status"] == status.ENQUEUE_FAILED
+    for word in words:
+        assert word in job["message"]
+
+
+def test_batches_start_while_enqueuing_continues_and_a_killed_enqueuer_is_resumed(
+    jobs, worker, r, bucket, probe_config
+):
+    files = {f"parts/{i:04d}.jsonl": ndjson([{"file": i, "row": j} for j in range(5)]) for i in range(300)}
+    put(bucket, files)
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 2,
+            "config": probe_config,
+            "delimited_files": {"s3_paths": [f"s3://{bucket}/parts/"], "batch_size": 5},
+        },
+    )
+    job_key = keys.job(spec["job_id"])
+    assert jobs.status("probe", spec["job_id"])["status"] == status.ENQUEUING
+
+    # batches run while the enqueuer is still reading: succeeded > 0 and status still enqueuing
+    def running_while_enqueuing():
+        job = jobs.status("probe", spec["job_id"])
+        return job["status"] == status.ENQUEUING and job["batch_metrics"]["succeeded"] > 0 and r.hget(job_key, "cursor")
+
+    wait_for(running_while_enqueuing, timeout=60, what="batches to run during enqueuing")
+    holder = r.get(keys.enqueuer(spec["job_id"]))
+    pid = int(holder.split(":")[1])
+    os.kill(pid, signal.SIGKILL)
+    batch_at_kill = json.loads(r.hget(job_key, "cursor"))["batch"]
+    assert batch_at_kill < 300, "the enqueuer had finished before it could be killed"
+
+    job = jobs.wait_final("probe", spec["job_id"], timeout=120)
+    assert job["status"] == status.SUCCEEDED
+    assert job["total_batch_count"] == 300
+    assert job["batch_metrics"]["succeeded"] == 300
+    starts = [json.loads(s)["batch"] for s in r.lrange(f"probe:{probe_config['tag']}:starts:{spec['job_id']}", 0, -1)]
+    assert sorted(map(int, starts)) == list(range(300)), "every batch ran exactly once"
+    assert r.get(keys.enqueuer(spec["job_id"])) is None
