@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.config import MAX_BODY_BYTES, Settings
 from app.services import Services
+from app.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def create_app(config: dict | None = None) -> Flask:
     flask_app.extensions["batchery"] = services
     if settings.apis_file:
         services.registry.deploy_file(settings.apis_file)
+    if settings.watchdog_seconds > 0:
+        Watchdog(services).start(settings.watchdog_seconds)
 
     from app.api import bp
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from app import job
-from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning
+from app.config import MAX_BODY_BYTES
+from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
 from app.registry import public_spec
 from app.services import Services
 from app.status import STOPPED
@@ -25,7 +26,7 @@ def endpoint(api_name: str) -> str:
 def submit(api_name: str) -> Response:
     """Submit a job; `?dryRun=true` only validates. Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB."""
     dry_run = request.args.get("dryRun", "false").lower() == "true"
-    result = services().submitter.submit(api_name, request.get_data(cache=False), dry_run=dry_run)
+    result = services().submitter.submit(api_name, _body(), dry_run=dry_run)
     if isinstance(result, dict):
         return jsonify(result)
     return Response(result, mimetype="text/plain")
@@ -59,6 +60,18 @@ def stop(api_name: str) -> Response:
         final = _state(api_name, job_id)["status"]
         raise JobNotRunning(f"job {job_id} is not running: it already ended with {final}")
     return jsonify({"message": f"stopped job {job_id}"})
+
+
+def _body() -> bytes:
+    """The request body, at most 10 MiB; raises PayloadTooLarge.
+
+    Flask refuses a Content-Length over the limit before reading; a chunked body is cut at the
+    limit instead, so one more byte tells whether it went over.
+    """
+    raw = request.get_data(cache=False)
+    if len(raw) >= MAX_BODY_BYTES and request.content_length is None and request.environ["wsgi.input"].read(1):
+        raise PayloadTooLarge("the request body is over 10 MiB: submit large inputs through S3")
+    return raw
 
 
 def _job_id() -> str:

@@ -22,6 +22,7 @@ class Settings:
     queue: str = "batchery"
     visibility_timeout: int = 3600
     recent_jobs: int = 50
+    watchdog_seconds: float = 10.0
 
     @property
     def broker(self) -> str:
@@ -40,4 +41,5 @@ class Settings:
             queue=env.get("BATCHERY_QUEUE", default.queue),
             visibility_timeout=int(env.get("BATCHERY_VISIBILITY_TIMEOUT", default.visibility_timeout)),
             recent_jobs=int(env.get("BATCHERY_RECENT_JOBS", default.recent_jobs)),
+            watchdog_seconds=float(env.get("BATCHERY_WATCHDOG_SECONDS", default.watchdog_seconds)),
         )

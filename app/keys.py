@@ -56,3 +56,8 @@ def enqueuer(job_id: str) -> str:
 def dead_letters(queue_name: str) -> str:
     """List: the dead-letter queue named by a job's `sqs_dead_letter_queue.arn` (Redis broker)."""
     return f"{PREFIX}:dlq:{queue_name}"
+
+
+def watchdog_lock() -> str:
+    """String with a TTL: held by the API process running the current watchdog sweep."""
+    return f"{PREFIX}:watchdog"

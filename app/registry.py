@@ -34,6 +34,10 @@ def read_cortex_yaml(path: str | Path) -> list[dict]:
     if not isinstance(documents, list) or not documents:
         raise DeployError(f"{path.name} must hold a list of APIs")
     specs = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
+    names = [entry.get("name") for entry in documents if isinstance(entry, dict)]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DeployError(f"{path.name} declares API {', '.join(twice)} more than once")
     return [spec for spec in specs if spec is not None]
 
 

@@ -465,3 +465,10 @@ def test_decode_body_refuses_what_is_not_json(raw, reason):
         decode_body(raw)
     assert reason in caught.value.message
     assert caught.value.status == 400
+
+
+def test_read_cortex_yaml_refuses_an_api_declared_twice(tmp_path):
+    entry = "- name: twin\n  kind: BatchAPI\n  predictor: {type: python, path: predictor.py}\n"
+    path = write_project(tmp_path, entry + entry)
+    with pytest.raises(DeployError, match="twin more than once"):
+        read_cortex_yaml(path)

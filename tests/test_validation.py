@@ -520,3 +520,17 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
 def test_the_other_routes_answer_json_errors(client, method, url, status_code, kind, fragment):
     response = getattr(client, method)(url)
     assert_error(response, status_code, kind, fragment)
+
+
+def test_a_chunked_body_over_10_mib_is_a_413_not_a_truncated_job(client, r):
+    """Without a Content-Length (chunked, as gunicorn passes it) the body is cut at the limit."""
+    snapshot = Snapshot(r)
+    padded = b'{"workers": 1, "item_list": {"items": [1], "batch_size": 1}' + b" " * MAX_BODY_BYTES + b"}"
+    response = client.post(
+        "/batch/minimal",
+        input_stream=io.BytesIO(padded),
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert_error(response, 413, "payload_too_large", "10 MiB")
+    snapshot.assert_nothing_created()

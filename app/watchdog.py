@@ -1,0 +1,70 @@
+"""A periodic sweep so that no job hangs in `status_enqueuing`.
+
+It runs in the API processes (a daemon thread each; a Redis lock lets one sweep at a time):
+- an S3 job whose enqueuer vanished (its worker was killed outright, so its message waits for
+  the broker's visibility timeout; or the API died before publishing it) gets a new enqueuer,
+  which resumes from the saved cursor;
+- an item_list job still enqueuing long after its request ended (the API process died while
+  storing its batches) ends `status_enqueue_failed`, saying so;
+- reading each job's state also times out the jobs past their deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from app import keys, status
+from app.job import now
+from app.services import Services
+from app.store import LEASE_MS
+
+log = logging.getLogger(__name__)
+
+STALE_SECONDS = LEASE_MS / 1000  # a job enqueuing this long with no live enqueuer has lost it
+
+
+class Watchdog:
+    """Finds jobs stuck in `status_enqueuing` and gets them going again."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    def sweep(self, at: float) -> list[str]:
+        """One pass over the jobs in progress; returns the ids of the jobs it acted on."""
+        acted = []
+        for api_name in self.services.registry.names():
+            for job_id in self.services.redis.zrange(keys.api_active(api_name), 0, -1):
+                if self._check(job_id.decode(), api_name, at):
+                    acted.append(job_id.decode())
+        return acted
+
+    def _check(self, job_id: str, api_name: str, at: float) -> bool:
+        store = self.services.store
+        state = store.state(job_id, api_name, at)
+        if state is None or state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
+            return False
+        if store.enqueue_state(job_id)[0] is None:
+            message = "enqueuing stopped: the API process storing the job's batches died; submit the job again"
+            return store.end(state["spec"], status.ENQUEUE_FAILED, message, at)
+        if store.lease_held(job_id):
+            return False
+        log.warning("job %s: no live enqueuer; publishing a new one", job_id)
+        self.services.dispatcher.publish_enqueuer(job_id)
+        return True
+
+    def start(self, every: float) -> threading.Thread:
+        """Sweep every `every` seconds in a daemon thread, one process of the fleet at a time."""
+        thread = threading.Thread(target=self._loop, args=(every,), name="batchery-watchdog", daemon=True)
+        thread.start()
+        return thread
+
+    def _loop(self, every: float) -> None:
+        while True:
+            time.sleep(every)
+            try:
+                if self.services.redis.set(keys.watchdog_lock(), "1", nx=True, px=int(every * 900)):
+                    self.sweep(now())
+            except Exception:
+                log.exception("watchdog sweep failed")

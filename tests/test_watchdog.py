@@ -1,0 +1,61 @@
+"""The watchdog: no job stays in status_enqueuing because the process enqueuing it died."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import boto3
+
+from app import status
+from app.job import build_spec, now
+from app.watchdog import STALE_SECONDS, Watchdog
+
+
+def stuck_job(services, api_name: str, config: dict, source: dict | None) -> dict:
+    """A job stored as the API stores it, whose enqueuing never started (as if the API died)."""
+    api = services.registry.get(api_name)
+    spec = build_spec(api, {"workers": 2, "config": config}, "redis://x/q", now())
+    services.store.create(spec, api, now(), source)
+    return spec
+
+
+def test_s3_job_whose_enqueuer_vanished_gets_a_new_one(flask_app, jobs, worker, moto, r, probe_config):
+    services = flask_app.extensions["batchery"]
+    bucket = f"wd-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in.jsonl", Body=b"".join(b'{"n": %d}\n' % i for i in range(10)))
+    source = {
+        "kind": "delimited_files",
+        "s3_paths": [f"s3://{bucket}/"],
+        "includes": [],
+        "excludes": [],
+        "batch_size": 4,
+    }
+    spec = stuck_job(services, "minimal", probe_config, source)
+    watchdog = Watchdog(services)
+    assert watchdog.sweep(now()) == []  # too early to call it lost
+    assert spec["job_id"] in watchdog.sweep(now() + STALE_SECONDS + 1)
+    job = jobs.wait_final("minimal", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    payloads = [json.loads(p) for p in r.lrange(f"minimal:{probe_config['tag']}:payloads", 0, -1)]
+    assert sorted(v["n"] for batch in payloads for v in batch) == list(range(10))
+
+
+def test_a_job_with_a_live_enqueuer_is_left_alone(flask_app, probe_config):
+    services = flask_app.extensions["batchery"]
+    source = {"kind": "delimited_files", "s3_paths": ["s3://b/"], "includes": [], "excludes": [], "batch_size": 1}
+    spec = stuck_job(services, "minimal", probe_config, source)
+    assert services.store.take_lease(spec["job_id"], "someone-alive")
+    assert spec["job_id"] not in Watchdog(services).sweep(now() + STALE_SECONDS + 1)
+    services.store.end(spec, status.STOPPED, "", now())
+
+
+def test_item_list_job_left_enqueuing_by_a_dead_api_process_ends_enqueue_failed(flask_app, jobs, probe_config):
+    services = flask_app.extensions["batchery"]
+    spec = stuck_job(services, "minimal", probe_config, None)
+    assert spec["job_id"] in Watchdog(services).sweep(now() + STALE_SECONDS + 1)
+    job = jobs.status("minimal", spec["job_id"])
+    assert job["status"] == status.ENQUEUE_FAILED
+    assert "API process" in job["message"]
