@@ -248,11 +248,15 @@ class Stack:
         return (["redis"] if not self.config.external_redis else []) + list(APP_PROCESSES)
 
     def running(self) -> dict[str, int]:
-        """The stack's processes that are alive now, by name."""
+        """The stack's processes that are alive now, by name (pid of the group leader).
+
+        A group whose leader died still counts while any member lives: gunicorn's workers outlive a
+        SIGKILLed master and keep its port. Linux does not reuse a number that is still a live group's id.
+        """
         found = {}
         for path in sorted(self.config.run_dir.glob("*.pid")):
             pid = read_pid(path)
-            if pid and ours(pid):
+            if pid and (ours(pid) or group_alive(pid)):
                 found[path.stem] = pid
         return found
 
@@ -412,13 +416,20 @@ TEXT_JOB = {
 
 
 def http_json(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    """The status code and JSON body of a request; an error body that is not JSON comes back as {"body": text}."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        text = err.read().decode(errors="replace")
+        try:
+            return err.code, json.loads(text or "{}")
+        except ValueError:
+            return err.code, {"body": text[:500]}
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise StackError(f"{method} {url} failed: {err}") from None
 
 
 def status_line(elapsed: float, job: dict) -> str:
