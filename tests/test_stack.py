@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,20 +131,34 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports (two calls of free_port() may return the same one)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 class LocalStack:
     """`scripts/stack.py` with its own ports and run directory, so it never meets a developer's stack."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.port, self.flower_port, self.redis_port = free_port(), free_port(), free_port()
+        self.port, self.flower_port, self.redis_port, self.s3_port = free_ports(4)
         self.env = dict(os.environ)
-        for name in ("REDIS_URL", "BROKER_URL", "BATCHERY_APIS", "BATCHERY_QUEUE"):
+        # The stack decides where Redis and S3 are (the suite's own moto server may be in os.environ).
+        unset = ("REDIS_URL", "BROKER_URL", "BATCHERY_APIS", "BATCHERY_QUEUE")
+        unset += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+        for name in unset:
             self.env.pop(name, None)
         self.env.update(
             BATCHERY_RUN_DIR=str(run_dir),
             PORT=str(self.port),
             FLOWER_PORT=str(self.flower_port),
             REDIS_PORT=str(self.redis_port),
+            S3_PORT=str(self.s3_port),
             WEB_CONCURRENCY="1",
             WORKER_CONCURRENCY="2",
             BATCHERY_UP_TIMEOUT="90",
@@ -238,6 +254,36 @@ def test_up_refuses_a_port_that_is_taken(tmp_path):
     assert up.returncode == 1
     assert f"port {stack.port} is taken" in up.stderr
     assert not list(stack.run_dir.glob("*.pid"))
+
+
+def test_down_stops_a_group_whose_leader_died(tmp_path):
+    """gunicorn's workers outlive a SIGKILLed master (and keep its port): `down` must still stop them."""
+    stack = LocalStack(tmp_path / "run")
+    stack.run_dir.mkdir(parents=True)
+    # A group leader that exits at once, leaving a child in its process group (reparented to init).
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 120 & echo $!"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    orphan = int(leader.stdout.readline())
+    leader.wait(10)
+    leader.stdout.close()
+    try:
+        assert process_alive(orphan) and group_members(leader.pid) == [orphan]
+        (stack.run_dir / "web.pid").write_text(f"{leader.pid}\n")
+
+        again = stack.run("up")
+        assert again.returncode == 1
+        assert "already up" in again.stderr
+
+        down = stack.run("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "stopped web" in down.stdout
+        wait_for(lambda: not process_alive(orphan), timeout=10, what="the orphaned group member to exit")
+        assert not list(stack.run_dir.glob("*.pid"))
+    finally:
+        stack.run("down")  # also whatever an `up` that should have refused started
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
 
 
 def test_demo_runs_the_examples_and_stops_the_stack(tmp_path):
