@@ -98,6 +98,18 @@ def test_compose_api_and_worker_share_the_results_volume(compose):
     assert "5555:5555" in compose["services"]["flower"]["ports"]
 
 
+@pytest.mark.parametrize("service", sorted(COMPOSE_COMMANDS))
+def test_compose_points_the_app_at_the_minio_service(compose, service):
+    env = compose["services"][service]["environment"]
+    minio = compose["services"]["s3"]
+    assert minio["image"].startswith("minio/minio")
+    assert "9000:9000" in minio["ports"]
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://s3:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+
+
 def test_dockerfile_default_command_is_the_procfile_web_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
