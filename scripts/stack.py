@@ -1,4 +1,4 @@
-"""The local stack without Docker: Redis, the API, a worker and Flower as background processes.
+"""The local stack without Docker: Redis, S3, the API, a worker and Flower as background processes.
 
     python scripts/stack.py up      # start everything, wait until it answers, print the URLs
     python scripts/stack.py down    # stop everything `up` started (idempotent)
@@ -7,8 +7,13 @@
 The web/worker/flower commands are read from the Procfile, so it stays their single source.
 Logs and pid files go to $BATCHERY_RUN_DIR (default .run/). Settings from the environment:
 REDIS_URL (set: use that Redis, start none), REDIS_PORT (6379), PORT (8080), FLOWER_PORT (5555),
+S3_PORT (9000), LOCAL_S3 (0: start no S3), AWS_ENDPOINT_URL_S3 (set: use that S3, start none),
 BATCHERY_APIS (examples/cortex.yaml), WORKER_CONCURRENCY (2), BATCHERY_UP_TIMEOUT (60 s).
-Only the standard library is used, so `down` works without the virtualenv.
+The local S3 is a `moto_server` (in memory: its buckets go away with `down`); the API, worker and
+Flower get AWS_ENDPOINT_URL_S3 pointing at it, and dummy credentials unless AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY or AWS_DEFAULT_REGION are set.
+Only the standard library is used (the demo's S3 uploads import boto3), so `down` works without
+the virtualenv.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ APP_PROCESSES = ("web", "worker", "flower")  # Procfile entries, in start order
 FINAL_WAIT = 120.0  # seconds the demo waits for a job to end
 GRACE = 20.0  # seconds between SIGTERM and SIGKILL (a worker finishes its running batches first)
 PENDING = ("status_enqueuing", "status_running")
+INFRASTRUCTURE = ("redis", "s3")  # started first, stopped last
+LOCAL_S3_CREDENTIALS = {  # dummy: the local S3 accepts any
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 class StackError(Exception):
@@ -57,6 +68,16 @@ class Config:
         self.flower_port = int(env.get("FLOWER_PORT") or 5555)
         self.timeout = float(env.get("BATCHERY_UP_TIMEOUT") or 60)
         self.redis_url = self.external_redis or f"redis://127.0.0.1:{self.redis_port}/0"
+        self.s3_port = int(env.get("S3_PORT") or 9000)
+        self.external_s3 = env.get("AWS_ENDPOINT_URL_S3") or ""
+        self.local_s3 = not self.external_s3 and env.get("LOCAL_S3", "").strip() != "0"
+        self.s3_settings: dict[str, str] = {}  # what the stack sets for the local S3 (dummy values only)
+        if self.local_s3:
+            self.s3_settings["AWS_ENDPOINT_URL_S3"] = self.s3_url
+            for name, value in LOCAL_S3_CREDENTIALS.items():
+                if not env.get(name):  # the user's own credentials win
+                    self.s3_settings[name] = value
+            env.update(self.s3_settings)
         bin_dir = str(Path(sys.prefix) / "bin")
         env.update(
             REDIS_URL=self.redis_url,
@@ -80,6 +101,10 @@ class Config:
     @property
     def flower_url(self) -> str:
         return f"http://127.0.0.1:{self.flower_port}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
 
     def pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -110,6 +135,17 @@ def redis_server_binary() -> str:
         if binary.exists():
             return str(binary)
     raise StackError("no redis-server: install it (apt-get install redis-server), run `make install`, or set REDIS_URL")
+
+
+def moto_server_binary() -> str:
+    """The virtualenv's moto_server (moto[server] is in requirements.txt)."""
+    binary = Path(sys.prefix) / "bin" / "moto_server"
+    if binary.exists():
+        return str(binary)
+    found = shutil.which("moto_server")
+    if found:
+        return found
+    raise StackError("no moto_server for the local S3: run `make install`, set AWS_ENDPOINT_URL_S3, or LOCAL_S3=0")
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -245,7 +281,9 @@ class Stack:
         self.started: dict[str, subprocess.Popen] = {}
 
     def names(self) -> list[str]:
-        return (["redis"] if not self.config.external_redis else []) + list(APP_PROCESSES)
+        redis = [] if self.config.external_redis else ["redis"]
+        s3 = ["s3"] if self.config.local_s3 else []
+        return redis + s3 + list(APP_PROCESSES)
 
     def running(self) -> dict[str, int]:
         """The stack's processes that are alive now, by name (pid of the group leader).
@@ -280,6 +318,8 @@ class Stack:
         ports = {"PORT": self.config.port, "FLOWER_PORT": self.config.flower_port}
         if not self.config.external_redis:
             ports["REDIS_PORT"] = self.config.redis_port
+        if self.config.local_s3:
+            ports["S3_PORT"] = self.config.s3_port
         for var, port in ports.items():
             if port_taken(port):
                 raise StackError(f"port {port} is taken by another program: free it or pick another one ({var}=...)")
@@ -287,6 +327,8 @@ class Stack:
     def _start_all(self) -> None:
         config = self.config
         deadline = time.monotonic() + config.timeout
+        if config.local_s3:  # started first, waited for last: nothing needs it to start
+            self._start("s3", [moto_server_binary(), "-H", "127.0.0.1", "-p", str(config.s3_port)])
         if config.external_redis:
             print(f"using the Redis at {config.redis_url}")
         else:
@@ -319,6 +361,8 @@ class Stack:
         worker_log = config.log_file("worker")
         self._wait("the worker to be ready", lambda: " ready." in worker_log.read_text(errors="replace"), deadline)
         self._wait(f"Flower to listen on port {config.flower_port}", lambda: tcp_answers(config.flower_port), deadline)
+        if config.local_s3:
+            self._wait(f"the local S3 to answer GET {config.s3_url}/", lambda: http_ok(f"{config.s3_url}/"), deadline)
 
     def _start(self, name: str, args: list[str]) -> None:
         log = self.config.log_file(name)
@@ -355,11 +399,11 @@ class Stack:
             raise StackError(f"timed out after {self.config.timeout:g}s waiting for {what}.\n{logs}")
 
     def down(self, quiet: bool = False) -> list[str]:
-        """Stop every process that has a pid file, apps first and Redis last; remove the pid files."""
+        """Stop every process that has a pid file, apps first, Redis and S3 last; remove the pid files."""
         stopped = []
         running = self.running()
-        apps = {name: pid for name, pid in running.items() if name != "redis"}
-        for group in (apps, {name: pid for name, pid in running.items() if name == "redis"}):
+        apps = {name: pid for name, pid in running.items() if name not in INFRASTRUCTURE}
+        for group in (apps, {name: pid for name, pid in running.items() if name in INFRASTRUCTURE}):
             self._stop(group)
             stopped += list(group)
         if self.config.run_dir.is_dir():
@@ -395,6 +439,14 @@ class Stack:
 def print_urls(config: Config) -> None:
     print(f"API:    {config.api_url}   (e.g. GET {config.api_url}/batch/sum)")
     print(f"Flower: {config.flower_url}")
+    if config.local_s3:
+        exports = " ".join(f"{name}={value}" for name, value in config.s3_settings.items())  # never the user's
+        print(f"S3:     {config.s3_url}   (a local moto server, in memory: its buckets go away with `make down`)")
+        print(f"        for the AWS CLI and boto3: export {exports}")
+    elif config.external_s3:
+        print(f"S3:     {config.external_s3}   (yours, from AWS_ENDPOINT_URL_S3)")
+    else:
+        print("S3:     none started (LOCAL_S3=0): boto3's defaults, AWS with the usual credentials chain")
     print(f"logs and pid files: {config.run_dir}")
     print("stop it with: make down   (or: .venv/bin/python scripts/stack.py down)")
 
@@ -429,6 +481,19 @@ def http_json(method: str, url: str, body: dict | None = None) -> tuple[int, dic
         except ValueError:
             return err.code, {"body": text[:500]}
     except (urllib.error.URLError, OSError, ValueError) as err:
+        raise StackError(f"{method} {url} failed: {err}") from None
+
+
+def http_text(method: str, url: str, body: dict | None = None) -> tuple[int, str]:
+    """The status code and text body of a request (a dry run answers text/plain)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as err:
         raise StackError(f"{method} {url} failed: {err}") from None
 
 
@@ -487,6 +552,52 @@ def follow_job(config: Config, api: str, body: dict) -> dict:
     return job
 
 
+S3_DEMO_BUCKET = "batchery-demo"
+S3_DEMO_FILES = {  # two newline-delimited JSON files of number lists for `sum`, and a file the filter skips
+    "numbers/part-1.jsonl": "[1, 2, 3]\n[4, 5, 6]\n[7, 8, 9]\n",
+    "numbers/part-2.jsonl": "[10, 20]\n[30, 40]\n[50, 60]\n[70]\n",
+    "numbers/README.txt": "Not JSON: the job's includes leave this file out.\n",
+}
+S3_JOB = {
+    "workers": 2,
+    "delimited_files": {"s3_paths": [f"s3://{S3_DEMO_BUCKET}/numbers/"], "includes": ["**.jsonl"], "batch_size": 2},
+}
+
+
+def s3_client(config: Config):
+    """A boto3 S3 client with the settings the stack's processes get."""
+    import boto3  # from the virtualenv: imported here so that `up` and `down` need only the standard library
+
+    env = config.env
+    session = boto3.session.Session(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        region_name=env.get("AWS_DEFAULT_REGION"),
+    )
+    return session.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+
+
+def s3_demo(config: Config) -> list[dict]:
+    """Upload newline-delimited JSON files to the local S3, dry-run a delimited_files job, then run it."""
+    if not config.local_s3:
+        where = f"AWS_ENDPOINT_URL_S3 is set ({config.external_s3})" if config.external_s3 else "LOCAL_S3=0"
+        print(f"\n{where}: skipping the S3 job (the demo writes only to the S3 that `make up` starts)")
+        return []
+    print(f"\n--- S3 inputs, on the local S3 at {config.s3_url} ---")
+    s3 = s3_client(config)
+    s3.create_bucket(Bucket=S3_DEMO_BUCKET)
+    for key, text in S3_DEMO_FILES.items():
+        s3.put_object(Bucket=S3_DEMO_BUCKET, Key=key, Body=text.encode())
+        lines = text.count("\n")
+        print(f"uploaded s3://{S3_DEMO_BUCKET}/{key} ({lines} line{'s' if lines != 1 else ''})")
+    print(f"\ndry run: POST /batch/sum?dryRun=true {json.dumps(S3_JOB)}")
+    code, text = http_text("POST", f"{config.api_url}/batch/sum?dryRun=true", S3_JOB)
+    print(text.rstrip())
+    if code != 200 or not text.rstrip().endswith("validations passed"):
+        raise StackError(f"the dry run answered {code}: {text.strip()}")
+    return [follow_job(config, "sum", S3_JOB)]
+
+
 def demo(config: Config) -> int:
     stack = Stack(config)
     stack.up()
@@ -494,6 +605,7 @@ def demo(config: Config) -> int:
         print(f"the stack is up: API {config.api_url}, Flower {config.flower_url}")
         jobs = [follow_job(config, "sum", json.loads((ROOT / "examples" / "sum" / "job.json").read_text()))]
         jobs.append(follow_job(config, "text-stats", TEXT_JOB))
+        jobs += s3_demo(config)
     finally:
         # Nothing may come before this (not even a print: stdout may be a closed pipe), and a second
         # Ctrl-C must not leave half the stack running; stopping is bounded by the grace periods.

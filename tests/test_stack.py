@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -117,6 +119,44 @@ def test_dockerfile_default_command_is_the_procfile_web_command():
     assert cmd == ["sh", "-c", procfile()["web"]]
 
 
+# --- scripts/stack.py's settings --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack_module():
+    spec = importlib.util.spec_from_file_location("stack", STACK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stack_starts_a_local_s3_with_dummy_credentials(stack_module):
+    config = stack_module.Config({"S3_PORT": "9123"})
+    assert config.local_s3 and "s3" in stack_module.Stack(config).names()
+    assert config.env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9123"
+    assert config.env["AWS_ACCESS_KEY_ID"] == config.env["AWS_SECRET_ACCESS_KEY"] == "local"
+    assert config.env["AWS_DEFAULT_REGION"] == "us-east-1"
+
+
+def test_stack_keeps_the_users_credentials_for_the_local_s3(stack_module):
+    mine = {"AWS_ACCESS_KEY_ID": "mine", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "eu-west-3"}
+    config = stack_module.Config(mine)
+    assert config.local_s3
+    assert {name: config.env[name] for name in mine} == mine
+    assert config.s3_settings == {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"}  # all that the banner prints
+
+
+@pytest.mark.parametrize(
+    "env", [{"AWS_ENDPOINT_URL_S3": "http://minio.internal:9000"}, {"LOCAL_S3": "0"}], ids=["user-s3", "no-s3"]
+)
+def test_stack_starts_no_s3_when_the_user_has_one_or_wants_none(stack_module, env):
+    config = stack_module.Config(env)
+    assert not config.local_s3
+    assert "s3" not in stack_module.Stack(config).names()
+    assert config.env.get("AWS_ENDPOINT_URL_S3") == env.get("AWS_ENDPOINT_URL_S3")
+    assert "AWS_ACCESS_KEY_ID" not in config.env
+
+
 # --- scripts/stack.py on real processes ------------------------------------------------------
 
 
@@ -163,6 +203,7 @@ class LocalStack:
         # The stack decides where Redis and S3 are (the suite's own moto server may be in os.environ).
         unset = ("REDIS_URL", "BROKER_URL", "BATCHERY_APIS", "BATCHERY_QUEUE")
         unset += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+        unset += ("LOCAL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
         for name in unset:
             self.env.pop(name, None)
         self.env.update(
@@ -176,6 +217,14 @@ class LocalStack:
             BATCHERY_UP_TIMEOUT="90",
         )
         self.api = f"http://127.0.0.1:{self.port}"
+        self.s3_url = f"http://127.0.0.1:{self.s3_port}"
+
+    def s3(self):
+        """A boto3 client for the stack's local S3, with the dummy credentials the stack gives its processes."""
+        session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
+        )
+        return session.client("s3", endpoint_url=self.s3_url)
 
     def run(self, command: str, timeout: float = 150) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -199,6 +248,13 @@ class LocalStack:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
 
+    def wait_final(self, api: str, job_id: str) -> dict:
+        def final():
+            _, answer = self.get(f"/batch/{api}?jobID={job_id}")
+            return answer if answer["job_status"]["status"] not in ("status_enqueuing", "status_running") else None
+
+        return wait_for(final, timeout=60, interval=0.1, what=f"job {job_id} to end")
+
 
 def remove_results(job_ids) -> None:
     for job_id in job_ids:
@@ -214,8 +270,9 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{stack.port}" in up.stdout
         assert f"http://127.0.0.1:{stack.flower_port}" in up.stdout
+        assert f"export AWS_ENDPOINT_URL_S3={stack.s3_url} AWS_ACCESS_KEY_ID=local" in up.stdout
         pids = stack.pids()
-        assert set(pids) == {"redis", "web", "worker", "flower"}
+        assert set(pids) == {"redis", "s3", "web", "worker", "flower"}
         members = {pid for pgid in pids.values() for pid in group_members(pgid)}
         assert all(process_alive(pid) for pid in pids.values())
 
@@ -228,11 +285,7 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
         job_id = submitted["job_id"]
         job_ids.append(job_id)
 
-        def final():
-            _, answer = stack.get(f"/batch/sum?jobID={job_id}")
-            return answer if answer["job_status"]["status"] not in ("status_enqueuing", "status_running") else None
-
-        answer = wait_for(final, timeout=60, interval=0.1, what=f"job {job_id} to end")
+        answer = stack.wait_final("sum", job_id)
         job = answer["job_status"]
         assert job["status"] == "status_succeeded", job
         assert job["job_id"] == job_id
@@ -246,6 +299,22 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
         assert answer["api_spec"]["name"] == "sum"
         result = json.loads((ROOT / "results" / f"{job_id}.json").read_text())
         assert result == {"job_id": job_id, "items": 8, "batches": 4, "total": sum(range(1, 25))}
+
+        # S3 inputs: files uploaded to the stack's local S3 reach the workers as items
+        s3 = stack.s3()
+        s3.create_bucket(Bucket="numbers")
+        s3.put_object(Bucket="numbers", Key="in/a.jsonl", Body=b"[1, 2]\n[3]\n")
+        s3.put_object(Bucket="numbers", Key="in/deeper/b.jsonl", Body=b"[4, 5, 6]\n")
+        s3.put_object(Bucket="numbers", Key="in/notes.txt", Body=b"not JSON")
+        lister = {"s3_paths": ["s3://numbers/in/"], "includes": ["**.jsonl"], "batch_size": 2}
+        code, submitted = stack.post("/batch/sum", json.dumps({"workers": 2, "delimited_files": lister}).encode())
+        assert code == 200
+        job_ids.append(submitted["job_id"])
+        job = stack.wait_final("sum", submitted["job_id"])["job_status"]
+        assert job["status"] == "status_succeeded", job
+        assert job["total_batch_count"] == 2
+        result = json.loads((ROOT / "results" / f"{submitted['job_id']}.json").read_text())
+        assert (result["items"], result["total"]) == (3, 21)
 
         down = stack.run("down")
         assert down.returncode == 0, down.stdout + down.stderr
@@ -308,6 +377,12 @@ def test_demo_runs_the_examples_and_stops_the_stack(tmp_path):
         assert re.search(r"batches 4/4 succeeded, 0 failed attempts", demo.stdout)
         assert '"total": 300' in demo.stdout  # the sum predictor's result file
         assert "demo succeeded" in demo.stdout
+        _, _, s3_part = demo.stdout.partition("--- S3 inputs")
+        assert s3_part, "the demo skipped its S3 job"
+        dry_run = ["s3://batchery-demo/numbers/part-1.jsonl", "s3://batchery-demo/numbers/part-2.jsonl"]
+        assert "\n".join([*dry_run, "validations passed"]) in s3_part  # not numbers/README.txt
+        assert "status_succeeded" in s3_part
+        assert '"items": 7' in s3_part and '"total": 325' in s3_part
         assert not list(stack.run_dir.glob("*.pid"))
     finally:
         stack.run("down")
