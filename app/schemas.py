@@ -24,9 +24,13 @@ class JsonList(fields.Raw):
         return value
 
 
+# Cortex's fields are Go ints: a larger number is refused, and 10**400 seconds overflows a deadline.
+MAX_INT = 2**63 - 1
+
+
 def positive(**kwargs: Any) -> fields.Integer:
-    """An integer field (JSON integers only: not strings, floats or booleans) of at least 1."""
-    return fields.Integer(strict=True, validate=validate.Range(min=1), **kwargs)
+    """An integer field (JSON integers only: not strings, floats or booleans) from 1 to MAX_INT."""
+    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_INT), **kwargs)
 
 
 class DeadLetterQueueSchema(Schema):

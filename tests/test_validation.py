@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
+from app.schemas import MAX_INT
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
 S3_SOURCE = {"s3_paths": ["s3://bucket/images/"], "batch_size": 1}
@@ -152,6 +153,7 @@ def test_clients_polling_with_an_empty_post_get_a_400_every_time(client):
 
 MISSING = "missing data for required field"
 AT_LEAST_1 = "must be greater than or equal to 1"
+AT_MOST_MAX = f"{AT_LEAST_1} and less than or equal to 9223372036854775807"  # Go ints, as in Cortex
 NOT_INT = "not a valid integer"
 UNKNOWN = "unknown field"
 
@@ -166,6 +168,7 @@ BAD_JOBS = [
     pytest.param(body_with(workers=True), [f"workers: {NOT_INT}"], id="workers-true"),
     pytest.param(body_with(workers=None), ["workers: field may not be null"], id="workers-null"),
     pytest.param(body_with(workers=[1]), [f"workers: {NOT_INT}"], id="workers-list"),
+    pytest.param(body_with(workers=MAX_INT + 1), [f"workers: {AT_MOST_MAX}"], id="workers-over-int64"),
     # sources
     pytest.param(
         body_with(item_list=...),
@@ -219,11 +222,19 @@ BAD_JOBS = [
     pytest.param(
         body_with(item_list=item_list(batch_size=1.5)), [f"item_list.batch_size: {NOT_INT}"], id="batch-size-float"
     ),
+    pytest.param(
+        body_with(item_list=item_list(batch_size=MAX_INT + 1)),
+        [f"item_list.batch_size: {AT_MOST_MAX}"],
+        id="batch-size-over-int64",
+    ),
     # timeout
     pytest.param(body_with(timeout=0), [f"timeout: {AT_LEAST_1}"], id="timeout-0"),
     pytest.param(body_with(timeout=-5), [f"timeout: {AT_LEAST_1}"], id="timeout--5"),
     pytest.param(body_with(timeout="60"), [f"timeout: {NOT_INT}"], id="timeout-string"),
     pytest.param(body_with(timeout=1.5), [f"timeout: {NOT_INT}"], id="timeout-float"),
+    pytest.param(body_with(timeout=MAX_INT + 1), [f"timeout: {AT_MOST_MAX}"], id="timeout-over-int64"),
+    # 10**400 seconds overflowed the deadline (a float): a 500 on submission, though the dry run passed
+    pytest.param(body_with(timeout=10**400), [f"timeout: {AT_MOST_MAX}"], id="timeout-10**400"),
     # sqs_dead_letter_queue
     pytest.param(
         body_with(sqs_dead_letter_queue=dead_letter_queue(arn="")),
@@ -254,6 +265,11 @@ BAD_JOBS = [
         body_with(sqs_dead_letter_queue=dead_letter_queue(max_receive_count="3")),
         [f"sqs_dead_letter_queue.max_receive_count: {NOT_INT}"],
         id="dlq-max-receive-count-string",
+    ),
+    pytest.param(
+        body_with(sqs_dead_letter_queue=dead_letter_queue(max_receive_count=MAX_INT + 1)),
+        [f"sqs_dead_letter_queue.max_receive_count: {AT_MOST_MAX}"],
+        id="dlq-max-receive-count-over-int64",
     ),
     pytest.param(
         body_with(sqs_dead_letter_queue="arn:aws:sqs:us-west-2:123456789:failed"),
@@ -317,6 +333,7 @@ def test_a_job_that_breaks_a_submission_rule_is_a_400_naming_the_field(client, r
         pytest.param(body_with(item_list=item_list(batch_size=10**6)), id="batch-size-over-item-count"),
         pytest.param(body_with(item_list=item_list(items=[None, [], {}, "é 🐍", 1.5, -0.0])), id="any-json-items"),
         pytest.param(body_with(item_list=item_list(items=["\ud800"])), id="lone-surrogate-item"),
+        pytest.param(body_with(workers=MAX_INT, timeout=MAX_INT), id="largest-ints"),
     ],
 )
 def test_what_the_rules_allow_passes_a_dry_run(client, r, body):
@@ -362,7 +379,8 @@ def test_a_body_of_exactly_10_mib_is_read(client):
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
 
 
-def test_an_oversized_body_is_refused_from_its_content_length_without_reading_it(client, r):
+def test_an_oversized_body_is_refused_from_its_content_length_without_reading_it(flask_app, client, r):
+    assert flask_app.config["MAX_CONTENT_LENGTH"] == MAX_BODY_BYTES
     snapshot = Snapshot(r)
     body = LimitedInput(allowed=64 * 1024)
     response = client.post(
@@ -480,6 +498,19 @@ def test_the_job_config_is_deep_merged_over_the_api_config_and_optional_fields_a
     assert spec["api_id"] == client.get("/batch/probe").get_json()["spec"]["api_id"]
     # the job belongs to probe: it is not found under another API
     assert_error(client.get(f"/batch/minimal?jobID={spec['job_id']}"), 404, "job_not_found", spec["job_id"])
+
+
+def test_the_largest_ints_make_a_job_whose_status_reads(client, probe_config):
+    body = body_with(workers=MAX_INT, timeout=MAX_INT, config=probe_config)
+    body["sqs_dead_letter_queue"] = dead_letter_queue(max_receive_count=MAX_INT)
+    response = post(client, body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    spec = response.get_json()
+    assert (spec["workers"], spec["timeout"], spec["sqs_dead_letter_queue"]["max_receive_count"]) == (MAX_INT,) * 3
+    status = client.get(f"/batch/minimal?jobID={spec['job_id']}")
+    assert status.status_code == 200, status.get_data(as_text=True)
+    assert status.get_json()["job_status"]["timeout"] == MAX_INT
+    assert status.get_json()["job_status"]["status"] != "status_timed_out"
 
 
 def test_the_job_config_does_not_change_the_deployed_api(client, probe_config):
