@@ -22,16 +22,41 @@ from app.store import JobStore, Outcome
 log = logging.getLogger(__name__)
 
 
+# Well under Python's recursion limit: json.loads takes up to ~990 levels, but later steps recurse
+# once or more per level (deep_merge's copy, json.dumps into Redis, the worker), and would fail.
+MAX_NESTING = 200
+
+
 def decode_body(raw: bytes) -> object:
-    """The request body as JSON; raises InvalidRequest for an empty or malformed body."""
+    """The request body as JSON; raises InvalidRequest for an empty, malformed or too deeply nested body."""
     if not raw.strip():
         raise InvalidRequest("the request body is empty: send the job as a JSON object")
+    too_deep = f"the request body is nested too deeply (more than {MAX_NESTING} levels of lists and objects)"
     try:
-        return json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
+        body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
     except RecursionError:
-        raise InvalidRequest("the request body is nested too deeply") from None
+        raise InvalidRequest(too_deep) from None
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+    # Counting brackets first spares the walk for the usual body, a long flat list.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nested_deeper_than(body, MAX_NESTING):
+        raise InvalidRequest(too_deep)
+    return body
+
+
+def _nested_deeper_than(value: object, limit: int) -> bool:
+    # Level by level rather than recursively: the point is not to recurse per level.
+    level = [value] if isinstance(value, (list, dict)) else []
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (list, dict))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _no_constants(name: str) -> None:

@@ -17,7 +17,7 @@ from app.errors import DeployError, InvalidRequest
 from app.job import DELIVERIES_WITHOUT_DLQ, dead_letter_queue_name, deep_merge, new_job_id, retry_limits
 from app.registry import read_cortex_yaml
 from app.schemas import describe
-from app.submission import decode_body
+from app.submission import MAX_NESTING, decode_body
 
 PREDICTOR = "class PythonPredictor:\n    def predict(self, payload):\n        return payload\n"
 
@@ -465,6 +465,47 @@ def test_decode_body_refuses_what_is_not_json(raw, reason):
         decode_body(raw)
     assert reason in caught.value.message
     assert caught.value.status == 400
+
+
+def nested(levels: int, inner: object = None) -> object:
+    """`levels` lists, one inside the other, around `inner` (if given)."""
+    value: object = [] if inner is None else [inner]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_decode_body_takes_nesting_up_to_the_limit():
+    assert decode_body(json.dumps(nested(MAX_NESTING)).encode()) == nested(MAX_NESTING)
+    objects = {"a": 1}
+    for _ in range(MAX_NESTING - 1):
+        objects = {"a": objects}
+    assert decode_body(json.dumps(objects).encode()) == objects
+    mixed = {"items": nested(MAX_NESTING - 2, {"x": 1})}  # MAX_NESTING levels: body, lists, the innermost object
+    assert decode_body(json.dumps(mixed).encode()) == mixed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(nested(MAX_NESTING + 1), id="lists"),
+        pytest.param({"config": nested(MAX_NESTING)}, id="lists-in-an-object"),
+        pytest.param(nested(MAX_NESTING - 1, {"a": {"b": 1}}), id="objects-in-lists"),
+        pytest.param([1, 2, [3], nested(MAX_NESTING), "x"], id="one-deep-branch-among-shallow-ones"),
+        pytest.param(nested(600), id="600-levels"),  # parses, but deep_merge's copy and the worker would not cope
+    ],
+)
+def test_decode_body_refuses_nesting_over_the_limit(value):
+    with pytest.raises(InvalidRequest) as caught:
+        decode_body(json.dumps(value).encode())
+    assert f"nested too deeply (more than {MAX_NESTING} levels" in caught.value.message
+
+
+def test_brackets_that_do_not_nest_deeply_are_not_counted_as_depth():
+    wide = {"items": [[{"a": [1]}]] * 10_000}  # 40,000 brackets, four levels
+    assert decode_body(json.dumps(wide).encode()) == wide
+    in_strings = {"text": "[" * 1000 + "{" * 1000}
+    assert decode_body(json.dumps(in_strings).encode()) == in_strings
 
 
 def test_read_cortex_yaml_refuses_an_api_declared_twice(tmp_path):

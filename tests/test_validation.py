@@ -12,6 +12,7 @@ import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.schemas import MAX_INT
+from app.submission import MAX_NESTING
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
 S3_SOURCE = {"s3_paths": ["s3://bucket/images/"], "batch_size": 1}
@@ -67,6 +68,21 @@ def assert_error(response, status_code: int, kind: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in body["message"], (fragment, body["message"])
     return body["message"]
+
+
+def nested_lists(levels: int) -> bytes:
+    """`levels` lists, one inside the other."""
+    return b"[" * levels + b"]" * levels
+
+
+def with_config_value(raw_value: bytes) -> bytes:
+    """VALID with `config: {"k": <raw_value>}`: the value sits two levels down (body, config)."""
+    return b'{"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "config": {"k": ' + raw_value + b"}}"
+
+
+def with_item(raw_item: bytes) -> bytes:
+    """VALID with one item: it sits three levels down (body, item_list, items)."""
+    return b'{"workers": 1, "item_list": {"items": [' + raw_item + b'], "batch_size": 1}}'
 
 
 def job_keys(r) -> set[str]:
@@ -132,6 +148,14 @@ NOT_A_JOB = [
         b'{"workers": 1, "item_list": {"items": ' + b"[" * 100_000 + b"]" * 100_000 + b', "batch_size": 1}}',
         "nested too deeply",
         id="deep-item",
+    ),
+    # Deep enough to parse, too deep for what follows (deep_merge's copy answered 500 from ~500 levels).
+    pytest.param(with_config_value(nested_lists(600)), "nested too deeply", id="config-600-levels"),
+    pytest.param(with_item(nested_lists(600)), "nested too deeply", id="item-600-levels"),
+    pytest.param(
+        with_config_value(nested_lists(MAX_NESTING - 1)),
+        f"more than {MAX_NESTING} levels",
+        id="config-one-level-over-the-limit",
     ),
 ]
 
@@ -511,6 +535,25 @@ def test_the_largest_ints_make_a_job_whose_status_reads(client, probe_config):
     assert status.status_code == 200, status.get_data(as_text=True)
     assert status.get_json()["job_status"]["timeout"] == MAX_INT
     assert status.get_json()["job_status"]["status"] != "status_timed_out"
+
+
+def test_a_config_nested_to_the_limit_is_merged_stored_and_read_back(client, probe_config):
+    # body, config and probe's `nested` are three levels; the rest is a chain of {"a": ...} down to the limit.
+    chain: dict = {"leaf": "job"}
+    for _ in range(MAX_NESTING - 4):
+        chain = {"a": chain}
+    config = dict(probe_config, nested={"override": "job", "a": chain})
+    raw = json.dumps(body_with(config=config)).encode()
+    response = post(client, raw, api="probe")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    spec = response.get_json()
+    assert spec["config"]["nested"] == {"keep": "api", "override": "job", "a": chain}  # deep-merged
+    status = client.get(f"/batch/probe?jobID={spec['job_id']}")
+    assert status.status_code == 200, status.get_data(as_text=True)[:500]
+    assert status.get_json()["job_status"]["config"] == spec["config"]
+
+    deeper = json.dumps(body_with(config=dict(probe_config, nested={"a": {"a": chain}}))).encode()
+    assert_error(post(client, deeper, api="probe"), 400, "invalid_request", f"more than {MAX_NESTING} levels")
 
 
 def test_the_job_config_does_not_change_the_deployed_api(client, probe_config):
