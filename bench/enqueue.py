@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -307,6 +308,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         moto.stop()
         redis_server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
