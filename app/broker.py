@@ -13,6 +13,28 @@ FINALIZE_JOB = "batchery.finalize_job"
 ENQUEUE_JOB = "batchery.enqueue_job"
 
 
+def is_sqs(settings: Settings) -> bool:
+    """Whether the broker is Amazon SQS (kombu's SQS transport) rather than Redis."""
+    return settings.broker.startswith("sqs://")
+
+
+def transport_options(settings: Settings) -> dict:
+    """The broker's transport options: the one place the two brokers differ in configuration."""
+    if not is_sqs(settings):
+        # Redis requeues a message unacked this long (counted from prefetch): set it above your
+        # longest batch, or a batch still running is delivered twice.
+        return {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "region": settings.sqs_region,
+        "queue_name_prefix": settings.sqs_queue_prefix,
+        # Workers keep a running batch invisible (workers/visibility.py), so this can stay short:
+        # a batch whose worker died is delivered again this soon.
+        "visibility_timeout": settings.sqs_visibility_timeout,
+        "wait_time_seconds": 1,  # long polling, short enough that a stopping worker stops soon
+        "polling_interval": 0.1,
+    }
+
+
 def celery_config(settings: Settings) -> dict:
     """Celery settings: JSON only, late acks, one message prefetched per process."""
     return {
@@ -29,8 +51,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,  # Flower sees every batch
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
-        # Redis requeues a message unacked this long; set it above your longest batch.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": transport_options(settings),
         "worker_hijack_root_logger": False,
     }
 
@@ -44,6 +65,8 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
 
 def public_queue_url(settings: Settings) -> str:
     """The broker queue as shown in job specs (`sqs_url`): scheme, host and queue, no credentials."""
+    if is_sqs(settings):
+        return f"sqs://{settings.sqs_region}/{settings.sqs_queue_prefix}{settings.queue}"
     url = urlsplit(settings.broker)
     host = url.hostname or ""
     if url.port:

@@ -65,12 +65,6 @@ def retry_limits(spec: dict) -> tuple[int, int]:
     return DELIVERIES_WITHOUT_DLQ, 1
 
 
-def dead_letter_queue_name(spec: dict) -> str | None:
-    """The queue name at the end of the dead-letter ARN (`arn:aws:sqs:region:account:name`)."""
-    dlq = spec.get("sqs_dead_letter_queue")
-    return dlq["arn"].rsplit(":", 1)[-1] if dlq else None
-
-
 def job_status(state: dict) -> dict:
     """The `job_status` object of the reference page, from a job's stored state."""
     spec = state["spec"]

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import redis
 
-from app.broker import make_celery, public_queue_url
+from app.broker import is_sqs, make_celery, public_queue_url
 from app.config import Settings
-from app.dead_letters import DeadLetters
+from app.dead_letters import RedisDeadLetters, SqsDeadLetters
 from app.dispatch import Dispatcher
 from app.registry import Registry
 from app.store import JobStore
@@ -24,7 +24,7 @@ class Services:
     registry: Registry
     store: JobStore
     dispatcher: Dispatcher
-    dead_letters: DeadLetters
+    dead_letters: RedisDeadLetters | SqsDeadLetters
     submitter: Submitter
 
     @classmethod
@@ -33,5 +33,6 @@ class Services:
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         registry, store = Registry(client), JobStore(client)
         dispatcher = Dispatcher(celery or make_celery(settings))
-        submitter = Submitter(registry, store, dispatcher, public_queue_url(settings))
-        return cls(settings, client, registry, store, dispatcher, DeadLetters(client), submitter)
+        dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
+        submitter = Submitter(registry, store, dispatcher, dead_letters, public_queue_url(settings))
+        return cls(settings, client, registry, store, dispatcher, dead_letters, submitter)

@@ -74,10 +74,11 @@ def _finite_float(text: str) -> float:
 class Submitter:
     """Turns a submission into a stored job whose first batches are on the broker."""
 
-    def __init__(self, registry: Registry, store: JobStore, dispatcher: Dispatcher, queue_url: str):
+    def __init__(self, registry: Registry, store: JobStore, dispatcher: Dispatcher, dead_letters, queue_url: str):
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
+        self.dead_letters = dead_letters
         self.queue_url = queue_url
 
     def submit(self, api_name: str, raw: bytes, dry_run: bool = False) -> dict | Iterator[str]:
@@ -87,6 +88,11 @@ class Submitter:
         """
         api = self.registry.get(api_name)
         submission = load_submission(decode_body(raw))
+        if submission.get("sqs_dead_letter_queue"):
+            try:
+                self.dead_letters.check(submission["sqs_dead_letter_queue"]["arn"])
+            except ValueError as err:
+                raise InvalidRequest(f"sqs_dead_letter_queue.arn: {err}") from None
         if "item_list" in submission:
             return self._submit_items(api, submission, dry_run)
         return self._submit_s3(api, submission, dry_run)

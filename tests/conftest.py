@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 import redis
 
@@ -45,12 +46,29 @@ def queue_name() -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_server, queue_name) -> Settings:
-    return Settings(redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue_name)
+def broker(request) -> str:
+    """The broker the tests run on: `redis`, or `sqs` where a module parametrizes it (both, then)."""
+    return getattr(request, "param", "redis")
+
+
+# Tests that run on both brokers: `pytestmark = BOTH_BROKERS` in their module.
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "sqs"], indirect=True)
+
+SQS_VISIBILITY_TIMEOUT = 4  # short, so that the tests show a long batch is kept invisible
 
 
 @pytest.fixture(scope="session")
-def worker_env(settings, moto) -> dict:
+def settings(broker, redis_server, queue_name, moto) -> Settings:
+    common = {"redis_url": redis_server.url, "apis_file": str(PREDICTORS / "cortex.yaml"), "queue": queue_name}
+    if broker == "sqs":
+        return Settings(
+            broker_url="sqs://", sqs_queue_prefix="test-", sqs_visibility_timeout=SQS_VISIBILITY_TIMEOUT, **common
+        )
+    return Settings(**common)
+
+
+@pytest.fixture(scope="session")
+def worker_env(broker, settings, moto) -> dict:
     env = dict(os.environ)
     env.update(
         REDIS_URL=settings.redis_url,
@@ -60,15 +78,33 @@ def worker_env(settings, moto) -> dict:
         **moto.env(),
     )
     env.pop("BROKER_URL", None)
+    if broker == "sqs":
+        env.update(
+            BROKER_URL="sqs://",
+            BATCHERY_SQS_QUEUE_PREFIX=settings.sqs_queue_prefix,
+            BATCHERY_SQS_VISIBILITY_TIMEOUT=str(settings.sqs_visibility_timeout),
+        )
     return env
 
 
 @pytest.fixture(scope="session")
-def worker(worker_env, tmp_path_factory):
-    """A worker with 4 pool processes, shared by the tests that do not kill it."""
-    process = Worker(worker_env, tmp_path_factory.mktemp("logs"), "shared", concurrency=4)
+def worker(broker, worker_env, tmp_path_factory):
+    """A worker with 4 pool processes on the broker under test, shared by the tests."""
+    process = Worker(worker_env, tmp_path_factory.mktemp("logs"), f"shared-{broker}", concurrency=4)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def dead_letter_queue(broker, moto):
+    """Make a dead-letter queue and return its ARN (on SQS a real queue; on Redis any name works)."""
+
+    def make(name: str) -> str:
+        if broker == "sqs":
+            boto3.client("sqs").create_queue(QueueName=name)
+        return f"arn:aws:sqs:us-east-1:123456789012:{name}"
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from app import status
-from app.dead_letters import DeadLetters
+from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
 
+pytestmark = BOTH_BROKERS
 
-def dlq(name: str, count: int) -> dict:
-    return {"arn": f"arn:aws:sqs:us-west-2:123456789012:{name}", "max_receive_count": count}
+
+def dlq(arn: str, count: int) -> dict:
+    return {"arn": arn, "max_receive_count": count}
+
+
+def letters(flask_app, arn: str) -> list[dict]:
+    """The dead-letter queue's messages, read back from the broker's own queue (Redis list or SQS)."""
+    return flask_app.extensions["batchery"].dead_letters.read(arn)
 
 
 def test_batch_that_always_fails_is_delivered_max_receive_count_times_then_dead_lettered(
-    jobs, worker, redis_server, probe_config
+    jobs, worker, flask_app, dead_letter_queue, probe_config
 ):
-    queue = f"failed-{probe_config['tag']}"
+    queue = dead_letter_queue(f"failed-{probe_config['tag']}")
     spec = jobs.submit(
         "probe",
         {
@@ -29,9 +36,9 @@ def test_batch_that_always_fails_is_delivered_max_receive_count_times_then_dead_
     assert job["batch_metrics"]["succeeded"] == 3
     assert job["batch_metrics"]["failed"] == 3  # three failed attempts of one batch
     assert job["batches_in_queue"] == 0
-    letters = DeadLetters(redis_server.client).read(queue)
-    assert len(letters) == 1
-    letter = letters[0]
+    found = letters(flask_app, queue)
+    assert len(found) == 1
+    letter = found[0]
     assert letter["job_id"] == spec["job_id"]
     assert letter["batch_id"] == "1"
     assert letter["payload"] == [{"fail": "always"}]
@@ -39,12 +46,14 @@ def test_batch_that_always_fails_is_delivered_max_receive_count_times_then_dead_
     assert "Traceback" in letter["traceback"]
 
 
-def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(jobs, worker, r, probe_config):
+def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(
+    jobs, worker, flask_app, dead_letter_queue, r, probe_config
+):
     spec = jobs.submit(
         "probe",
         {
             "workers": 1,
-            "sqs_dead_letter_queue": dlq(f"q-{probe_config['tag']}", 3),
+            "sqs_dead_letter_queue": dlq(dead_letter_queue(f"q-{probe_config['tag']}"), 3),
             "config": probe_config,
             "item_list": {"items": [{"fail": 2}, 2], "batch_size": 1},
         },
@@ -57,7 +66,7 @@ def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(jobs, w
         "avg_time_per_batch": job["batch_metrics"]["avg_time_per_batch"],
     }
     assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "3"
-    assert r.llen(f"batchery:dlq:q-{probe_config['tag']}") == 0
+    assert letters(flask_app, spec["sqs_dead_letter_queue"]["arn"]) == []
 
 
 def test_without_dead_letter_queue_a_failed_batch_is_not_retried(jobs, worker, r, probe_config):
@@ -82,12 +91,12 @@ def test_failures_still_run_on_job_complete_once(jobs, worker, r, probe_config):
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
 
 
-def test_delivery_whose_worker_dies_counts_and_the_batch_runs_again(jobs, worker, r, probe_config):
+def test_delivery_whose_worker_dies_counts_and_the_batch_runs_again(jobs, worker, dead_letter_queue, r, probe_config):
     spec = jobs.submit(
         "probe",
         {
             "workers": 2,
-            "sqs_dead_letter_queue": dlq(f"k-{probe_config['tag']}", 3),
+            "sqs_dead_letter_queue": dlq(dead_letter_queue(f"k-{probe_config['tag']}"), 3),
             "config": probe_config,
             "item_list": {"items": [1, {"kill": 1}, 3], "batch_size": 1},
         },
@@ -100,9 +109,9 @@ def test_delivery_whose_worker_dies_counts_and_the_batch_runs_again(jobs, worker
 
 
 def test_batch_that_kills_its_worker_every_time_is_dead_lettered_and_the_fleet_survives(
-    jobs, worker, redis_server, r, probe_config
+    jobs, worker, flask_app, dead_letter_queue, r, probe_config
 ):
-    queue = f"poison-{probe_config['tag']}"
+    queue = dead_letter_queue(f"poison-{probe_config['tag']}")
     spec = jobs.submit(
         "probe",
         {
@@ -117,9 +126,9 @@ def test_batch_that_kills_its_worker_every_time_is_dead_lettered_and_the_fleet_s
     assert job["batch_metrics"]["succeeded"] == 2
     assert job["batch_metrics"]["failed"] == 2  # both deliveries died
     assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "2"
-    letters = DeadLetters(redis_server.client).read(queue)
-    assert [letter["batch_id"] for letter in letters] == ["0"]
-    assert "died" in letters[0]["error"]
+    found = letters(flask_app, queue)
+    assert [letter["batch_id"] for letter in found] == ["0"]
+    assert "died" in found[0]["error"]
     assert worker.process.poll() is None
     after = jobs.submit(
         "probe", {"workers": 2, "item_list": {"items": [1, 2], "batch_size": 1}, "config": probe_config}

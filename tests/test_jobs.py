@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 from app import status
+from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
+
+pytestmark = BOTH_BROKERS
 
 
 def items(n: int) -> list[int]:

@@ -12,7 +12,10 @@ import boto3
 import pytest
 
 from app import keys, status
+from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
+
+pytestmark = BOTH_BROKERS
 
 IMAGES = ["images/img_1.png", "images/img_2.jpg", "images/img_3.jpg", "images/img_4.gif"]
 

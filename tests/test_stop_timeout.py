@@ -6,7 +6,10 @@ import json
 import time
 
 from app import keys, status
+from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
+
+pytestmark = BOTH_BROKERS
 
 # The worker checks the job's state, then calls predict, which notes the time first thing: a batch
 # that passed the check a moment before the stop or the deadline notes a time a moment after it.

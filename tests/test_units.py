@@ -13,8 +13,9 @@ import pytest
 from app import status
 from app.batching import entry, item_batches
 from app.config import MAX_BATCH_BYTES
+from app.dead_letters import queue_name
 from app.errors import DeployError, InvalidRequest
-from app.job import DELIVERIES_WITHOUT_DLQ, dead_letter_queue_name, deep_merge, new_job_id, retry_limits
+from app.job import DELIVERIES_WITHOUT_DLQ, deep_merge, new_job_id, retry_limits
 from app.registry import read_cortex_yaml
 from app.schemas import describe
 from app.submission import MAX_NESTING, decode_body
@@ -215,12 +216,7 @@ def test_retry_limits_without_a_dead_letter_queue_never_retry_a_raising_predict(
     ],
 )
 def test_dead_letter_queue_name_is_the_last_part_of_the_arn(arn, name):
-    assert dead_letter_queue_name({"sqs_dead_letter_queue": {"arn": arn, "max_receive_count": 1}}) == name
-
-
-def test_no_dead_letter_queue_has_no_name():
-    assert dead_letter_queue_name({}) is None
-    assert dead_letter_queue_name({"sqs_dead_letter_queue": None}) is None
+    assert queue_name(arn) == name
 
 
 # --- app.status.strongest -------------------------------------------------------------------------

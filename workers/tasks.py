@@ -13,13 +13,14 @@ import uuid
 from app import status
 from app.broker import ENQUEUE_JOB
 from app.enqueuer import Enqueuer
-from app.job import dead_letter_queue_name, now, retry_limits
+from app.job import now, retry_limits
 from app.services import Services
 from app.sources.batches import payload
 from app.store import LEASE_MS
 from app.submission import follow
 from workers.celery_app import celery, settings
 from workers.runtime import PredictorCache, PredictorError, load_class
+from workers.visibility import kept_invisible
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def run_batch(self, job_id: str, batch_id: str, body: str) -> None:
         log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
         return
     spec, api = found
-    BatchRun(spec, api, batch_id, body).run(self)
+    with kept_invisible(self.request, settings.sqs_visibility_timeout):
+        BatchRun(spec, api, batch_id, body).run(self)
 
 
 class BatchRun:
@@ -103,10 +105,10 @@ class BatchRun:
         raise BatchFailed(f"batch {self.batch_id} failed for good after {number} deliveries: {error}") from err
 
     def _fail_for_good(self, outcome: str, error: str, trace: str = "") -> None:
-        queue = dead_letter_queue_name(self.spec)
-        if queue:
+        dlq = self.spec.get("sqs_dead_letter_queue")
+        if dlq:
             services().dead_letters.send(
-                queue,
+                dlq["arn"],
                 {
                     "job_id": self.spec["job_id"],
                     "api_name": self.spec["api_name"],
@@ -124,9 +126,14 @@ class BatchRun:
         follow(services().dispatcher, self.spec["job_id"], result)
 
 
-@celery.task(name="batchery.finalize_job", acks_late=True, reject_on_worker_lost=True)
-def finalize_job(job_id: str) -> None:
+@celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def finalize_job(self, job_id: str) -> None:
     """Decide a job's final status and run `on_job_complete` once, after its last batch."""
+    with kept_invisible(self.request, settings.sqs_visibility_timeout):
+        _finalize(job_id)
+
+
+def _finalize(job_id: str) -> None:
     store = services().store
     found = store.spec_and_api(job_id)
     if found is None:
@@ -155,6 +162,7 @@ def finalize_job(job_id: str) -> None:
 def enqueue_job(self, job_id: str) -> None:
     """Stream a job's S3 input into its backlog; resumes where a dead enqueuer stopped."""
     token = f"{process_id()}:{uuid.uuid4().hex[:8]}"  # says who holds the lease
-    result = Enqueuer(services().store, services().dispatcher).run(job_id, token=token)
+    with kept_invisible(self.request, settings.sqs_visibility_timeout):
+        result = Enqueuer(services().store, services().dispatcher).run(job_id, token=token)
     if result == "busy":  # another enqueuer holds the lease: try again once it would have expired
         raise self.retry(countdown=LEASE_MS / 2000, max_retries=None)

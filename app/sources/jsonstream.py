@@ -76,10 +76,22 @@ def _parse(block: bytes, offset: int, at_end: bool):
 
 
 def _offsets(text: str, block: bytes):
-    """Character index -> byte index in `block` (the identity for ASCII text)."""
+    """Character index -> byte index in `block` (the identity for ASCII text).
+
+    Indexes are asked for in increasing order, so only the text since the last one is encoded:
+    encoding from the start each time would make a block of non-ASCII text quadratic.
+    """
     if len(text) == len(block):
         return lambda i: i
-    return lambda i: len(text[:i].encode())
+    last = [0, 0]  # character index, byte index
+
+    def to_bytes(i: int) -> int:
+        char, byte = last if i >= last[0] else (0, 0)
+        byte += len(text[char:i].encode())
+        last[:] = [i, byte]
+        return byte
+
+    return to_bytes
 
 
 def parse_all(data: bytes) -> list:

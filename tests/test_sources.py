@@ -1,0 +1,96 @@
+"""Pure logic of the S3 sources: JSON streams with byte offsets, globs, prefixes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.sources.globs import GlobError, compile_glob, selects
+from app.sources.jsonstream import JsonStreamError, parse_all, values
+from app.sources.s3 import distinct_prefixes, parse_path
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 1 << 20])
+def test_values_and_their_byte_ranges_whatever_the_chunking(size):
+    data = '{"a": 1}\n\n  {"b":\n 2}\n[1, 2] "x"\n{"c": "é✓"}\n3'.encode()
+    found = list(values(chunked(data, size)))
+    assert [v for v, _, _ in found] == [{"a": 1}, {"b": 2}, [1, 2], "x", {"c": "é✓"}, 3]
+    for value, start, end in found:
+        assert json.loads(data[start:end]) == value
+
+
+def test_offsets_of_non_ascii_values_stay_exact_over_many_values():
+    rows = [{"n": i, "text": "héllo wörld ✓" * (i % 3)} for i in range(5000)]
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    found = list(values(chunked(data, 4096), offset=100))
+    assert [v for v, _, _ in found] == rows
+    assert all(json.loads(data[s - 100 : e - 100]) == v for v, s, e in found)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "offset"),
+    [
+        (b'{"a": 1}\n{"b": oops}\n', "Expecting value", 9),
+        (b'{"a": 1}\n{"b": 2', "Expecting", 9),
+        (b'{"a": 1}\n\xff\n', "not UTF-8", 9),
+        (b'{"a": 1}\n' + json.dumps({"big": "x" * 300_000}).encode() + b"\n", "256 KiB", 9),
+    ],
+)
+def test_malformed_or_oversized_values_are_reported_with_their_offset(data, reason, offset):
+    with pytest.raises(JsonStreamError) as caught:
+        list(values(chunked(data, 1000)))
+    assert reason in caught.value.reason
+    assert caught.value.offset == offset
+
+
+def test_parse_all_reads_back_a_range():
+    assert parse_all(b' {"a": 1}\n\n[2] ') == [{"a": 1}, [2]]
+
+
+@pytest.mark.parametrize("pattern", ["[abc", "{a,b", "a}", "[z-a]", "x\\", "[]"])
+def test_bad_globs_do_not_compile(pattern):
+    with pytest.raises(GlobError):
+        compile_glob(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("**.jpg", "s3://b/images/deep/x.jpg", True),
+        ("*.jpg", "s3://b/x.jpg", False),
+        ("s3://b/*.jpg", "s3://b/x.jpg", True),
+        ("s3://b/*.jpg", "s3://b/d/x.jpg", False),
+        ("s3://b/?.jpg", "s3://b/x.jpg", True),
+        ("s3://b/?.jpg", "s3://b//.jpg", False),
+        ("s3://b/[!x].jpg", "s3://b/y.jpg", True),
+        ("s3://b/[!x].jpg", "s3://b/x.jpg", False),
+        ("s3://b/{a,b/c}.jpg", "s3://b/b/c.jpg", True),
+        ("s3://b/{a,b}*", "s3://b/ab/c", False),
+        ("s3://b/a\\*", "s3://b/a*", True),
+        ("s3://b/a\\*", "s3://b/ab", False),
+        ("s3://b/x+y(1).txt", "s3://b/x+y(1).txt", True),
+    ],
+)
+def test_glob_rules(pattern, path, matches):
+    assert bool(compile_glob(pattern).fullmatch(path)) is matches
+
+
+def test_excludes_apply_after_includes():
+    assert selects("s3://b/a.jpg", ["**.jpg"], [])
+    assert not selects("s3://b/a.jpg", ["**.jpg"], ["**a.jpg"])
+    assert not selects("s3://b/a.png", ["**.jpg"], [])
+    assert selects("s3://b/a.png", [], ["**.jpg"])
+
+
+def test_paths_are_parsed_and_overlapping_prefixes_listed_once():
+    assert parse_path("s3://bucket/a/b") == ("bucket", "a/b")
+    assert parse_path("s3://bucket") == ("bucket", "")
+    with pytest.raises(ValueError, match="not an S3 path"):
+        parse_path("bucket/a")
+    paths = ["s3://b/img", "s3://b/img/1.png", "s3://b/img", "s3://c/img/1.png", "s3://b/other"]
+    assert distinct_prefixes(paths) == [("b", "img"), ("c", "img/1.png"), ("b", "other")]

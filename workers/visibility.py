@@ -1,0 +1,57 @@
+"""Keeping an SQS message invisible while its task runs, as Cortex's workers did.
+
+SQS hands a message to another consumer once its visibility timeout runs out, so a batch longer
+than the timeout would run twice. While a task runs, a thread pushes the timeout back every third
+of it. A worker that dies stops pushing, and its message comes back within one timeout. On the
+Redis broker messages carry no SQS receipt, and this does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import boto3
+import botocore.exceptions
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _sqs():
+    return boto3.session.Session().client("sqs")
+
+
+def sqs_receipt(request) -> tuple[str, str] | None:
+    """(queue URL, receipt handle) of the message a task request came from, if it came from SQS."""
+    properties = getattr(request, "properties", None) or {}
+    queue = (properties.get("delivery_info") or {}).get("sqs_queue")
+    receipt = properties.get("delivery_tag")
+    return (queue, receipt) if queue and receipt else None
+
+
+@contextmanager
+def kept_invisible(request, timeout: int) -> Iterator[None]:
+    """Extend the message's visibility every `timeout / 3` seconds until the block ends."""
+    found = sqs_receipt(request)
+    if found is None:
+        yield
+        return
+    done = threading.Event()
+    thread = threading.Thread(target=_extend, args=(*found, timeout, done), name="sqs-visibility", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _extend(queue: str, receipt: str, timeout: int, done: threading.Event) -> None:
+    while not done.wait(timeout / 3):
+        try:
+            _sqs().change_message_visibility(QueueUrl=queue, ReceiptHandle=receipt, VisibilityTimeout=timeout)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+            log.warning("could not extend the visibility of an SQS message: %s", err)
