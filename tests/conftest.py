@@ -54,7 +54,7 @@ def broker(request) -> str:
 # Tests that run on both brokers: `pytestmark = BOTH_BROKERS` in their module.
 BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "sqs"], indirect=True)
 
-SQS_VISIBILITY_TIMEOUT = 4  # short, so that the tests show a long batch is kept invisible
+SQS_VISIBILITY_TIMEOUT = 10  # short, so that a test shows a long batch is kept invisible
 
 
 @pytest.fixture(scope="session")
