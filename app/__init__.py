@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.config import MAX_BODY_BYTES, Settings
+from app.joblog import attach_job_log, configure_process_logging
 from app.services import Services
 from app.watchdog import Watchdog
 
@@ -23,6 +24,10 @@ def create_app(config: dict | None = None) -> Flask:
     settings = config.get("SETTINGS") or Settings.from_env()
     services = Services.build(settings, config.get("CELERY"))
     flask_app.extensions["batchery"] = services
+    if logging.getLogger().handlers:  # a host (gunicorn, pytest) set up logging: only add the job logs
+        attach_job_log(services.job_log)
+    else:
+        configure_process_logging(services.job_log)
     if settings.apis_file:
         services.registry.deploy_file(settings.apis_file)
     if settings.watchdog_seconds > 0:

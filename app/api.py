@@ -62,6 +62,22 @@ def stop(api_name: str) -> Response:
     return jsonify({"message": f"stopped job {job_id}"})
 
 
+@bp.get("/batch/<api_name>/logs")
+def job_logs(api_name: str) -> Response:
+    """A job's log lines after `?after=<seq>` (oldest first). Errors: 400 no jobID, 404 unknown API or job."""
+    services().registry.get(api_name)
+    job_id = _job_id()
+    state = _state(api_name, job_id)
+    try:
+        after = int(request.args.get("after", "0"))
+    except ValueError:
+        raise InvalidRequest("after must be the number of the last log line you have, e.g. ?after=0") from None
+    lines = services().job_log.read(job_id, after=after)
+    return jsonify(
+        {"job_id": job_id, "status": state["status"], "lines": lines, "next": lines[-1]["seq"] if lines else after}
+    )
+
+
 def _body() -> bytes:
     """The request body, at most 10 MiB; raises PayloadTooLarge.
 

@@ -48,6 +48,16 @@ def procs(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:procs"
 
 
+def job_log(job_id: str) -> str:
+    """List: the job's last log lines (JSON), oldest first."""
+    return f"{PREFIX}:job:{job_id}:log"
+
+
+def job_log_seq(job_id: str) -> str:
+    """Counter: the number of the job's last log line."""
+    return f"{PREFIX}:job:{job_id}:log:seq"
+
+
 def enqueuer(job_id: str) -> str:
     """String with a TTL: the lease of the process enqueuing the job (renewed with each chunk)."""
     return f"{PREFIX}:job:{job_id}:enqueuer"

@@ -10,6 +10,7 @@ from app.broker import is_sqs, make_celery, public_queue_url
 from app.config import Settings
 from app.dead_letters import RedisDeadLetters, SqsDeadLetters
 from app.dispatch import Dispatcher
+from app.joblog import JobLog
 from app.registry import Registry
 from app.store import JobStore
 from app.submission import Submitter
@@ -26,6 +27,7 @@ class Services:
     dispatcher: Dispatcher
     dead_letters: RedisDeadLetters | SqsDeadLetters
     submitter: Submitter
+    job_log: JobLog
 
     @classmethod
     def build(cls, settings: Settings, celery: object | None = None) -> Services:
@@ -35,4 +37,4 @@ class Services:
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         submitter = Submitter(registry, store, dispatcher, dead_letters, public_queue_url(settings))
-        return cls(settings, client, registry, store, dispatcher, dead_letters, submitter)
+        return cls(settings, client, registry, store, dispatcher, dead_letters, submitter, JobLog(client))

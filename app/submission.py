@@ -14,6 +14,7 @@ from app.batching import item_batches
 from app.dispatch import Dispatcher
 from app.errors import BrokerUnavailable, InvalidRequest
 from app.job import build_spec, now
+from app.joblog import for_job
 from app.registry import Registry
 from app.schemas import load_submission
 from app.sources import s3
@@ -103,9 +104,9 @@ class Submitter:
         if dry_run:
             return iter(["validations passed\n"])
         spec = self._create(api, submission)
-        with self._publishing(spec):
+        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"]):
+            log.info("enqueued %d items in %d batches", len(items), len(entries))
             self._enqueue(spec, entries)
-        log.info("job %s: %d items in %d batches", spec["job_id"], len(items), len(entries))
         return spec
 
     def _submit_s3(self, api: dict, submission: dict, dry_run: bool) -> dict | Iterator[str]:
@@ -115,7 +116,8 @@ class Submitter:
         if dry_run:
             return _dry_run_lines(selected)
         spec = self._create(api, submission, source)
-        with self._publishing(spec):
+        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"]):
+            log.info("enqueuing %s from %s in the background", kind, ", ".join(source["s3_paths"]))
             self.dispatcher.publish_enqueuer(spec["job_id"])
         return spec
 

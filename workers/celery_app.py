@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import redis
+from celery import signals
+
 from app.broker import is_sqs, make_celery
 from app.config import Settings
+from app.joblog import JobLog, configure_process_logging
 from workers import sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
 if is_sqs(settings):
     sqs_restore.install()
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
+    """Batchery's logging instead of Celery's: JSON lines, and per-job logs in Redis."""
+    configure_process_logging(JobLog(redis.Redis.from_url(settings.redis_url)), loglevel or "INFO")

@@ -14,6 +14,7 @@ from app import status
 from app.broker import ENQUEUE_JOB
 from app.enqueuer import Enqueuer
 from app.job import now, retry_limits
+from app.joblog import for_job
 from app.services import Services
 from app.sources.batches import payload
 from app.store import LEASE_MS
@@ -53,7 +54,7 @@ def run_batch(self, job_id: str, batch_id: str, body: str) -> None:
         log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
         return
     spec, api = found
-    with kept_invisible(self.request, settings.sqs_visibility_timeout):
+    with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
         BatchRun(spec, api, batch_id, body).run(self)
 
 
@@ -72,29 +73,40 @@ class BatchRun:
             return
         if delivery.action == "dead":
             error = f"the worker running delivery {delivery.number - 1} died"
+            log.error("batch %s: failed for good: %s", self.batch_id, error)
             self._fail_for_good("dead", error)
             raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
         predictor = self._predictor()
         if predictor is None or not self.store.proceed(self.spec, self.batch_id, self.proc, now()):
             return
+        log.info("batch %s: started (delivery %d)", self.batch_id, delivery.number)
         started = time.perf_counter()
         try:
             predictor.predict(payload(self.body), self.batch_id)
         except Exception as err:  # noqa: BLE001 - any error in user code is a failed attempt
             self._failed(task, delivery.number, err)
             return
-        self._record("ok", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("batch %s: succeeded in %.3fs", self.batch_id, seconds)
+        self._record("ok", seconds)
 
     def _predictor(self):
+        loading = not _predictors.cached(self.spec["job_id"])
+        if loading:
+            log.info("loading the predictor (%s)", self.api["predictor"]["path"])
         try:
-            return _predictors.get(self.spec, self.api)
+            started = time.perf_counter()
+            predictor = _predictors.get(self.spec, self.api)
+            if loading:
+                log.info("predictor ready in %.1fs", time.perf_counter() - started)
+            return predictor
         except PredictorError as err:
             log.error("job %s: %s", self.spec["job_id"], err)
             self.store.end(self.spec, status.WORKER_ERROR, str(err), now())
             return None
 
     def _failed(self, task, number: int, err: Exception) -> None:
-        log.warning("job %s: batch %s failed (delivery %d)", self.spec["job_id"], self.batch_id, number, exc_info=err)
+        log.warning("batch %s: failed (delivery %d)", self.batch_id, number, exc_info=err)
         _, max_exception = retry_limits(self.spec)
         if number < max_exception:
             self._record("retry", 0.0)
@@ -129,17 +141,18 @@ class BatchRun:
 @celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
 def finalize_job(self, job_id: str) -> None:
     """Decide a job's final status and run `on_job_complete` once, after its last batch."""
-    with kept_invisible(self.request, settings.sqs_visibility_timeout):
-        _finalize(job_id)
-
-
-def _finalize(job_id: str) -> None:
-    store = services().store
-    found = store.spec_and_api(job_id)
+    found = services().store.spec_and_api(job_id)
     if found is None:
         log.warning("job %s: finalizer for no known job; dropped", job_id)
         return
     spec, api = found
+    with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
+        _finalize(spec, api)
+
+
+def _finalize(spec: dict, api: dict) -> None:
+    job_id = spec["job_id"]
+    store = services().store
     state = store.state(job_id, spec["api_name"], now())
     if state is None or status.is_final(state["status"]):
         return
@@ -147,6 +160,7 @@ def _finalize(job_id: str) -> None:
     message = ""
     try:
         if callable(getattr(load_class(api["predictor_file"], api["api_id"]), "on_job_complete", None)):
+            log.info("running on_job_complete")
             _predictors.get(spec, api).on_job_complete()
     except PredictorError as err:
         final, message = status.WORKER_ERROR, str(err)
@@ -155,14 +169,16 @@ def _finalize(job_id: str) -> None:
         final, message = status.WORKER_ERROR, f"on_job_complete raised {type(err).__name__}: {err}"
     store.end(spec, final, message, now())
     _predictors.evict(job_id)
-    log.info("job %s: %s", job_id, final)
+    log.info("job %s ended: %s%s", job_id, final, f" ({message})" if message else "")
 
 
 @celery.task(name=ENQUEUE_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
 def enqueue_job(self, job_id: str) -> None:
     """Stream a job's S3 input into its backlog; resumes where a dead enqueuer stopped."""
     token = f"{process_id()}:{uuid.uuid4().hex[:8]}"  # says who holds the lease
-    with kept_invisible(self.request, settings.sqs_visibility_timeout):
+    found = services().store.spec_and_api(job_id)
+    api_name = found[0]["api_name"] if found else ""
+    with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(api_name, job_id):
         result = Enqueuer(services().store, services().dispatcher).run(job_id, token=token)
     if result == "busy":  # another enqueuer holds the lease: try again once it would have expired
         raise self.retry(countdown=LEASE_MS / 2000, max_retries=None)

@@ -7,6 +7,7 @@ on_job_complete raise.
 """
 
 import json
+import logging
 import os
 import signal
 import time
@@ -33,6 +34,7 @@ class PythonPredictor:
 
     def predict(self, payload, batch_id):
         started = time.time()
+        logging.getLogger("probe").info("probe predicting batch %s", batch_id)
         deliveries = self.redis.hincrby(f"{self.key}:deliveries:{self.job_id}", batch_id, 1)
         self.redis.eval(RUNNING_MAX, 2, f"{self.key}:running:{self.job_id}", f"{self.key}:max:{self.job_id}")
         try:

@@ -1,0 +1,69 @@
+"""Each job's log, through the API, and process logs as JSON lines."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from app import joblog, status
+from app.joblog import JobLog
+
+
+def test_a_jobs_log_tells_its_story_and_follows_from_a_line(client, jobs, worker, probe_config):
+    spec = jobs.submit(
+        "probe",
+        {"workers": 1, "config": probe_config, "item_list": {"items": [1, {"fail": "always"}], "batch_size": 1}},
+    )
+    assert jobs.wait_final("probe", spec["job_id"])["status"] == status.COMPLETED_WITH_FAILURES
+    body = client.get(f"/batch/probe/logs?jobID={spec['job_id']}").get_json()
+    messages = [line["message"] for line in body["lines"]]
+    text = "\n".join(messages)
+    for expected in (
+        "enqueued 2 items in 2 batches",
+        "loading the predictor (probe.py)",
+        "predictor ready in",
+        "batch 0: started (delivery 1)",
+        "probe predicting batch 0",
+        "batch 0: succeeded in",
+        "batch 1: failed (delivery 1)",
+        "running on_job_complete",
+        f"job {spec['job_id']} ended: status_completed_with_failures",
+    ):
+        assert expected in text, f"{expected!r} not in the log:\n{text}"
+    failed = next(line for line in body["lines"] if line["message"].startswith("batch 1: failed"))
+    assert "ValueError: probe failure on delivery 1" in failed["traceback"]
+    assert all(line["job_id"] == spec["job_id"] and line["api_name"] == "probe" for line in body["lines"])
+    seqs = [line["seq"] for line in body["lines"]]
+    assert seqs == sorted(seqs) and body["next"] == seqs[-1]
+    later = client.get(f"/batch/probe/logs?jobID={spec['job_id']}&after={seqs[2]}").get_json()
+    assert [line["seq"] for line in later["lines"]] == seqs[3:]
+    assert later["status"] == status.COMPLETED_WITH_FAILURES
+
+
+def test_logs_of_an_unknown_job_or_a_bad_after_are_4xx(client):
+    assert client.get("/batch/probe/logs?jobID=0000000000000000").status_code == 404
+    assert client.get("/batch/probe/logs").status_code == 400
+
+
+def test_the_log_keeps_only_its_last_lines(redis_server, monkeypatch):
+    monkeypatch.setattr(joblog, "MAX_LINES", 5)
+    log = JobLog(redis.Redis.from_url(redis_server.url))
+    for n in range(12):
+        log.write("bounded-job", {"message": f"line {n}"})
+    lines = log.read("bounded-job")
+    assert [line["message"] for line in lines] == [f"line {n}" for n in range(7, 12)]
+    assert [line["seq"] for line in lines] == list(range(8, 13))
+
+
+def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_config):
+    spec = jobs.submit("probe", {"workers": 1, "config": probe_config, "item_list": {"items": [1], "batch_size": 1}})
+    jobs.wait_final("probe", spec["job_id"])
+    mine = []
+    for raw in worker.log_path.read_text().splitlines():
+        if raw.startswith("{"):
+            line = json.loads(raw)
+            if line.get("job_id") == spec["job_id"]:
+                mine.append(line)
+    assert any(line["message"].startswith("batch 0: succeeded") for line in mine)
+    assert all(line["api_name"] == "probe" and line["level"] and line["time"].endswith("Z") for line in mine)
