@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.config import MAX_BODY_BYTES, Settings
+from app.health import Health
 from app.services import Services
 from app.watchdog import Watchdog
 
@@ -23,27 +24,19 @@ def create_app(config: dict | None = None) -> Flask:
     settings = config.get("SETTINGS") or Settings.from_env()
     services = Services.build(settings, config.get("CELERY"))
     flask_app.extensions["batchery"] = services
+    flask_app.extensions["batchery_health"] = Health(settings, services.broker_queue)
     if settings.apis_file:
         services.registry.deploy_file(settings.apis_file)
     if settings.watchdog_seconds > 0:
         Watchdog(services).start(settings.watchdog_seconds)
 
-    from app.api import bp
+    from app import api, ops
 
-    flask_app.register_blueprint(bp)
-    flask_app.add_url_rule("/healthz", "healthz", lambda: _health(services))
+    flask_app.register_blueprint(api.bp)
+    flask_app.register_blueprint(ops.bp)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
     flask_app.register_error_handler(HTTPException, _http_error)
     return flask_app
-
-
-def _health(services: Services) -> Response:
-    """Liveness: 200 when the job store answers. Errors: 503 when Redis does not."""
-    try:
-        services.redis.ping()
-    except Exception as err:  # noqa: BLE001 - any failure to reach Redis means unhealthy
-        return jsonify({"status": "unhealthy", "redis": str(err)}), 503
-    return jsonify({"status": "ok"})
 
 
 def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
