@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -36,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     flask_app.register_blueprint(ops.bp)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
     flask_app.register_error_handler(HTTPException, _http_error)
+    flask_app.register_error_handler(redis.RedisError, _store_unavailable)
     return flask_app
 
 
@@ -46,3 +48,10 @@ def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
 
 def _http_error(err: HTTPException) -> tuple[Response, int]:
     return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": err.description}), err.code
+
+
+def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:
+    log.warning("job store error: %s", err)
+    return jsonify(
+        {"kind": "store_unavailable", "message": f"the job store (Redis) is unavailable: {type(err).__name__}"}
+    ), 503

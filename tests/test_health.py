@@ -57,3 +57,13 @@ def test_sqs_broker_unreachable_is_a_503_naming_the_broker(redis_server, moto, m
     assert body["redis"] == "ok"
     assert body["broker"].startswith("error: EndpointConnectionError")
     assert "testing" not in body["broker"]  # the access key
+
+
+def test_the_batch_endpoints_answer_a_json_503_when_redis_is_down():
+    client = create_app({"SETTINGS": Settings(redis_url=nowhere(), apis_file="", watchdog_seconds=0)}).test_client()
+    for response in (client.get("/batch/minimal"), client.delete("/batch/minimal?jobID=x")):
+        assert response.status_code == 503
+        assert response.get_json() == {
+            "kind": "store_unavailable",
+            "message": "the job store (Redis) is unavailable: ConnectionError",
+        }
