@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, render_template
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import openapi
 from app.metrics import registry_for
 from app.services import Services
 
@@ -18,18 +18,33 @@ def services() -> Services:
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """Whether the job store's Redis and the broker answer. Errors: 503 naming each that does not."""
+    """Whether the job store's Redis and the broker answer. Errors: 503 either does not."""
     report, code = current_app.extensions["batchery_health"].check()
     return jsonify(report), code
 
 
 @bp.get("/metrics")
-def metrics() -> Response | tuple[Response, int]:
-    """Prometheus metrics of every API and job, read from the job store. Errors: 503 Redis unreachable."""
+def metrics() -> Response:
+    """Prometheus metrics of the APIs and their jobs, read from the job store. Errors: 503 job store unavailable."""
     found = services()
-    try:
-        text = generate_latest(registry_for(found.store, found.settings, found.broker_queue))
-    except redis.RedisError as err:
-        message = f"cannot read the job store: {type(err).__name__}"
-        return jsonify({"kind": "store_unavailable", "message": message}), 503
+    text = generate_latest(registry_for(found.store, found.settings, found.broker_queue))
     return Response(text, content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    """This API's OpenAPI 3 document."""
+    return jsonify(document())
+
+
+@bp.get("/docs")
+def docs() -> str:
+    """This API's documentation, as a web page."""
+    return render_template("docs.html", spec=document(), schema_type=openapi.schema_type)
+
+
+def document() -> dict:
+    """Built once per app: the routes and schemas do not change while it runs."""
+    if "batchery_openapi" not in current_app.extensions:
+        current_app.extensions["batchery_openapi"] = openapi.build(current_app)
+    return current_app.extensions["batchery_openapi"]
