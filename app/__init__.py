@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.config import MAX_BODY_BYTES, Settings
+from app.health import Health
 from app.joblog import attach_job_log, configure_process_logging
 from app.services import Services
 from app.watchdog import Watchdog
@@ -28,27 +30,20 @@ def create_app(config: dict | None = None) -> Flask:
         attach_job_log(services.job_log)
     else:
         configure_process_logging(services.job_log)
+    flask_app.extensions["batchery_health"] = Health(settings, services.broker_queue)
     if settings.apis_file:
         services.registry.deploy_file(settings.apis_file)
     if settings.watchdog_seconds > 0:
         Watchdog(services).start(settings.watchdog_seconds)
 
-    from app.api import bp
+    from app import api, ops
 
-    flask_app.register_blueprint(bp)
-    flask_app.add_url_rule("/healthz", "healthz", lambda: _health(services))
+    flask_app.register_blueprint(api.bp)
+    flask_app.register_blueprint(ops.bp)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
     flask_app.register_error_handler(HTTPException, _http_error)
+    flask_app.register_error_handler(redis.RedisError, _store_unavailable)
     return flask_app
-
-
-def _health(services: Services) -> Response:
-    """Liveness: 200 when the job store answers. Errors: 503 when Redis does not."""
-    try:
-        services.redis.ping()
-    except Exception as err:  # noqa: BLE001 - any failure to reach Redis means unhealthy
-        return jsonify({"status": "unhealthy", "redis": str(err)}), 503
-    return jsonify({"status": "ok"})
 
 
 def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
@@ -58,3 +53,10 @@ def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
 
 def _http_error(err: HTTPException) -> tuple[Response, int]:
     return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": err.description}), err.code
+
+
+def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:
+    log.warning("job store error: %s", err)
+    return jsonify(
+        {"kind": "store_unavailable", "message": f"the job store (Redis) is unavailable: {type(err).__name__}"}
+    ), 503

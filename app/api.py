@@ -24,7 +24,10 @@ def endpoint(api_name: str) -> str:
 
 @bp.post("/batch/<api_name>")
 def submit(api_name: str) -> Response:
-    """Submit a job; `?dryRun=true` only validates. Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB."""
+    """Submit a job; `?dryRun=true` only validates.
+
+    Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB, 503 broker or job store unavailable.
+    """
     dry_run = request.args.get("dryRun", "false").lower() == "true"
     result = services().submitter.submit(api_name, _body(), dry_run=dry_run)
     if isinstance(result, dict):
@@ -34,7 +37,10 @@ def submit(api_name: str) -> Response:
 
 @bp.get("/batch/<api_name>")
 def get_api(api_name: str) -> Response:
-    """A job's status with `?jobID=`, else the API and its jobs. Errors: 404 unknown API or job."""
+    """A job's status with `?jobID=`, else the API and its jobs.
+
+    Errors: 404 unknown API or job, 503 job store unavailable.
+    """
     api = services().registry.get(api_name)
     job_id = request.args.get("jobID")
     if job_id is not None:
@@ -51,7 +57,10 @@ def get_api(api_name: str) -> Response:
 
 @bp.delete("/batch/<api_name>")
 def stop(api_name: str) -> Response:
-    """Stop a job. Errors: 400 no jobID or job already ended, 404 unknown API or job."""
+    """Stop a job.
+
+    Errors: 400 no jobID or job already ended, 404 unknown API or job, 503 job store unavailable.
+    """
     services().registry.get(api_name)
     job_id = _job_id()
     store = services().store

@@ -71,3 +71,8 @@ def dead_letters(queue_name: str) -> str:
 def watchdog_lock() -> str:
     """String with a TTL: held by the API process running the current watchdog sweep."""
     return f"{PREFIX}:watchdog"
+
+
+def api_statuses(name: str) -> str:
+    """Hash: status -> how many of an API's jobs are in it now (moved by each status change)."""
+    return f"{PREFIX}:api:{name}:statuses"

@@ -36,36 +36,58 @@ def positive(**kwargs: Any) -> fields.Integer:
 class DeadLetterQueueSchema(Schema):
     """`sqs_dead_letter_queue`: where batches that failed for good go."""
 
-    arn = fields.String(required=True, validate=validate.Length(min=1, error="Must not be empty."))
-    max_receive_count = positive(required=True)
+    arn = fields.String(
+        required=True,
+        validate=validate.Length(min=1, error="Must not be empty."),
+        metadata={"description": "the queue's ARN; on the Redis broker its last part names a Redis list"},
+    )
+    max_receive_count = positive(required=True, metadata={"description": "deliveries of a batch before it goes there"})
 
 
 class ItemListSchema(Schema):
     """`item_list`: the items themselves, sliced into batches of `batch_size`."""
 
-    items = JsonList(required=True)
-    batch_size = positive(required=True)
+    items = JsonList(
+        required=True,
+        metadata={"type": "array", "items": {}, "minItems": 1, "description": "any JSON values, sliced in order"},
+    )
+    batch_size = positive(required=True, metadata={"description": "items per batch (the payload is a JSON list)"})
 
 
 class S3SourceSchema(Schema):
     """`file_path_lister` / `delimited_files`: S3 prefixes filtered by globs."""
 
-    s3_paths = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
-    includes = fields.List(fields.String(), load_default=list)
-    excludes = fields.List(fields.String(), load_default=list)
-    batch_size = positive(required=True)
+    s3_paths = fields.List(
+        fields.String(),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "s3://bucket/prefix paths, each listed as a prefix"},
+    )
+    includes = fields.List(fields.String(), load_default=list, metadata={"description": "globs to keep (if any)"})
+    excludes = fields.List(fields.String(), load_default=list, metadata={"description": "globs to drop"})
+    batch_size = positive(required=True, metadata={"description": "paths, or JSON values, per batch"})
 
 
 class JobSubmissionSchema(Schema):
     """The body of `POST /batch/<api>`."""
 
-    workers = positive(required=True)
-    timeout = positive(allow_none=True, load_default=None)
-    sqs_dead_letter_queue = fields.Nested(DeadLetterQueueSchema, allow_none=True, load_default=None)
-    item_list = fields.Nested(ItemListSchema)
-    file_path_lister = fields.Nested(S3SourceSchema)
-    delimited_files = fields.Nested(S3SourceSchema)
-    config = fields.Dict(keys=fields.String(), allow_none=True, load_default=dict)
+    workers = positive(required=True, metadata={"description": "at most this many of the job's batches run at once"})
+    timeout = positive(allow_none=True, load_default=None, metadata={"description": "seconds, from submission"})
+    sqs_dead_letter_queue = fields.Nested(
+        DeadLetterQueueSchema,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "retry failed batches, then send them here (without it, no retry)"},
+    )
+    item_list = fields.Nested(ItemListSchema, metadata={"description": "one of the three inputs: the items"})
+    file_path_lister = fields.Nested(S3SourceSchema, metadata={"description": "or: batches of S3 file paths"})
+    delimited_files = fields.Nested(S3SourceSchema, metadata={"description": "or: JSON values read from S3 files"})
+    config = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        load_default=dict,
+        metadata={"description": "deep-merged over the API's predictor config"},
+    )
 
     @validates_schema
     def exactly_one_source(self, data: dict, **kwargs: Any) -> None:

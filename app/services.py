@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from app.broker import is_sqs, make_celery, public_queue_url
+from app.broker_queue import BrokerQueue
 from app.config import Settings
 from app.dead_letters import RedisDeadLetters, SqsDeadLetters
 from app.dispatch import Dispatcher
@@ -18,7 +19,7 @@ from app.submission import Submitter
 
 @dataclass
 class Services:
-    """Job store, registry, dispatcher and submitter over one Redis client."""
+    """Job store, registry, dispatcher and submitter over one Redis client; the broker's queue."""
 
     settings: Settings
     redis: redis.Redis
@@ -28,6 +29,7 @@ class Services:
     dead_letters: RedisDeadLetters | SqsDeadLetters
     submitter: Submitter
     job_log: JobLog
+    broker_queue: BrokerQueue
 
     @classmethod
     def build(cls, settings: Settings, celery: object | None = None) -> Services:
@@ -37,4 +39,14 @@ class Services:
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         submitter = Submitter(registry, store, dispatcher, dead_letters, public_queue_url(settings))
-        return cls(settings, client, registry, store, dispatcher, dead_letters, submitter, JobLog(client))
+        return cls(
+            settings,
+            client,
+            registry,
+            store,
+            dispatcher,
+            dead_letters,
+            submitter,
+            JobLog(client),
+            BrokerQueue(settings),
+        )

@@ -18,8 +18,14 @@ from app.job import deadline, retry_limits
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local lease = KEYS[7]
+local lease, statuses = KEYS[7], KEYS[8]
 local job_id, now = ARGV[1], tonumber(ARGV[2])
+
+-- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
+local function move_status(from, to)
+  redis.call('HINCRBY', statuses, from, -1)
+  redis.call('HINCRBY', statuses, to, 1)
+end
 
 local function in_progress()
   local st = redis.call('HGET', job, 'status')
@@ -28,6 +34,7 @@ end
 
 local function end_job(final, message)
   if not in_progress() then return 0 end
+  move_status(redis.call('HGET', job, 'status'), final)
   redis.call('HSET', job, 'status', final, 'end', ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
   redis.call('DEL', backlog, inflight, deliveries, procs, lease)
@@ -106,6 +113,7 @@ if redis.call('HGET', job, 'total') == '0' then
   end_job('status_enqueue_failed', empty_message)
   return {0}
 end
+if redis.call('HGET', job, 'status') == 'status_enqueuing' then move_status('status_enqueuing', 'status_running') end
 redis.call('HSET', job, 'enqueued', '1', 'status', 'status_running')
 redis.call('DEL', lease)
 return release_and_claim()
@@ -233,7 +241,9 @@ class JobStore:
             }.items()
         }
 
-    def _call(self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float) -> list:
+    def _call(
+        self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float, client: object = None
+    ) -> list:
         job_id = spec_or_id if isinstance(spec_or_id, str) else spec_or_id["job_id"]
         key_list = [
             keys.job(job_id),
@@ -243,8 +253,9 @@ class JobStore:
             keys.procs(job_id),
             keys.api_active(api_name),
             keys.enqueuer(job_id),
+            keys.api_statuses(api_name),
         ]
-        return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args])
+        return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args], client=client)
 
     def create(self, spec: dict, api: dict, now: float, source: dict | None = None) -> None:
         """Store a new job in `status_enqueuing`, with the API as deployed at submission and, for
@@ -270,6 +281,7 @@ class JobStore:
         pipe.hset(keys.job(spec["job_id"]), mapping=fields)
         pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
         pipe.zadd(keys.api_active(spec["api_name"]), {spec["job_id"]: now})
+        pipe.hincrby(keys.api_statuses(spec["api_name"]), status.ENQUEUING, 1)
         pipe.execute()
 
     def append(self, spec: dict, entries: list[str], now: float, cursor: str = "", token: str = "") -> Appended:
@@ -334,6 +346,14 @@ class JobStore:
             return None
         return _parse_state(_pairs(job_hash), _pairs(procs), inflight)
 
+    def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
+        """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
+        checks the script is loaded first: two round trips in all)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, api_name in jobs:
+            self._call("read", job_id, api_name, now=now, client=pipe)
+        return [_parse_state(_pairs(h), _pairs(p), n) if h else None for h, p, n in pipe.execute()]
+
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
         spec, api = self.redis.hmget(keys.job(job_id), "spec", "api")
@@ -341,12 +361,33 @@ class JobStore:
 
     def job_ids(self, api_name: str, recent: int) -> list[str]:
         """The API's jobs in progress, then its `recent` latest ones, newest first."""
-        pipe = self.redis.pipeline()
-        pipe.zrevrange(keys.api_active(api_name), 0, -1)
-        pipe.zrevrange(keys.api_jobs(api_name), 0, recent - 1)
-        active, latest = pipe.execute()
-        ids = [i.decode() for i in active]
-        return ids + [i.decode() for i in latest if i.decode() not in set(ids)]
+        return self.job_ids_by_api([api_name], recent)[api_name]
+
+    def job_ids_by_api(self, api_names: list[str], recent: int, active_limit: int = 0) -> dict[str, list[str]]:
+        """For each API, its jobs in progress (the newest `active_limit`, 0: all), then its `recent`
+        latest ones, newest first; one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for api_name in api_names:
+            pipe.zrevrange(keys.api_active(api_name), 0, active_limit - 1)
+            pipe.zrevrange(keys.api_jobs(api_name), 0, recent - 1)
+        replies = pipe.execute()
+        found = {}
+        for i, api_name in enumerate(api_names):
+            active = [j.decode() for j in replies[2 * i]]
+            seen = set(active)
+            found[api_name] = active + [j.decode() for j in replies[2 * i + 1] if j.decode() not in seen]
+        return found
+
+    def status_counts(self, api_names: list[str]) -> dict[str, dict[str, int]]:
+        """For each API, how many of its jobs are in each status (statuses with no job left out)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for api_name in api_names:
+            pipe.hgetall(keys.api_statuses(api_name))
+        counts = {}
+        for api_name, reply in zip(api_names, pipe.execute(), strict=True):
+            # jobs created before the count existed can take it below 0 when they end: not shown
+            counts[api_name] = {k.decode(): int(v) for k, v in reply.items() if int(v) > 0}
+        return counts
 
 
 def _pairs(flat: list) -> dict:

@@ -71,3 +71,29 @@ def test_the_last_outcome_claims_the_finalizer_exactly_once(store):
     assert store.end(spec, status.COMPLETED_WITH_FAILURES, "", 1002.0)
     assert not store.end(spec, status.SUCCEEDED, "", 1003.0)  # the first final status stays
     assert store.state(spec["job_id"], "api", 1004.0)["status"] == status.COMPLETED_WITH_FAILURES
+
+
+def test_jobs_per_status_move_with_each_status_change(store):
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    assert store.status_counts(["api"]) == {"api": {status.ENQUEUING: 1}}
+    store.append(spec, ["0 [0]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    second = new_job(store, 1)
+    assert store.status_counts(["api", "other"]) == {"api": {status.RUNNING: 2}, "other": {}}
+    store.record(spec, "0", "ok", 0.1, "p", 1001.0)
+    assert store.end(spec, status.SUCCEEDED, "", 1001.0)
+    assert store.end(second, status.STOPPED, "", 1001.0)
+    assert not store.end(second, status.TIMED_OUT, "", 1002.0)  # a final status is not moved again
+    assert store.status_counts(["api"]) == {"api": {status.SUCCEEDED: 1, status.STOPPED: 1}}
+
+
+def test_states_reads_many_jobs_in_one_pipeline(store):
+    first, second = new_job(store, 3), new_job(store, 5)
+    ids = {first["job_id"], second["job_id"]}
+    capped = store.job_ids_by_api(["api"], recent=1, active_limit=1)["api"]
+    assert len(capped) == 1 and set(capped) < ids  # both were created at the same time: either
+    assert set(store.job_ids_by_api(["api"], recent=5)["api"]) == ids
+    states = store.states([(first["job_id"], "api"), ("nope", "api"), (second["job_id"], "api")], 1001.0)
+    assert [s and s["total"] for s in states] == [3, None, 5]
+    assert states[0] == store.state(first["job_id"], "api", 1001.0)

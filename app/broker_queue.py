@@ -1,0 +1,60 @@
+"""The broker's queue as the API sees it: whether the broker answers, and how many messages wait.
+
+Both use short timeouts: they serve `/healthz` and `/metrics`, which must answer fast.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import boto3
+import botocore.config
+import redis
+
+from app.broker import is_sqs
+from app.config import Settings
+
+TIMEOUT_SECONDS = 2
+QUICK = botocore.config.Config(
+    connect_timeout=TIMEOUT_SECONDS, read_timeout=TIMEOUT_SECONDS, retries={"max_attempts": 1}
+)
+
+
+class BrokerQueue:
+    """The queue `settings.queue` on the Redis broker, or on SQS (`<prefix><queue>`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @property
+    def sqs_name(self) -> str:
+        return f"{self.settings.sqs_queue_prefix}{self.settings.queue}"
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.broker, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+        )
+
+    @cached_property
+    def sqs(self):
+        return boto3.session.Session().client("sqs", region_name=self.settings.sqs_region, config=QUICK)
+
+    def ping(self) -> None:
+        """Raise the client's error unless the broker answers (on SQS: with these credentials)."""
+        if is_sqs(self.settings):
+            self.sqs.list_queues(QueueNamePrefix=self.sqs_name, MaxResults=1)
+        else:
+            self.redis.ping()
+
+    def depth(self) -> int:
+        """Messages waiting in the queue (on SQS approximate, not counting those being worked on)."""
+        if not is_sqs(self.settings):
+            # kombu's Redis transport keeps a queue's messages (priority 0) in the list named after it
+            return int(self.redis.llen(self.settings.queue))
+        try:
+            url = self.sqs.get_queue_url(QueueName=self.sqs_name)["QueueUrl"]
+        except self.sqs.exceptions.QueueDoesNotExist:
+            return 0  # kombu creates it on first use
+        reply = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(reply["Attributes"]["ApproximateNumberOfMessages"])

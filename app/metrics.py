@@ -1,0 +1,112 @@
+"""Prometheus metrics, read from the job store at scrape time.
+
+Nothing is counted in process memory: every API and worker process writes its counts to Redis
+(the job hash, the per-API status counts), so any API process answers `/metrics` with the
+fleet's totals, however many gunicorn and Celery processes there are.
+
+Labels are `api` and `job_id` (not `job`: Prometheus gives every scraped series its own `job`
+label and would rename ours to `exported_job`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from app import job, keys, status
+from app.broker_queue import BrokerQueue
+from app.config import Settings
+from app.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Each scrape reads at most this many in-progress jobs per API, plus its `recent_jobs` latest.
+MAX_ACTIVE_JOBS = 200
+JOB = ["api", "job_id"]
+WORKER_STATES = ("initializing", "running", "pending")
+
+
+class JobStoreCollector(Collector):
+    """Batchery's metrics, read from Redis in a few pipelined round trips per scrape."""
+
+    def __init__(self, store: JobStore, settings: Settings, queue: BrokerQueue):
+        self.store = store
+        self.settings = settings
+        self.queue = queue
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not read Redis
+
+    def collect(self) -> Iterator[Metric]:
+        api_names = sorted(name.decode() for name in self.store.redis.smembers(keys.apis()))
+        yield self._jobs_per_status(api_names)
+        yield from self._per_job(api_names)
+        depth = self._broker_depth()
+        if depth is not None:
+            yield depth
+
+    def _jobs_per_status(self, api_names: list[str]) -> Metric:
+        gauge = GaugeMetricFamily("batchery_jobs", "Jobs per API and status, now.", labels=["api", "status"])
+        for api_name, counts in self.store.status_counts(api_names).items():
+            for code, count in sorted(counts.items()):
+                gauge.add_metric([api_name, code], count)
+        return gauge
+
+    def _per_job(self, api_names: list[str]) -> Iterator[Metric]:
+        succeeded = CounterMetricFamily("batchery_batches_succeeded", "Batches that succeeded.", labels=JOB)
+        attempts = CounterMetricFamily(
+            "batchery_batch_failed_attempts", "Failed attempts (a batch failing 3 times counts 3).", labels=JOB
+        )
+        failed = CounterMetricFamily(
+            "batchery_batches_failed", "Batches that failed for good (dead-lettered, or not retried).", labels=JOB
+        )
+        seconds = SummaryMetricFamily(
+            "batchery_batch_seconds", "Time in predict of successful attempts (sum) and their count.", labels=JOB
+        )
+        in_queue = GaugeMetricFamily("batchery_batches_in_queue", "Batches not yet finished.", labels=JOB)
+        total = GaugeMetricFamily("batchery_batches", "Batches of the job enqueued so far.", labels=JOB)
+        workers = GaugeMetricFamily(
+            "batchery_workers",
+            "A job in progress: processes initializing or running its batches; pending: batches in flight no "
+            "process has picked up yet.",
+            labels=[*JOB, "state"],
+        )
+        listed = self.store.job_ids_by_api(api_names, self.settings.recent_jobs, MAX_ACTIVE_JOBS)
+        pairs = [(job_id, api_name) for api_name, ids in listed.items() for job_id in ids]
+        for (job_id, api_name), state in zip(pairs, self.store.states(pairs, job.now()), strict=True):
+            if state is None:
+                continue
+            labels = [api_name, job_id]
+            succeeded.add_metric(labels, state["succeeded"])
+            attempts.add_metric(labels, state["failed"])
+            failed.add_metric(labels, state["failed_batches"])
+            seconds.add_metric(labels, count_value=state["succeeded"], sum_value=state["time_sum"])
+            in_queue.add_metric(labels, max(0, state["total"] - state["succeeded"] - state["failed_batches"]))
+            total.add_metric(labels, state["total"])
+            if not status.is_final(state["status"]):
+                for name in WORKER_STATES:
+                    workers.add_metric([*labels, name], state["worker_counts"][name])
+        yield from (succeeded, attempts, failed, seconds, in_queue, total, workers)
+
+    def _broker_depth(self) -> Metric | None:
+        try:
+            depth = self.queue.depth()
+        except Exception as err:  # noqa: BLE001 - the job metrics are still worth serving
+            log.warning("cannot read the broker queue's depth: %s", type(err).__name__)
+            return None
+        gauge = GaugeMetricFamily(
+            "batchery_broker_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
+        )
+        gauge.add_metric([self.settings.queue], depth)
+        return gauge
+
+
+def registry_for(store: JobStore, settings: Settings, queue: BrokerQueue) -> CollectorRegistry:
+    """A registry holding only Batchery's collector (no process metrics: they are per process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobStoreCollector(store, settings, queue))
+    return registry

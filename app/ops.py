@@ -1,0 +1,50 @@
+"""What operators and their tools call: health, metrics, and the API's own documentation."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import openapi
+from app.metrics import registry_for
+from app.services import Services
+
+bp = Blueprint("ops", __name__)
+
+
+def services() -> Services:
+    return current_app.extensions["batchery"]
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Whether the job store's Redis and the broker answer. Errors: 503 either does not."""
+    report, code = current_app.extensions["batchery_health"].check()
+    return jsonify(report), code
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of the APIs and their jobs, read from the job store. Errors: 503 job store unavailable."""
+    found = services()
+    text = generate_latest(registry_for(found.store, found.settings, found.broker_queue))
+    return Response(text, content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    """This API's OpenAPI 3 document."""
+    return jsonify(document())
+
+
+@bp.get("/docs")
+def docs() -> str:
+    """This API's documentation, as a web page."""
+    return render_template("docs.html", spec=document(), schema_type=openapi.schema_type)
+
+
+def document() -> dict:
+    """Built once per app: the routes and schemas do not change while it runs."""
+    if "batchery_openapi" not in current_app.extensions:
+        current_app.extensions["batchery_openapi"] = openapi.build(current_app)
+    return current_app.extensions["batchery_openapi"]

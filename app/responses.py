@@ -1,0 +1,122 @@
+"""Marshmallow schemas of what the API answers: they document it (the OpenAPI document is built from
+them) and the tests check real answers against them. The shapes are Cortex 0.28's."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from app import status
+from app.schemas import DeadLetterQueueSchema
+
+
+def text(description: str, **kwargs) -> fields.String:
+    return fields.String(metadata={"description": description}, **kwargs)
+
+
+def count(description: str, **kwargs) -> fields.Integer:
+    return fields.Integer(metadata={"description": description}, **kwargs)
+
+
+class JobSpecSchema(Schema):
+    """A job as submitted: the answer to `POST /batch/<api>`, and the predictor's `job_spec`."""
+
+    job_id = text("16 hex digits, sorting by creation time", required=True)
+    api_name = text("the Batch API the job runs on", required=True)
+    kind = text("always BatchAPI", required=True, validate=validate.OneOf(["BatchAPI"]))
+    workers = count("the job's parallelism: at most this many of its batches run at once", required=True)
+    config = fields.Dict(
+        required=True, metadata={"description": "the API's predictor config with the job's config deep-merged over it"}
+    )
+    api_id = text("the API as deployed when the job was submitted", required=True)
+    sqs_url = text("the broker queue the job's batches go through (no credentials)", required=True)
+    created_time = text("RFC 3339, UTC", required=True)
+    timeout = count("seconds from submission after which the job stops with status_timed_out")
+    sqs_dead_letter_queue = fields.Nested(DeadLetterQueueSchema)
+
+
+class BatchMetricsSchema(Schema):
+    """`batch_metrics` of a job status."""
+
+    succeeded = count("batches that succeeded", required=True)
+    failed = count("failed attempts (a batch that fails 3 times counts 3)", required=True)
+    avg_time_per_batch = fields.Float(
+        metadata={"description": "seconds in predict, averaged over successful attempts; absent until one succeeds"}
+    )
+
+
+class WorkerCountsSchema(Schema):
+    """`worker_counts` of a job in progress."""
+
+    pending = count("batches in flight that no worker process has picked up yet", required=True)
+    initializing = count("worker processes loading the predictor for one of the job's batches", required=True)
+    running = count("worker processes running one of the job's batches", required=True)
+    succeeded = count("always 0 (kept for Cortex clients)", required=True)
+    failed = count("always 0 (kept for Cortex clients)", required=True)
+    stalled = count("always 0 (kept for Cortex clients)", required=True)
+
+
+class JobStatusSchema(JobSpecSchema):
+    """`job_status`: the spec, with where the job is."""
+
+    status = text("the job's status code", required=True, validate=validate.OneOf(status.PRECEDENCE))
+    message = text("why the job ended as it did, when there is more to say than the status")
+    total_batch_count = count("batches enqueued so far", required=True)
+    batches_in_queue = count("batches not finished yet", required=True)
+    batch_metrics = fields.Nested(BatchMetricsSchema, required=True)
+    worker_counts = fields.Nested(WorkerCountsSchema, metadata={"description": "only while the job is in progress"})
+    start_time = text("RFC 3339, UTC: when its first batch was released")
+    end_time = text("RFC 3339, UTC: when it ended")
+
+
+class PredictorSchema(Schema):
+    """`predictor` of a Batch API, as in cortex.yaml."""
+
+    type = text("always python", required=True)
+    path = text("the predictor file, relative to the cortex.yaml", required=True)
+    config = fields.Dict(required=True, metadata={"description": "merged under each job's config"})
+
+
+class ApiSpecSchema(Schema):
+    """A deployed Batch API."""
+
+    name = text("the API's name", required=True)
+    kind = text("always BatchAPI", required=True)
+    predictor = fields.Nested(PredictorSchema, required=True)
+    api_id = text("a hash of the spec and the predictor file", required=True)
+
+
+class JobStatusResponseSchema(Schema):
+    """`GET /batch/<api>?jobID=<id>`."""
+
+    job_status = fields.Nested(JobStatusSchema, required=True)
+    endpoint = text("the API's endpoint, `<base URL>/batch/<api>`", required=True)
+    api_spec = fields.Nested(ApiSpecSchema, required=True)
+
+
+class ApiJobsResponseSchema(Schema):
+    """`GET /batch/<api>`: the API and its jobs (in progress first, then the most recent, newest first)."""
+
+    spec = fields.Nested(ApiSpecSchema, required=True)
+    endpoint = text("the API's endpoint", required=True)
+    batch_job_statuses = fields.List(fields.Nested(JobStatusSchema), required=True)
+
+
+class StopResponseSchema(Schema):
+    """`DELETE /batch/<api>?jobID=<id>`."""
+
+    message = text("stopped job <job_id>", required=True)
+
+
+class ErrorSchema(Schema):
+    """Every error: what kind, and a sentence saying what to change."""
+
+    kind = text("e.g. invalid_request, api_not_found, job_not_found, payload_too_large", required=True)
+    message = text("what went wrong, naming the field or the job", required=True)
+
+
+class HealthSchema(Schema):
+    """`GET /healthz`."""
+
+    status = text("ok or unhealthy", required=True, validate=validate.OneOf(["ok", "unhealthy"]))
+    redis = text("ok, or error: <what failed>", required=True)
+    broker = text("ok, or error: <what failed>", required=True)

@@ -1,0 +1,105 @@
+"""`/openapi.json` and `/docs`: every route documented with its errors, and real answers fit the schemas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openapi_spec_validator import validate
+
+from app import responses
+from app.openapi import openapi_path
+
+
+@pytest.fixture
+def document(client) -> dict:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def routes(flask_app) -> list[tuple[str, str]]:
+    return [
+        (openapi_path(rule.rule), method.lower())
+        for rule in flask_app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    ]
+
+
+def test_the_document_is_valid_openapi_3(document):
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+def test_every_route_is_documented_with_its_errors(flask_app, document):
+    expected_errors = {
+        ("/batch/{api_name}", "post"): {"400", "404", "413", "503"},
+        ("/batch/{api_name}", "get"): {"404", "503"},
+        ("/batch/{api_name}", "delete"): {"400", "404", "503"},
+        ("/healthz", "get"): {"503"},
+        ("/metrics", "get"): {"503"},
+        ("/openapi.json", "get"): set(),
+        ("/docs", "get"): set(),
+    }
+    found = routes(flask_app)
+    assert sorted(found) == sorted(expected_errors)
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for path, method in found:
+        operation = document["paths"][path][method]
+        assert operation["summary"], (path, method)
+        codes = {code for code in operation["responses"] if code != "200"}
+        assert codes == expected_errors[(path, method)], (path, method)
+        assert "content" in operation["responses"]["200"], (path, method)
+        for code in codes - ({"503"} if path == "/healthz" else set()):
+            assert operation["responses"][code]["content"]["application/json"]["schema"] == error_ref
+
+
+def test_submission_documents_its_parameters_body_and_dry_run_text(document):
+    post = document["paths"]["/batch/{api_name}"]["post"]
+    assert {(p["name"], p["in"]) for p in post["parameters"]} == {("api_name", "path"), ("dryRun", "query")}
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobSubmission"
+    }
+    assert set(post["responses"]["200"]["content"]) == {"application/json", "text/plain"}
+    submission = document["components"]["schemas"]["JobSubmission"]
+    assert submission["required"] == ["workers"]
+    assert {"item_list", "file_path_lister", "delimited_files", "sqs_dead_letter_queue"} <= set(
+        submission["properties"]
+    )
+    delete = document["paths"]["/batch/{api_name}"]["delete"]
+    assert next(p for p in delete["parameters"] if p["name"] == "jobID")["required"] is True
+
+
+def test_docs_page_renders_every_endpoint_and_schema(client, flask_app, document):
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/html")
+    page = response.get_data(as_text=True)
+    assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained: no CDN
+    for path, method in routes(flask_app):
+        assert f'id="{document["paths"][path][method]["operationId"]}"' in page
+        assert f'<span class="path">{path}</span>' in page
+    for name in document["components"]["schemas"]:
+        assert f'id="schema-{name}"' in page
+    assert "413" in page and "body over 10 MiB" in page
+
+
+def test_real_answers_fit_their_response_schemas(client):
+    """Loading with marshmallow's default (unknown fields raise) checks no field is undocumented."""
+    body = {"workers": 1, "timeout": 60, "item_list": {"items": [1, 2], "batch_size": 1}}
+    submitted = client.post("/batch/minimal", data=json.dumps(body))
+    assert submitted.status_code == 200
+    spec = responses.JobSpecSchema().load(submitted.get_json())
+    job_id = spec["job_id"]
+    # stopped at once: no batch of it runs, whether a worker is up or not
+    stopped = client.delete(f"/batch/minimal?jobID={job_id}")
+    assert responses.StopResponseSchema().load(stopped.get_json()) == {"message": f"stopped job {job_id}"}
+    status = responses.JobStatusResponseSchema().load(client.get(f"/batch/minimal?jobID={job_id}").get_json())
+    assert status["job_status"]["status"] == "status_stopped"
+    listed = responses.ApiJobsResponseSchema().load(client.get("/batch/minimal").get_json())
+    assert job_id in [job["job_id"] for job in listed["batch_job_statuses"]]
+    again = client.delete(f"/batch/minimal?jobID={job_id}")
+    assert again.status_code == 400
+    responses.ErrorSchema().load(again.get_json())
+    responses.HealthSchema().load(client.get("/healthz").get_json())
