@@ -73,7 +73,10 @@ def stop(api_name: str) -> Response:
 
 @bp.get("/batch/<api_name>/logs")
 def job_logs(api_name: str) -> Response:
-    """A job's log lines after `?after=<seq>` (oldest first). Errors: 400 no jobID, 404 unknown API or job."""
+    """A job's log lines after `?after=<seq>`, oldest first.
+
+    Errors: 400 no jobID or a bad `after`, 404 unknown API or job, 503 job store unavailable.
+    """
     services().registry.get(api_name)
     job_id = _job_id()
     state = _state(api_name, job_id)

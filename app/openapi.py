@@ -78,6 +78,20 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         "parameters": [API_NAME, job_id(True, "the job to stop")],
         "responses": {"200": json_answer("the job stopped: no batch of it starts any more", "StopResponse")},
     },
+    ("/batch/<api_name>/logs", "get"): {
+        "parameters": [
+            API_NAME,
+            job_id(True, "the job whose log to read"),
+            {
+                "name": "after",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "default": 0},
+                "description": "the number of the last line you have: only the lines after it are sent",
+            },
+        ],
+        "responses": {"200": json_answer("the job's log lines after `after`, oldest first", "JobLogsResponse")},
+    },
     ("/healthz", "get"): {
         "responses": {
             "200": json_answer("Redis and the broker answer", "Health"),
@@ -106,6 +120,7 @@ SCHEMAS = {
     "JobStatusResponse": responses.JobStatusResponseSchema,
     "ApiJobsResponse": responses.ApiJobsResponseSchema,
     "StopResponse": responses.StopResponseSchema,
+    "JobLogsResponse": responses.JobLogsResponseSchema,
     "Error": responses.ErrorSchema,
     "Health": responses.HealthSchema,
 }

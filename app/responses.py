@@ -107,6 +107,29 @@ class StopResponseSchema(Schema):
     message = text("stopped job <job_id>", required=True)
 
 
+class LogLineSchema(Schema):
+    """One line of a job's log."""
+
+    seq = fields.Integer(required=True, metadata={"description": "the line's number in the job's log"})
+    time = fields.Float(required=True, metadata={"description": "epoch seconds"})
+    level = text("debug, info, warning, error", required=True)
+    logger = text("the Python logger that wrote it", required=True)
+    message = text("what happened", required=True)
+    process = text("host:pid of the process that wrote it", required=True)
+    api_name = text("the API")
+    job_id = text("the job")
+    traceback = text("the traceback of a failure")
+
+
+class JobLogsResponseSchema(Schema):
+    """`GET /batch/<api>/logs?jobID=<id>&after=<n>`."""
+
+    job_id = text("the job", required=True)
+    status = text("the job's status now", required=True)
+    lines = fields.List(fields.Nested(LogLineSchema), required=True)
+    next = fields.Integer(required=True, metadata={"description": "pass it as `after` to get the lines that follow"})
+
+
 class ErrorSchema(Schema):
     """Every error: what kind, and a sentence saying what to change."""
 
