@@ -18,6 +18,11 @@ def job_body(probe_config: dict, items: list, workers: int = 2, **config) -> dic
     return {"workers": workers, "item_list": {"items": items, "batch_size": 1}, "config": dict(probe_config, **config)}
 
 
+def long_job(probe_config: dict) -> dict:
+    """A job that runs for 40 s unless stopped; stopped, it frees its worker process within 0.2 s."""
+    return job_body(probe_config, list(range(200)), workers=1, sleep=0.2)
+
+
 def test_submit_wait_get_job_and_list_jobs(api, probe_config):
     spec = api.submit("probe", job_body(probe_config, [1, 2, 3]))
     assert spec["api_name"] == "probe" and len(spec["job_id"]) == 16
@@ -44,7 +49,7 @@ def test_wait_returns_a_failed_final_status(api, probe_config):
 
 
 def test_wait_times_out_naming_the_job_and_its_last_status(api, probe_config):
-    spec = api.submit("probe", job_body(probe_config, [{"sleep": 30}], workers=1))
+    spec = api.submit("probe", long_job(probe_config))
     try:
         with pytest.raises(TimeoutError) as raised:
             api.wait("probe", spec["job_id"], timeout=0.2, poll=0.05)
@@ -56,7 +61,7 @@ def test_wait_times_out_naming_the_job_and_its_last_status(api, probe_config):
 
 
 def test_stop_job_then_stopping_again_is_an_api_error(api, probe_config):
-    spec = api.submit("probe", job_body(probe_config, [{"sleep": 30}], workers=1))
+    spec = api.submit("probe", long_job(probe_config))
     assert api.stop_job("probe", spec["job_id"]) == {"message": f"stopped job {spec['job_id']}"}
     assert api.get_job("probe", spec["job_id"])["job_status"]["status"] == status.STOPPED
     with pytest.raises(BatcheryAPIError) as raised:
@@ -102,7 +107,7 @@ def test_an_unreachable_api_is_a_connection_error_naming_the_url():
 
 def test_list_apis_counts_jobs_in_progress_and_names_the_latest(api, probe_config):
     """GET /batch: every deployed API, its jobs in progress, its latest job."""
-    spec = api.submit("probe", job_body(probe_config, [{"sleep": 30}], workers=1))
+    spec = api.submit("probe", long_job(probe_config))
     try:
         apis = {entry["name"]: entry for entry in api.list_apis()}
         assert {"probe", "minimal"} <= set(apis)
