@@ -13,6 +13,7 @@ Everything but `deploy` goes through the HTTP API (app.client); `-o json` prints
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -128,6 +129,7 @@ def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None
     from app.registry import Registry, public_spec
 
     ctx = context(url, output)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # keys Batchery ignores
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
     try:
         specs = Registry(client).deploy_file(cortex_yaml)
@@ -254,7 +256,9 @@ def show_job(ctx: Context, api: str, job_id: str) -> None:
         counts = job["worker_counts"]
         workers = new_table("requested", *counts, title="worker counts")
         workers.add_row(str(job["workers"]), *(str(value) for value in counts.values()))
+        out.print()
         out.print(workers)
+    out.print()
     out.print(f"endpoint: {answer['endpoint']}", soft_wrap=True, highlight=False)
     spec = {
         key: job[key]
@@ -272,7 +276,7 @@ class RateColumn(ProgressColumn):
     """Batches per second, as rich measures the progress updates (a moving window)."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.finished_speed or task.speed or task.fields.get("rate")
         return Text("-- batches/s" if speed is None else f"{speed:.1f} batches/s", style="progress.data.speed")
 
 
@@ -316,6 +320,7 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
                 total=total_of(job) or None,
                 completed=done_of(job),
                 ended=status.is_final(job["status"]),
+                rate=overall_rate(job),
             )
             while not status.is_final(job["status"]):
                 time.sleep(interval)
@@ -326,6 +331,7 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
                     total=total_of(job) or None,
                     completed=done_of(job),
                     ended=status.is_final(job["status"]),
+                    rate=overall_rate(job),
                 )
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching job {job_id}; it goes on (batchery delete {api} {job_id} stops it)", err=True)
@@ -339,6 +345,14 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
         line += f" ({' '.join(job['message'].split())})"
     click.echo(line)
     return exit_code(job)
+
+
+def overall_rate(job: dict) -> float | None:
+    """Batches per second from the job's start to its end: for a job that ended before we saw it move."""
+    start, end = parse_time(job.get("start_time")), parse_time(job.get("end_time"))
+    if start is None or end is None or end <= start:
+        return None
+    return done_of(job) / (end - start).total_seconds()
 
 
 def exit_code(job: dict) -> int:
