@@ -2,6 +2,7 @@
 #   make test    install, then run the test suite (real Redis and worker processes)
 #   make demo    install, start the local stack, run the example jobs over HTTP, stop the stack
 #   make up      start the local stack in the background (logs and pid files in .run/); make down stops it
+#   make install the virtualenv, with the `batchery` command in .venv/bin
 #   make lint    ruff
 
 PYTHON ?= python3
@@ -14,10 +15,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # The stamp depends on requirements.txt, so a second `make install` does nothing until it changes.
-$(STAMP): requirements.txt
+# The project itself is installed editable (no dependencies: they are the pinned ones above), for
+# the `batchery` command in .venv/bin.
+$(STAMP): requirements.txt pyproject.toml
 	@[ -x $(BIN)/pip ] || $(PYTHON) -m venv $(VENV) || { \
 		echo "error: '$(PYTHON) -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
 	$(BIN)/pip install --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check --no-deps -e .
 	touch $@
 
 demo: $(STAMP)

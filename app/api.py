@@ -9,7 +9,7 @@ from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
 from app.registry import public_spec
 from app.services import Services
-from app.status import STOPPED
+from app.status import IN_PROGRESS, STOPPED
 
 bp = Blueprint("batch", __name__)
 
@@ -20,6 +20,29 @@ def services() -> Services:
 
 def endpoint(api_name: str) -> str:
     return url_for("batch.get_api", api_name=api_name, _external=True)
+
+
+@bp.get("/batch")
+def list_apis() -> Response:
+    """The deployed APIs, each with its count of jobs in progress and its latest job (id, status).
+
+    Errors: none of its own (a Redis outage is a 500, as on every endpoint).
+    """
+    registry, store = services().registry, services().store
+    apis = []
+    for name in registry.names():
+        states = [store.state(job_id, name, job.now()) for job_id in store.job_ids(name, 1)]
+        states = [state for state in states if state is not None]
+        latest = max(states, key=lambda state: state["spec"]["job_id"], default=None)  # ids sort by creation
+        apis.append(
+            {
+                "name": name,
+                "endpoint": endpoint(name),
+                "running_jobs": sum(state["status"] in IN_PROGRESS for state in states),
+                "latest_job": {"job_id": latest["spec"]["job_id"], "status": latest["status"]} if latest else None,
+            }
+        )
+    return jsonify({"apis": apis})
 
 
 @bp.post("/batch/<api_name>")

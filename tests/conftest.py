@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 import redis
+from werkzeug.serving import make_server
 
 from app import create_app, status
 from app.config import Settings
@@ -110,6 +112,17 @@ def dead_letter_queue(broker, moto):
 @pytest.fixture(scope="session")
 def flask_app(settings):
     return create_app({"SETTINGS": settings})
+
+
+@pytest.fixture(scope="session")
+def live_url(flask_app) -> str:
+    """The API served over real HTTP on a free port (werkzeug, threaded): for clients outside this process."""
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-api", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
 
 
 @pytest.fixture

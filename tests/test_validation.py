@@ -586,7 +586,7 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
         ("delete", "/batch/minimal", 400, "invalid_request", "jobID"),
         ("delete", "/batch/minimal?jobID=", 400, "invalid_request", "jobID"),
         ("get", "/no/such/route", 404, "not_found", "not found"),
-        ("post", "/batch", 404, "not_found", "not found"),
+        ("post", "/batch", 405, "method_not_allowed", "not allowed"),  # GET /batch lists the APIs
         ("put", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
         ("patch", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
     ],

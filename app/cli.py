@@ -1,0 +1,452 @@
+"""`batchery`: the command line of Batchery, with the verbs of Cortex's CLI.
+
+    batchery deploy cortex.yaml          deploy the BatchAPIs of a cortex.yaml (into the job store)
+    batchery get                         the APIs: jobs in progress, latest job
+    batchery get <api>                   the API's jobs
+    batchery get <api> <job> [--watch]   a job's status (--watch: a live progress bar until it ends)
+    batchery submit <api> job.json       submit a job, print its id
+    batchery delete <api> <job>          stop a job
+
+Everything but `deploy` goes through the HTTP API (app.client); `-o json` prints the API's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from app import status
+from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+
+OUTPUTS = ("table", "json")
+
+
+def default_url() -> str:
+    """BATCHERY_URL, else the API that `make up` starts (port PORT, default 8080)."""
+    return os.environ.get("BATCHERY_URL") or f"http://127.0.0.1:{os.environ.get('PORT') or 8080}"
+
+
+def console(stderr: bool = False) -> Console:
+    # Piped output gets a wide console, so that tables are not folded at 80 columns.
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one line `error: <message>` on stderr and exit 1."""
+    click.echo("error: " + " ".join(str(message).split()), err=True)
+    sys.exit(1)
+
+
+class Context:
+    """The global options, which each command also accepts after its name (`batchery get -o json`)."""
+
+    def __init__(self, url: str, output: str):
+        self.url = url
+        self.output = output
+
+    def client(self) -> Client:
+        return Client(self.url)
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the API; its errors become one line on stderr and exit code 1."""
+        try:
+            return method(*args, **kwargs)
+        except BatcheryAPIError as err:
+            fail(err.message)
+        except BatcheryConnectionError as err:
+            fail(f"{err} (start the stack with `make up`, or point --url / BATCHERY_URL at the API)")
+
+
+def options(command: Callable) -> Callable:
+    """--url and -o on a command too; given there, they win over the group's."""
+    command = click.option("--url", default=None, help="the Batchery API (default: $BATCHERY_URL)")(command)
+    command = click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None, help="table or json")(command)
+    return command
+
+
+def context(url: str | None, output: str | None) -> Context:
+    parent = click.get_current_context().find_object(Context)
+    return Context(url or parent.url, output or parent.output)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    default=default_url,
+    show_default="$BATCHERY_URL, else http://127.0.0.1:$PORT (8080)",
+    help="the Batchery API",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(OUTPUTS),
+    default="table",
+    show_default=True,
+    help="table for people, json (the API's answer) for scripts",
+)
+@click.pass_context
+def main(ctx: click.Context, url: str, output: str) -> None:
+    """Batchery: batch jobs over a Celery fleet, with the Cortex Batch API."""
+    ctx.obj = Context(url, output)
+
+
+# --- deploy ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("cortex_yaml", type=click.Path(dir_okay=False))
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    default="redis://127.0.0.1:6379/0",
+    show_default="$REDIS_URL",
+    help="the job store the API and workers use",
+)
+@options
+def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None) -> None:
+    """Deploy the BatchAPIs of CORTEX_YAML into the job store at REDIS_URL.
+
+    The predictor files are recorded by their absolute path: that path must be valid on every
+    worker (the same checkout, or a shared volume).
+    """
+    import redis
+
+    from app.errors import DeployError
+    from app.registry import Registry, public_spec
+
+    ctx = context(url, output)
+    logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # keys Batchery ignores
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        specs = Registry(client).deploy_file(cortex_yaml)
+    except DeployError as err:
+        fail(err.message)
+    except redis.RedisError as err:
+        fail(f"cannot reach the job store at {redis_url}: {err} (start the stack with `make up`, or set REDIS_URL)")
+    if ctx.output == "json":
+        click.echo(json.dumps([public_spec(spec) for spec in specs], indent=2))
+        return
+    if not specs:
+        click.echo(f"{cortex_yaml} holds no BatchAPI")
+    for spec in specs:
+        click.echo(f"deployed {spec['name']} (api_id {spec['api_id']})")
+
+
+# --- get -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("api", required=False)
+@click.argument("job_id", required=False, metavar="[JOB]")
+@click.option(
+    "-w", "--watch", is_flag=True, help="with a JOB: a live progress bar until it ends (exit 0 if it succeeded)"
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    help="seconds between two polls of --watch",
+)
+@options
+def get(api: str | None, job_id: str | None, watch: bool, interval: float, url: str | None, output: str | None) -> None:
+    """The APIs; an API's jobs (get API); a job (get API JOB)."""
+    ctx = context(url, output)
+    if watch and not job_id:
+        fail("--watch needs an API and a JOB: batchery get <api> <job> --watch")
+    if api is None:
+        show_apis(ctx)
+    elif job_id is None:
+        show_jobs(ctx, api)
+    elif watch:
+        sys.exit(watch_job(ctx, api, job_id, interval))
+    else:
+        show_job(ctx, api, job_id)
+
+
+def show_apis(ctx: Context) -> None:
+    client = ctx.client()
+    apis = ctx.call(client.list_apis)
+    if ctx.output == "json":
+        click.echo(json.dumps({"apis": apis}, indent=2))  # the answer of GET /batch
+        return
+    if not apis:
+        click.echo("no api is deployed (batchery deploy cortex.yaml)")
+        return
+    table = new_table("api", "running jobs", "latest job id", "latest job status")
+    for entry in apis:
+        latest = entry["latest_job"] or {}
+        table.add_row(
+            entry["name"], str(entry["running_jobs"]), latest.get("job_id", "-"), readable(latest.get("status"))
+        )
+    console().print(table)
+
+
+def show_jobs(ctx: Context, api: str) -> None:
+    answer = ctx.call(ctx.client().get_api, api)
+    if ctx.output == "json":
+        click.echo(json.dumps(answer, indent=2))
+        return
+    jobs = answer["batch_job_statuses"]
+    out = console()
+    if jobs:
+        table = new_table("job id", "status", "progress", "failed attempts", "start time", "duration")
+        for job in jobs:
+            table.add_row(
+                job["job_id"],
+                readable(job["status"]),
+                f"{job['batch_metrics']['succeeded']}/{job.get('total_batch_count', '?')}",
+                str(job["batch_metrics"]["failed"]),
+                clock(job.get("start_time")),
+                duration(job),
+            )
+        out.print(table)
+    else:
+        out.print(f"no jobs yet for api {api}")
+    out.print(f"endpoint: {answer['endpoint']}", soft_wrap=True)
+
+
+def show_job(ctx: Context, api: str, job_id: str) -> None:
+    answer = ctx.call(ctx.client().get_job, api, job_id)
+    if ctx.output == "json":
+        click.echo(json.dumps(answer, indent=2))
+        return
+    job = answer["job_status"]
+    out = console()
+    lines = [
+        ("job id", job["job_id"]),
+        ("status", readable(job["status"])),
+        ("message", job.get("message")),
+        ("created time", clock(job.get("created_time"))),
+        ("start time", clock(job.get("start_time"))),
+        ("end time", clock(job.get("end_time")) if job.get("end_time") else None),
+        ("duration", duration(job)),
+    ]
+    for name, value in lines:
+        if value is not None:
+            out.print(f"{name}: {value}", soft_wrap=True, highlight=False)
+
+    metrics = job["batch_metrics"]
+    avg = metrics.get("avg_time_per_batch")
+    stats = new_table("total", "succeeded", "failed attempts", "in queue", "avg time per batch", title="batch stats")
+    stats.add_row(
+        str(job.get("total_batch_count", "?")),
+        str(metrics["succeeded"]),
+        str(metrics["failed"]),
+        str(job["batches_in_queue"]),
+        seconds(avg) if avg is not None else "-",
+    )
+    out.print()
+    out.print(stats)
+    if "worker_counts" in job:
+        counts = job["worker_counts"]
+        workers = new_table("requested", *counts, title="worker counts")
+        workers.add_row(str(job["workers"]), *(str(value) for value in counts.values()))
+        out.print()
+        out.print(workers)
+    out.print()
+    out.print(f"endpoint: {answer['endpoint']}", soft_wrap=True, highlight=False)
+    spec = {
+        key: job[key]
+        for key in ("workers", "timeout", "sqs_dead_letter_queue", "config", "api_id", "sqs_url")
+        if key in job
+    }
+    out.print("\njob spec:")
+    out.print_json(data=spec)
+
+
+# --- watch -----------------------------------------------------------------------------------
+
+
+class RateColumn(ProgressColumn):
+    """Batches per second, as rich measures the progress updates (a moving window)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed or task.fields.get("rate")
+        return Text("-- batches/s" if speed is None else f"{speed:.1f} batches/s", style="progress.data.speed")
+
+
+class EtaColumn(ProgressColumn):
+    """Time left at the current rate; `ended` once the job has a final status."""
+
+    def render(self, task) -> Text:
+        if task.fields.get("ended"):
+            return Text("ended", style="progress.elapsed")
+        left = task.time_remaining
+        return Text("ETA " + ("-:--" if left is None else seconds(left)), style="progress.remaining")
+
+
+def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
+    """Follow a job until it ends: a progress bar (table output) or the final answer (json); 0 iff it succeeded."""
+    client = ctx.client()
+    if ctx.output == "json":
+        answer = ctx.call(client.get_job, api, job_id)
+        while not status.is_final(answer["job_status"]["status"]):
+            time.sleep(interval)
+            answer = ctx.call(client.get_job, api, job_id)
+        click.echo(json.dumps(answer, indent=2))
+        return exit_code(answer["job_status"])
+
+    job = ctx.call(client.get_job, api, job_id)["job_status"]
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("batches"),
+        RateColumn(),
+        EtaColumn(),
+        console=console(stderr=True),
+        transient=False,
+    )
+    try:
+        with progress:
+            # Start at what is done already, so that the rate counts only what we watch happen.
+            task = progress.add_task(
+                readable(job["status"]),
+                total=total_of(job) or None,
+                completed=done_of(job),
+                ended=status.is_final(job["status"]),
+                rate=overall_rate(job),
+            )
+            while not status.is_final(job["status"]):
+                time.sleep(interval)
+                job = ctx.call(client.get_job, api, job_id)["job_status"]
+                progress.update(
+                    task,
+                    description=readable(job["status"]),
+                    total=total_of(job) or None,
+                    completed=done_of(job),
+                    ended=status.is_final(job["status"]),
+                    rate=overall_rate(job),
+                )
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching job {job_id}; it goes on (batchery delete {api} {job_id} stops it)", err=True)
+        return 130
+    metrics = job["batch_metrics"]
+    line = (
+        f"job {job_id} {job['status']}: {metrics['succeeded']}/{job.get('total_batch_count', '?')} batches "
+        f"succeeded, {metrics['failed']} failed attempts, {duration(job)}"
+    )
+    if job.get("message"):
+        line += f" ({' '.join(job['message'].split())})"
+    click.echo(line)
+    return exit_code(job)
+
+
+def overall_rate(job: dict) -> float | None:
+    """Batches per second from the job's start to its end: for a job that ended before we saw it move."""
+    start, end = parse_time(job.get("start_time")), parse_time(job.get("end_time"))
+    if start is None or end is None or end <= start:
+        return None
+    return done_of(job) / (end - start).total_seconds()
+
+
+def exit_code(job: dict) -> int:
+    return 0 if job["status"] == status.SUCCEEDED else 1
+
+
+def total_of(job: dict) -> int:
+    return int(job.get("total_batch_count") or 0)
+
+
+def done_of(job: dict) -> int:
+    """Batches finished, succeeded or failed for good."""
+    return total_of(job) - int(job.get("batches_in_queue") or 0)
+
+
+# --- submit, delete --------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("api")
+@click.argument("job_file", type=click.File("rb"), metavar="JOB.json")
+@click.option("--dry-run", is_flag=True, help="validate only; for S3 inputs, list the files the job would read")
+@options
+def submit(api: str, job_file, dry_run: bool, url: str | None, output: str | None) -> None:
+    """Submit the job in JOB.json (`-`: standard input) to API; prints the job id."""
+    ctx = context(url, output)
+    try:
+        job = json.loads(job_file.read())
+    except ValueError as err:
+        fail(f"{job_file.name} is not JSON: {err}")
+    if not isinstance(job, dict):
+        fail(f"{job_file.name} must hold a JSON object (the job), not {type(job).__name__}")
+    answer = ctx.call(ctx.client().submit, api, job, dry_run=dry_run)
+    if dry_run:
+        click.echo(answer.rstrip("\n"))
+    elif ctx.output == "json":
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        click.echo(answer["job_id"])
+
+
+@main.command()
+@click.argument("api")
+@click.argument("job_id", metavar="JOB")
+@options
+def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
+    """Stop the job JOB of API."""
+    ctx = context(url, output)
+    answer = ctx.call(ctx.client().stop_job, api, job_id)
+    click.echo(json.dumps(answer, indent=2) if ctx.output == "json" else answer["message"])
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def new_table(*columns: str, title: str | None = None) -> Table:
+    table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left", pad_edge=False)
+    for column in table.columns:
+        column.no_wrap = True
+    return table
+
+
+def readable(code: str | None) -> str:
+    """`status_completed_with_failures` -> `completed with failures`, as Cortex's CLI prints it."""
+    return code.removeprefix("status_").replace("_", " ") if code else "-"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def clock(value: str | None) -> str:
+    moment = parse_time(value)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def duration(job: dict) -> str:
+    start = parse_time(job.get("start_time"))
+    if start is None:
+        return "-"
+    end = parse_time(job.get("end_time")) or datetime.now(UTC)
+    return seconds((end - start).total_seconds())
+
+
+def seconds(value: float) -> str:
+    """0.0123 -> 12.3ms, 1.234 -> 1.23s, 75 -> 1m15s, 3725 -> 1h02m05s."""
+    if value < 1:
+        return f"{value * 1000:.3g}ms"
+    if value < 60:
+        return f"{value:.3g}s"
+    minutes, secs = divmod(int(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+if __name__ == "__main__":
+    main(prog_name="batchery")

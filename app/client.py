@@ -1,0 +1,152 @@
+"""A Python client of Batchery's HTTP API (the Cortex Batch API endpoints, plus `GET /batch`).
+
+    from app.client import Client
+    client = Client("http://127.0.0.1:8080")
+    job = client.submit("sum", {"workers": 2, "item_list": {"items": [[1, 2], [3]], "batch_size": 1}})
+    final = client.wait("sum", job["job_id"], timeout=60)
+    print(final["status"])
+
+It speaks HTTP only (no Redis, no Celery), so it runs anywhere the API is reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from app import status
+
+DEFAULT_TIMEOUT = 30.0  # seconds for one HTTP request
+
+
+class BatcheryAPIError(Exception):
+    """The API answered an error: its HTTP status, its `kind` and its `message`."""
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(status, kind, message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return " ".join(f"{self.message} ({self.kind}, HTTP {self.status})".split())  # always one line
+
+
+class BatcheryConnectionError(Exception):
+    """The API could not be reached (refused, unknown host, no answer in time)."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot reach the Batchery API at {self.url}: {self.reason}"
+
+
+class Client:
+    """Batchery's API at `base_url`; `timeout` is the limit of each HTTP request, in seconds.
+
+    Every method raises BatcheryAPIError when the API answers an error (4xx/5xx), and
+    BatcheryConnectionError when it cannot be reached.
+    """
+
+    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def submit(self, api: str, job: dict, dry_run: bool = False) -> dict | str:
+        """Submit a job to `api`: the job spec (a dict, with `job_id`).
+
+        With `dry_run=True` nothing is created and the answer is the API's text: for S3 inputs the
+        files the job would read, one a line, then `validations passed`.
+        Raises BatcheryAPIError: 400 invalid job, 404 unknown API, 413 body over 10 MiB.
+        """
+        params = {"dryRun": "true"} if dry_run else None
+        response = self._request("POST", self._api_path(api), params=params, data=json.dumps(job).encode())
+        return response.text if dry_run else response.json()
+
+    def get_job(self, api: str, job_id: str) -> dict:
+        """The job's full status answer: `job_status`, `endpoint` and `api_spec`.
+
+        Raises BatcheryAPIError: 404 unknown API or job.
+        """
+        return self._request("GET", self._api_path(api), params={"jobID": job_id}).json()
+
+    def stop_job(self, api: str, job_id: str) -> dict:
+        """Stop a job: `{"message": "stopped job <job_id>"}`.
+
+        Raises BatcheryAPIError: 400 the job already ended, 404 unknown API or job.
+        """
+        return self._request("DELETE", self._api_path(api), params={"jobID": job_id}).json()
+
+    def list_jobs(self, api: str) -> list[dict]:
+        """The API's job statuses: the jobs in progress, then the most recent, newest first.
+
+        Raises BatcheryAPIError: 404 unknown API.
+        """
+        return self.get_api(api)["batch_job_statuses"]
+
+    def get_api(self, api: str) -> dict:
+        """The API's answer: `spec`, `endpoint` and `batch_job_statuses`. Raises BatcheryAPIError: 404 unknown API."""
+        return self._request("GET", self._api_path(api)).json()
+
+    def list_apis(self) -> list[dict]:
+        """The deployed APIs: `name`, `endpoint`, `running_jobs` and `latest_job` (`job_id`, `status`, or None)."""
+        return self._request("GET", "/batch").json()["apis"]
+
+    def wait(self, api: str, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
+        """Poll the job until it ends and return its final `job_status`; `timeout` None waits for ever.
+
+        Raises TimeoutError (naming the job and its last status) if it has not ended in `timeout`
+        seconds, and BatcheryAPIError as get_job does.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(api, job_id)["job_status"]
+            if status.is_final(job["status"]):
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                last = job["status"]
+                raise TimeoutError(f"job {job_id} of api {api} did not end within {timeout:g}s (last status: {last})")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def _api_path(self, api: str) -> str:
+        return "/batch/" + quote(api, safe="")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = self.base_url + path
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise BatcheryConnectionError(self.base_url, f"no answer within {self.timeout:g}s") from None
+        except requests.ConnectionError as err:
+            raise BatcheryConnectionError(self.base_url, _reason(err)) from None
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response
+
+
+def _api_error(response: requests.Response) -> BatcheryAPIError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "message" in body:
+        return BatcheryAPIError(response.status_code, str(body.get("kind", "error")), str(body["message"]))
+    text = response.text.strip()[:200] or response.reason or "no body"
+    return BatcheryAPIError(response.status_code, "http_error", text)
+
+
+def _reason(err: requests.ConnectionError) -> str:
+    text = str(err)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host"
+    return text.splitlines()[0] if text else type(err).__name__
