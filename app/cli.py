@@ -405,6 +405,37 @@ def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
     click.echo(json.dumps(answer, indent=2) if ctx.output == "json" else answer["message"])
 
 
+@main.command()
+@click.argument("api")
+@click.argument("job_id", metavar="JOB")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the job ends")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between polls with --follow")
+@options
+def logs(api: str, job_id: str, follow: bool, interval: float, url: str | None, output: str | None) -> None:
+    """Print the log of the job JOB of API (-f: follow it until the job ends)."""
+    ctx = context(url, output)
+    after, quiet_after_end = 0, 0
+    while True:
+        answer = ctx.call(ctx.client().job_logs, api, job_id, after)
+        for line in answer["lines"]:
+            click.echo(json.dumps(line) if ctx.output == "json" else log_line(line))
+        after = answer["next"]
+        ended = answer["status"] not in status.IN_PROGRESS
+        quiet_after_end = quiet_after_end + 1 if ended and not answer["lines"] else 0
+        # after the job ends, one more quiet poll: its last lines may still be on their way
+        if not follow or quiet_after_end >= 2:
+            return
+        if not answer["lines"]:
+            time.sleep(interval)
+
+
+def log_line(line: dict) -> str:
+    """`2026-11-29 03:01:02 INFO host:pid message`, then the traceback if there is one."""
+    when = datetime.fromtimestamp(line["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    text = f"{when} {line['level'].upper():7} {line['process']}  {line['message']}"
+    return text + ("\n" + line["traceback"].rstrip() if line.get("traceback") else "")
+
+
 # --- formatting ------------------------------------------------------------------------------
 
 

@@ -85,6 +85,13 @@ class Client:
         """
         return self._request("DELETE", self._api_path(api), params={"jobID": job_id}).json()
 
+    def job_logs(self, api: str, job_id: str, after: int = 0) -> dict:
+        """The job's log lines numbered above `after`: `job_id`, `status`, `lines` and `next`.
+
+        Raises BatcheryAPIError: 404 unknown API or job.
+        """
+        return self._request("GET", f"{self._api_path(api)}/logs", params={"jobID": job_id, "after": after}).json()
+
     def list_jobs(self, api: str) -> list[dict]:
         """The API's job statuses: the jobs in progress, then the most recent, newest first.
 

@@ -252,3 +252,16 @@ def test_the_installed_batchery_command_runs_the_cli():
     assert command.exists(), f"{command} is not installed: run make install (pip install -e . --no-deps)"
     done = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Usage: batchery" in done.stdout
+
+
+def test_logs_prints_the_jobs_story_and_follow_ends_with_the_job(cli, probe_config):
+    job_id = cli.submit(body(dict(probe_config, sleep=0.3), [1, {"fail": "always"}, 3], workers=1))
+    followed = cli("logs", "probe", job_id, "--follow", "--interval", "0.2")
+    assert followed.returncode == 0, followed.stderr
+    assert "enqueued 3 items in 3 batches" in followed.stdout
+    assert "batch 1: failed (delivery 1)" in followed.stdout
+    assert "ValueError: probe failure on delivery 1" in followed.stdout  # the traceback
+    assert f"job {job_id} ended: status_completed_with_failures" in followed.stdout
+    lines = [json.loads(raw) for raw in cli("-o", "json", "logs", "probe", job_id).stdout.splitlines()]
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert one_error_line(cli("logs", "probe", "0000000000000000")).startswith("error: job 0000000000000000")
