@@ -8,6 +8,7 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from app.auth import require_token
 from app.config import MAX_BODY_BYTES, Settings
 from app.health import Health
 from app.joblog import attach_job_log, configure_process_logging
@@ -40,6 +41,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     flask_app.register_blueprint(api.bp)
     flask_app.register_blueprint(ops.bp)
+    require_token(flask_app, settings.api_token)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
     flask_app.register_error_handler(HTTPException, _http_error)
     flask_app.register_error_handler(redis.RedisError, _store_unavailable)

@@ -54,25 +54,40 @@ def fail(message: str) -> NoReturn:
 class Context:
     """The global options, which each command also accepts after its name (`batchery get -o json`)."""
 
-    def __init__(self, url: str, output: str):
+    def __init__(self, url: str, output: str, token: str | None = None):
         self.url = url
         self.output = output
+        self.token = token
 
     def client(self) -> Client:
-        return Client(self.url)
+        return Client(self.url, token=self.token)
 
     def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the API; its errors become one line on stderr and exit code 1."""
         try:
             return method(*args, **kwargs)
         except BatcheryAPIError as err:
+            if err.status == 401:
+                fail(f"{err.message} (set BATCHERY_API_TOKEN or pass --token)")
             fail(err.message)
         except BatcheryConnectionError as err:
             fail(f"{err} (start the stack with `make up`, or point --url / BATCHERY_URL at the API)")
 
 
+def _remember_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["batchery_token"] = value
+
+
 def options(command: Callable) -> Callable:
-    """--url and -o on a command too; given there, they win over the group's."""
+    """--url, -o and --token on a command too; given there, they win over the group's."""
+    command = click.option(
+        "--token",
+        default=None,
+        expose_value=False,
+        callback=_remember_token,
+        help="the API's token (default: $BATCHERY_API_TOKEN)",
+    )(command)
     command = click.option("--url", default=None, help="the Batchery API (default: $BATCHERY_URL)")(command)
     command = click.option("-o", "--output", type=click.Choice(OUTPUTS), default=None, help="table or json")(command)
     return command
@@ -80,7 +95,8 @@ def options(command: Callable) -> Callable:
 
 def context(url: str | None, output: str | None) -> Context:
     parent = click.get_current_context().find_object(Context)
-    return Context(url or parent.url, output or parent.output)
+    token = click.get_current_context().meta.get("batchery_token")
+    return Context(url or parent.url, output or parent.output, token or parent.token)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,10 +114,17 @@ def context(url: str | None, output: str | None) -> Context:
     show_default=True,
     help="table for people, json (the API's answer) for scripts",
 )
+@click.option(
+    "--token",
+    envvar="BATCHERY_API_TOKEN",
+    default=None,
+    show_envvar=True,
+    help="the API's bearer token, when the API sets BATCHERY_API_TOKEN",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, output: str) -> None:
+def main(ctx: click.Context, url: str, output: str, token: str | None) -> None:
     """Batchery: batch jobs over a Celery fleet, with the Cortex Batch API."""
-    ctx.obj = Context(url, output)
+    ctx.obj = Context(url, output, token or None)
 
 
 # --- deploy ----------------------------------------------------------------------------------

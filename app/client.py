@@ -1,7 +1,7 @@
 """A Python client of Batchery's HTTP API (the Cortex Batch API endpoints, plus `GET /batch`).
 
     from app.client import Client
-    client = Client("http://127.0.0.1:8080")
+    client = Client("http://127.0.0.1:8080")     # Client(url, token=...) when the API sets BATCHERY_API_TOKEN
     job = client.submit("sum", {"workers": 2, "item_list": {"items": [[1, 2], [3]], "batch_size": 1}})
     final = client.wait("sum", job["job_id"], timeout=60)
     print(final["status"])
@@ -49,16 +49,19 @@ class BatcheryConnectionError(Exception):
 
 
 class Client:
-    """Batchery's API at `base_url`; `timeout` is the limit of each HTTP request, in seconds.
+    """Batchery's API at `base_url`; `timeout` is the limit of each HTTP request, in seconds;
+    `token` is sent as `Authorization: Bearer <token>` (the API's BATCHERY_API_TOKEN, if it sets one).
 
     Every method raises BatcheryAPIError when the API answers an error (4xx/5xx), and
     BatcheryConnectionError when it cannot be reached.
     """
 
-    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def submit(self, api: str, job: dict, dry_run: bool = False) -> dict | str:
         """Submit a job to `api`: the job spec (a dict, with `job_id`).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,7 @@ class Settings:
     sqs_region: str = "us-east-1"
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
+    api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
 
     @property
     def broker(self) -> str:
@@ -48,4 +49,5 @@ class Settings:
             sqs_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or default.sqs_region,
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),
+            api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
         )

@@ -14,11 +14,18 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 
 from app import responses, schemas
+from app.auth import OPEN_ENDPOINTS
 
 VERSION = "0.1.0"
 ERROR = {"application/json": {"schema": "Error"}}
 ERRORS_IN_DOCSTRING = re.compile(r"(\d{3}) (.+?)(?=, \d{3} |\.?$)")
 PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "only when the server sets BATCHERY_API_TOKEN: `Authorization: Bearer <that token>`",
+}
+UNAUTHORIZED = "no token, or a wrong one (only when the server sets BATCHERY_API_TOKEN)"
 
 API_NAME = {"name": "api_name", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -151,9 +158,12 @@ def build(flask_app: Flask) -> dict:
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name)],
         info={
             "description": "Batch jobs over a Celery fleet, with the REST interface of the Cortex 0.28 Batch API. "
-            "Errors are JSON `{kind, message}`."
+            "Errors are JSON `{kind, message}`. With BATCHERY_API_TOKEN set on the server, every endpoint but "
+            "/healthz needs `Authorization: Bearer <token>`."
         },
+        security=[{"bearerAuth": []}],
     )
+    spec.components.security_scheme("bearerAuth", BEARER)
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema=schema)
     paths: dict[str, dict] = {}
@@ -172,6 +182,10 @@ def _operation(flask_app: Flask, rule, method: str) -> dict:
     extra = OPERATIONS.get((rule.rule, method), {})
     operation = {"operationId": rule.endpoint.replace(".", "_"), "summary": summary, **extra}
     answers = {code: {"description": why, "content": ERROR} for code, why in errors.items()}
+    if rule.endpoint in OPEN_ENDPOINTS:
+        operation["security"] = []  # open to load balancers, token or not
+    else:
+        answers["401"] = {"description": UNAUTHORIZED, "content": ERROR}
     operation["responses"] = {**{"200": {"description": "OK"}}, **answers, **extra.get("responses", {})}
     return operation
 

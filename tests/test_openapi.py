@@ -34,15 +34,15 @@ def test_the_document_is_valid_openapi_3(document):
 
 def test_every_route_is_documented_with_its_errors(flask_app, document):
     expected_errors = {
-        ("/batch", "get"): {"503"},
-        ("/batch/{api_name}", "post"): {"400", "404", "413", "503"},
-        ("/batch/{api_name}", "get"): {"404", "503"},
-        ("/batch/{api_name}", "delete"): {"400", "404", "503"},
-        ("/batch/{api_name}/logs", "get"): {"400", "404", "503"},
-        ("/healthz", "get"): {"503"},
-        ("/metrics", "get"): {"503"},
-        ("/openapi.json", "get"): set(),
-        ("/docs", "get"): set(),
+        ("/batch", "get"): {"401", "503"},
+        ("/batch/{api_name}", "post"): {"400", "401", "404", "413", "503"},
+        ("/batch/{api_name}", "get"): {"401", "404", "503"},
+        ("/batch/{api_name}", "delete"): {"400", "401", "404", "503"},
+        ("/batch/{api_name}/logs", "get"): {"400", "401", "404", "503"},
+        ("/healthz", "get"): {"503"},  # open: no token asked (load balancers probe it)
+        ("/metrics", "get"): {"401", "503"},
+        ("/openapi.json", "get"): {"401"},
+        ("/docs", "get"): {"401"},
     }
     found = routes(flask_app)
     assert sorted(found) == sorted(expected_errors)

@@ -1,0 +1,156 @@
+"""BATCHERY_API_TOKEN: every endpoint but /healthz needs `Authorization: Bearer <token>`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from app import auth, create_app
+from app.client import BatcheryAPIError, Client
+from app.config import Settings
+from tests.services import ROOT
+
+TOKEN = "tok-3f9a1c-do-not-echo"
+
+PROTECTED = [
+    ("GET", "/batch"),
+    ("GET", "/batch/probe"),
+    ("GET", "/batch/probe?jobID=nope"),
+    ("POST", "/batch/probe"),
+    ("DELETE", "/batch/probe?jobID=nope"),
+    ("GET", "/batch/probe/logs?jobID=nope"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/no/such/route"),  # without the token, not even which routes exist
+]
+
+
+@pytest.fixture(scope="module")
+def token_app(settings):
+    return create_app({"SETTINGS": dataclasses.replace(settings, api_token=TOKEN, watchdog_seconds=0)})
+
+
+@pytest.fixture
+def guarded(token_app):
+    return token_app.test_client()
+
+
+@pytest.fixture(scope="module")
+def token_url(token_app) -> str:
+    server = make_server("127.0.0.1", 0, token_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="token-api", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_token_is_read_from_the_environment_and_never_shown():
+    settings = Settings.from_env({"BATCHERY_API_TOKEN": TOKEN})
+    assert settings.api_token == TOKEN
+    assert TOKEN not in repr(settings)
+    assert Settings.from_env({}).api_token == ""
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize("headers", [{}, bearer("wrong"), bearer(TOKEN + "x"), {"Authorization": TOKEN}])
+def test_a_missing_or_wrong_token_is_a_401(guarded, method, path, headers):
+    response = guarded.open(path, method=method, headers=headers, data=b"{}")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    answer = response.get_json()
+    assert answer["kind"] == "unauthorized" and "Authorization: Bearer" in answer["message"]
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_the_right_token_passes(guarded, method, path):
+    response = guarded.open(path, method=method, headers=bearer(TOKEN), data=b"")
+    assert response.status_code != 401, response.get_data(as_text=True)
+    assert response.status_code in (200, 400, 404)
+
+
+def test_the_scheme_name_is_case_insensitive(guarded):
+    assert guarded.get("/batch", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+
+
+def test_healthz_stays_open_for_load_balancers(guarded):
+    response = guarded.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["status"] == "ok"
+
+
+def test_the_comparison_is_constant_time(guarded, monkeypatch):
+    seen = []
+
+    def spy(a, b):
+        seen.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert guarded.get("/batch", headers=bearer("guess")).status_code == 401
+    assert seen == [(b"guess", TOKEN.encode())]
+
+
+def test_without_a_token_setting_nothing_is_asked(client):
+    assert client.get("/batch").status_code == 200
+
+
+def test_the_document_declares_the_bearer_scheme(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": auth_description(document),
+    }
+    assert document["security"] == [{"bearerAuth": []}]
+    assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+def auth_description(document: dict) -> str:
+    description = document["components"]["securitySchemes"]["bearerAuth"]["description"]
+    assert "BATCHERY_API_TOKEN" in description
+    return description
+
+
+def test_the_client_sends_the_token(token_url):
+    assert isinstance(Client(token_url, token=TOKEN).list_apis(), list)
+    with pytest.raises(BatcheryAPIError) as raised:
+        Client(token_url).list_apis()
+    assert raised.value.status == 401 and raised.value.kind == "unauthorized"
+    assert TOKEN not in str(raised.value)
+
+
+def cli(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BATCHERY_URL=url)
+    env.pop("BATCHERY_API_TOKEN", None)
+    if token is not None:
+        env["BATCHERY_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_cli_reads_the_token_from_the_environment_or_token(token_url):
+    from_env = cli(token_url, "-o", "json", "get", token=TOKEN)
+    assert from_env.returncode == 0, from_env.stderr
+    assert "probe" in {api["name"] for api in json.loads(from_env.stdout)["apis"]}
+    for args in (["--token", TOKEN, "get"], ["get", "--token", TOKEN]):
+        done = cli(token_url, *args)
+        assert done.returncode == 0, done.stderr
+    refused = cli(token_url, "get")
+    assert refused.returncode == 1
+    assert "BATCHERY_API_TOKEN" in refused.stderr and "--token" in refused.stderr
+    wrong = cli(token_url, "get", token="nope")
+    assert wrong.returncode == 1 and TOKEN not in wrong.stderr
