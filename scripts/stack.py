@@ -12,6 +12,8 @@ BATCHERY_APIS (examples/cortex.yaml), WORKER_CONCURRENCY (2), BATCHERY_UP_TIMEOU
 The local S3 is a `moto_server` (in memory: its buckets go away with `down`); the API, worker and
 Flower get AWS_ENDPOINT_URL_S3 pointing at it, and dummy credentials unless AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY or AWS_DEFAULT_REGION are set.
+BATCHERY_API_TOKEN and FLOWER_BASIC_AUTH (`user:password`) pass through to the API and Flower; with a
+token set, the demo sends it (`Authorization: Bearer`), and /healthz, which `up` waits on, stays open.
 Only the standard library is used (the demo's S3 uploads import boto3), so `down` works without
 the virtualenv.
 """
@@ -71,6 +73,7 @@ class Config:
         self.s3_port = int(env.get("S3_PORT") or 9000)
         self.external_s3 = env.get("AWS_ENDPOINT_URL_S3") or ""
         self.local_s3 = not self.external_s3 and env.get("LOCAL_S3", "").strip() != "0"
+        self.api_token = env.get("BATCHERY_API_TOKEN", "").strip()
         self.s3_settings: dict[str, str] = {}  # what the stack sets for the local S3 (dummy values only)
         if self.local_s3:
             self.s3_settings["AWS_ENDPOINT_URL_S3"] = self.s3_url
@@ -105,6 +108,13 @@ class Config:
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    def headers(self) -> dict[str, str]:
+        """The headers of a request to the API: JSON, and the bearer token if the stack has one."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_token:
+            headers["Authorization"] = f"Bearer {self.api_token}"
+        return headers
 
     def pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -438,7 +448,11 @@ class Stack:
 
 def print_urls(config: Config) -> None:
     print(f"API:    {config.api_url}   (e.g. GET {config.api_url}/batch/sum)")
+    if config.api_token:
+        print("        every endpoint but /healthz needs `Authorization: Bearer $BATCHERY_API_TOKEN`")
     print(f"Flower: {config.flower_url}")
+    if config.env.get("FLOWER_BASIC_AUTH"):
+        print("        behind basic auth: the user and password of $FLOWER_BASIC_AUTH")
     if config.local_s3:
         exports = " ".join(f"{name}={value}" for name, value in config.s3_settings.items())  # never the user's
         print(f"S3:     {config.s3_url}   (a local moto server, in memory: its buckets go away with `make down`)")
@@ -467,10 +481,11 @@ TEXT_JOB = {
 }
 
 
-def http_json(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+def http_json(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
     """The status code and JSON body of a request; an error body that is not JSON comes back as {"body": text}."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = headers or {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -484,10 +499,11 @@ def http_json(method: str, url: str, body: dict | None = None) -> tuple[int, dic
         raise StackError(f"{method} {url} failed: {err}") from None
 
 
-def http_text(method: str, url: str, body: dict | None = None) -> tuple[int, str]:
+def http_text(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
     """The status code and text body of a request (a dry run answers text/plain)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = headers or {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode(errors="replace")
@@ -511,7 +527,7 @@ def status_line(elapsed: float, job: dict) -> str:
 
 def follow_job(config: Config, api: str, body: dict) -> dict:
     """Submit a job over HTTP, print its status each time it changes, return its final status."""
-    code, submitted = http_json("POST", f"{config.api_url}/batch/{api}", body)
+    code, submitted = http_json("POST", f"{config.api_url}/batch/{api}", body, config.headers())
     if code != 200:
         raise StackError(f"POST /batch/{api} answered {code}: {json.dumps(submitted)}")
     job_id = submitted["job_id"]
@@ -521,7 +537,7 @@ def follow_job(config: Config, api: str, body: dict) -> dict:
     started, last = time.monotonic(), None
     deadline = started + FINAL_WAIT
     while True:
-        code, answer = http_json("GET", url)
+        code, answer = http_json("GET", url, headers=config.headers())
         if code != 200:
             raise StackError(f"GET /batch/{api}?jobID={job_id} answered {code}: {json.dumps(answer)}")
         job = answer["job_status"]
@@ -591,7 +607,7 @@ def s3_demo(config: Config) -> list[dict]:
         lines = text.count("\n")
         print(f"uploaded s3://{S3_DEMO_BUCKET}/{key} ({lines} line{'s' if lines != 1 else ''})")
     print(f"\ndry run: POST /batch/sum?dryRun=true {json.dumps(S3_JOB)}")
-    code, text = http_text("POST", f"{config.api_url}/batch/sum?dryRun=true", S3_JOB)
+    code, text = http_text("POST", f"{config.api_url}/batch/sum?dryRun=true", S3_JOB, config.headers())
     print(text.rstrip())
     if code != 200 or not text.rstrip().endswith("validations passed"):
         raise StackError(f"the dry run answered {code}: {text.strip()}")

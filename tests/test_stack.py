@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,6 +114,26 @@ def test_compose_points_the_app_at_the_minio_service(compose, service):
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
 
 
+def test_compose_protects_the_api_with_a_token_and_flower_with_basic_auth(compose):
+    services = compose["services"]
+    assert services["api"]["environment"]["BATCHERY_API_TOKEN"]
+    user, _, password = services["flower"]["environment"]["FLOWER_BASIC_AUTH"].partition(":")
+    assert user and password
+    assert "--basic-auth" in shell_command(services["flower"]["command"])
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "local-only default" in text  # says so, next to the values
+
+
+def test_flower_gets_basic_auth_only_when_it_is_set():
+    command = procfile()["flower"]
+    run = "printf '%s\\n' " + command  # the words the shell would run
+    unset = subprocess.run(["sh", "-c", run], env={"PATH": os.environ["PATH"]}, capture_output=True, text=True)
+    assert "--basic-auth" not in unset.stdout
+    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "me:pass word"}
+    words = subprocess.run(["sh", "-c", run], env=env, capture_output=True, text=True).stdout.splitlines()
+    assert "--basic-auth=me:pass word" in words
+
+
 def test_dockerfile_default_command_is_the_procfile_web_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
@@ -204,6 +226,7 @@ class LocalStack:
         unset = ("REDIS_URL", "BROKER_URL", "BATCHERY_APIS", "BATCHERY_QUEUE")
         unset += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
         unset += ("LOCAL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        unset += ("BATCHERY_API_TOKEN", "FLOWER_BASIC_AUTH")  # a test that wants them sets them
         for name in unset:
             self.env.pop(name, None)
         self.env.update(
@@ -324,6 +347,40 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
     finally:
         stack.run("down")
         remove_results(job_ids)
+
+
+def test_up_with_a_token_and_flower_auth_guards_the_api_and_flower(tmp_path):
+    stack = LocalStack(tmp_path / "run")
+    stack.env.update(BATCHERY_API_TOKEN="stack-token", FLOWER_BASIC_AUTH="flo:flower-pass", LOCAL_S3="0")
+    try:
+        up = stack.run("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "stack-token" not in up.stdout and "flower-pass" not in up.stdout
+        assert "Authorization: Bearer $BATCHERY_API_TOKEN" in up.stdout
+        assert stack.get("/healthz")[0] == 200  # open: `up` waited on it
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            stack.get("/batch")
+        assert refused.value.code == 401
+        request = urllib.request.Request(stack.api + "/batch", headers={"Authorization": "Bearer stack-token"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        flower = f"http://127.0.0.1:{stack.flower_port}/"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(flower, timeout=10)
+        assert refused.value.code == 401
+        login = base64.b64encode(b"flo:flower-pass").decode()
+        request = urllib.request.Request(flower, headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        stack.run("down")
+
+
+def test_stack_config_sends_the_token_to_the_api(stack_module):
+    assert "Authorization" not in stack_module.Config({}).headers()
+    config = stack_module.Config({"BATCHERY_API_TOKEN": "t0k"})
+    assert config.headers()["Authorization"] == "Bearer t0k"
+    assert config.env["BATCHERY_API_TOKEN"] == "t0k"  # passed through to the API
 
 
 def test_up_refuses_a_port_that_is_taken(tmp_path):
