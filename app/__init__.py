@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.auth import require_token
-from app.config import MAX_BODY_BYTES, Settings
+from app.config import MAX_BODY_BYTES, Settings, redacted
 from app.health import Health
 from app.joblog import attach_job_log, configure_process_logging
 from app.services import Services
@@ -58,7 +58,7 @@ def _http_error(err: HTTPException) -> tuple[Response, int]:
 
 
 def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:
-    log.warning("job store error: %s", err)
+    log.warning("job store error: %s", redacted(str(err)))
     return jsonify(
         {"kind": "store_unavailable", "message": f"the job store (Redis) is unavailable: {type(err).__name__}"}
     ), 503

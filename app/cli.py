@@ -148,6 +148,7 @@ def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None
     """
     import redis
 
+    from app.config import redacted
     from app.errors import DeployError
     from app.registry import Registry, public_spec
 
@@ -159,7 +160,8 @@ def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None
     except DeployError as err:
         fail(err.message)
     except redis.RedisError as err:
-        fail(f"cannot reach the job store at {redis_url}: {err} (start the stack with `make up`, or set REDIS_URL)")
+        where = redacted(f"{redis_url}: {err}")
+        fail(f"cannot reach the job store at {where} (start the stack with `make up`, or set REDIS_URL)")
     if ctx.output == "json":
         click.echo(json.dumps([public_spec(spec) for spec in specs], indent=2))
         return

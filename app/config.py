@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # Cortex: the request must be under 10 MiB
 MAX_BATCH_BYTES = 256 * 1024  # Cortex: every batch must be under 256 KiB (an SQS message)
+
+# `scheme://user:password@host` loses its user and password
+CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def redacted(text: str) -> str:
+    """`text` with the credentials of every URL in it masked (`redis://***@host`): safe to show or log."""
+    return CREDENTIALS.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from functools import cached_property
 
 import redis
 
 from app.broker_queue import TIMEOUT_SECONDS, BrokerQueue
-from app.config import Settings
-
-# `scheme://user:password@host` in an error message loses its user and password
-CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
+from app.config import Settings, redacted
 
 
 class Health:
@@ -39,6 +35,6 @@ def _probe(call: Callable[[], object]) -> str:
     try:
         call()
     except Exception as err:  # noqa: BLE001 - any failure to reach a dependency means unhealthy
-        message = CREDENTIALS.sub(r"\1***@", str(err))
+        message = redacted(str(err))
         return f"error: {type(err).__name__}: {message}"
     return "ok"

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import redis
 
 from app import keys
+from app.config import redacted
 
 MAX_LINES = int(os.environ.get("BATCHERY_JOB_LOG_LINES", "10000"))
 
@@ -74,13 +75,13 @@ def _line(record: logging.LogRecord, job: tuple[str, str] | None) -> dict:
         "time": record.created,
         "level": record.levelname.lower(),
         "logger": record.name,
-        "message": record.getMessage(),
+        "message": redacted(record.getMessage()),  # a URL with a password in an error loses the password
         "process": f"{socket.gethostname()}:{record.process}",
     }
     if job:
         line["api_name"], line["job_id"] = job
     if record.exc_info:
-        line["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+        line["traceback"] = redacted("".join(traceback.format_exception(*record.exc_info)))
     return line
 
 
@@ -99,6 +100,13 @@ class JobLogHandler(logging.Handler):
             (current_log.get() or self.job_log).write(job[1], _line(record, job))
         except Exception:  # noqa: BLE001 - a log line must never fail the batch
             self.handleError(record)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text lines (BATCHERY_LOG_FORMAT=text), URL credentials masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redacted(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -133,7 +141,7 @@ def configure_process_logging(job_log: JobLog, level: str | int = "INFO") -> Non
     if os.environ.get("BATCHERY_LOG_FORMAT", "json") == "json":
         stream.setFormatter(JsonFormatter())
     else:
-        stream.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+        stream.setFormatter(TextFormatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
     root.addHandler(stream)
     attach_job_log(job_log)
     root.setLevel(level if isinstance(level, int) else level.upper())

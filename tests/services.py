@@ -51,11 +51,12 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A throwaway redis-server process."""
+    """A throwaway redis-server process; with `password`, it asks for it (`--requirepass`) and `url` holds it."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, password: str | None = None):
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         args = [
             redis_server_binary(),
             "--port",
@@ -69,6 +70,8 @@ class RedisServer:
             "--dir",
             str(workdir),
         ]
+        if password:
+            args += ["--requirepass", password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.client = redis.Redis.from_url(self.url)
         wait_for(self._ready, timeout=30, what="redis-server to answer PING")

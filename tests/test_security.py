@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 
+import pytest
+
+from app import create_app, status
 from app.broker import RUN_BATCH, make_celery
+from app.config import Settings, redacted
+from app.joblog import JsonFormatter, TextFormatter
+from tests.conftest import PREDICTORS
+from tests.services import ROOT, RedisServer, Worker, wait_for
 
 
 class TouchOnLoad:
@@ -60,3 +72,107 @@ def test_a_pickled_task_message_is_refused_and_never_loaded(settings, worker, tm
     assert not marker.exists()
     assert worker.process.poll() is None  # the worker lives on
     publisher.close()
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-pass"
+
+
+@pytest.fixture(scope="module")
+def locked_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("locked-redis"), password=PASSWORD)
+    assert PASSWORD in server.url
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def locked_settings(locked_redis) -> Settings:
+    return Settings(
+        redis_url=locked_redis.url,
+        apis_file=str(PREDICTORS / "cortex.yaml"),
+        queue=f"batchery-locked-{uuid.uuid4().hex[:8]}",
+        watchdog_seconds=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def locked_worker(locked_settings, worker_env, tmp_path_factory):
+    env = dict(worker_env, REDIS_URL=locked_settings.redis_url, BATCHERY_QUEUE=locked_settings.queue)
+    env.pop("BROKER_URL", None)
+    process = Worker(env, tmp_path_factory.mktemp("locked-logs"), "locked", concurrency=2)
+    yield process
+    process.stop()
+
+
+def without_password(text: str, where: str) -> str:
+    assert PASSWORD not in text, f"the Redis password shows in {where}:\n{text}"
+    return text
+
+
+def test_no_status_log_or_answer_shows_the_redis_password(locked_settings, locked_worker, probe_config):
+    app = create_app({"SETTINGS": locked_settings})
+    http = app.test_client()
+    body = {"workers": 2, "item_list": {"items": [1, 2, 3], "batch_size": 1}, "config": probe_config}
+    submitted = http.post("/batch/probe", data=json.dumps(body))
+    assert submitted.status_code == 200, submitted.get_data(as_text=True)
+    job_id = submitted.get_json()["job_id"]
+    without_password(submitted.get_data(as_text=True), "the submitted job's spec")
+
+    def final():
+        answer = http.get(f"/batch/probe?jobID={job_id}")
+        return answer if status.is_final(answer.get_json()["job_status"]["status"]) else None
+
+    answer = wait_for(final, timeout=60, interval=0.1, what=f"job {job_id} to end")
+    assert answer.get_json()["job_status"]["status"] == "status_succeeded", answer.get_json()
+    without_password(answer.get_data(as_text=True), "the job's status")
+    for path in ("/batch/probe", "/batch", f"/batch/probe/logs?jobID={job_id}", "/metrics", "/healthz"):
+        response = http.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        without_password(response.get_data(as_text=True), path)
+    logs = http.get(f"/batch/probe/logs?jobID={job_id}").get_json()["lines"]
+    assert logs  # the job did log: the check above read something
+    worker_log = without_password(locked_worker.log_path.read_text(errors="replace"), "the worker's log")
+    assert "redis://:**@" in worker_log  # Celery's banner shows where it connects, password masked
+
+
+def test_a_wrong_password_makes_a_503_that_does_not_show_it(locked_redis):
+    wrong = "wrong-pass-42"
+    url = locked_redis.url.replace(PASSWORD, wrong)
+    app = create_app({"SETTINGS": Settings(redis_url=url, apis_file="", watchdog_seconds=0)})
+    health = app.test_client().get("/healthz")
+    assert health.status_code == 503
+    text = health.get_data(as_text=True)
+    assert wrong not in text and PASSWORD not in text
+    assert health.get_json()["redis"].startswith("error:")
+    answer = app.test_client().get("/batch")
+    assert answer.status_code == 503 and wrong not in answer.get_data(as_text=True)
+
+
+def test_the_cli_deploy_error_does_not_show_the_password(locked_redis):
+    wrong = "wrong-pass-42"
+    env = dict(os.environ, REDIS_URL=locked_redis.url.replace(PASSWORD, wrong))
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "deploy", str(PREDICTORS / "cortex.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot reach the job store" in done.stderr
+    assert wrong not in done.stderr + done.stdout
+
+
+def test_log_lines_mask_url_credentials():
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "cannot reach %s", (f"redis://:{PASSWORD}@h:1/0",), None
+    )
+    for formatter in (JsonFormatter(), TextFormatter("%(message)s")):
+        line = formatter.format(record)
+        assert PASSWORD not in line and "redis://***@h:1/0" in line, line
+    assert redacted(f"sqs://KEY:{PASSWORD}@127.0.0.1:9 and redis://u:{PASSWORD}@h") == (
+        "sqs://***@127.0.0.1:9 and redis://***@h"
+    )
