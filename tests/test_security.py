@@ -19,7 +19,7 @@ from app.broker import RUN_BATCH, make_celery
 from app.config import Settings, redacted
 from app.joblog import JsonFormatter, TextFormatter
 from tests.conftest import PREDICTORS
-from tests.services import ROOT, RedisServer, Worker, wait_for
+from tests.services import ROOT, RedisServer, TlsProxy, Worker, wait_for
 
 
 class TouchOnLoad:
@@ -176,3 +176,45 @@ def test_log_lines_mask_url_credentials():
     assert redacted(f"sqs://KEY:{PASSWORD}@127.0.0.1:9 and redis://u:{PASSWORD}@h") == (
         "sqs://***@127.0.0.1:9 and redis://***@h"
     )
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_settings(locked_redis, tmp_path_factory):
+    proxy = TlsProxy(tmp_path_factory.mktemp("tls"), locked_redis.port)
+    query = f"ssl_cert_reqs=required&ssl_ca_certs={proxy.ca_file}"
+    yield Settings(
+        redis_url=f"rediss://:{PASSWORD}@127.0.0.1:{proxy.port}/0?{query}",
+        apis_file=str(PREDICTORS / "cortex.yaml"),
+        queue=f"batchery-tls-{uuid.uuid4().hex[:8]}",
+        watchdog_seconds=0,
+    )
+    proxy.stop()
+
+
+def test_a_job_runs_over_rediss_with_a_password(tls_settings, worker_env, tmp_path, probe_config):
+    """The job store, the broker and the result backend all through TLS (redis-py's `rediss://`)."""
+    env = dict(worker_env, REDIS_URL=tls_settings.redis_url, BATCHERY_QUEUE=tls_settings.queue)
+    env.pop("BROKER_URL", None)
+    worker = Worker(env, tmp_path, "tls", concurrency=1)
+    try:
+        http = create_app({"SETTINGS": tls_settings}).test_client()
+        assert http.get("/healthz").get_json() == {"status": "ok", "redis": "ok", "broker": "ok"}
+        body = {"workers": 1, "item_list": {"items": [1, 2], "batch_size": 1}, "config": probe_config}
+        submitted = http.post("/batch/probe", data=json.dumps(body))
+        assert submitted.status_code == 200, submitted.get_data(as_text=True)
+        job_id = submitted.get_json()["job_id"]
+
+        def final():
+            job = http.get(f"/batch/probe?jobID={job_id}").get_json()["job_status"]
+            return job if status.is_final(job["status"]) else None
+
+        job = wait_for(final, timeout=60, interval=0.1, what=f"job {job_id} to end")
+        assert job["status"] == "status_succeeded", job
+        without_password(json.dumps(job), "the job's status")
+    finally:
+        worker.stop()
+    worker_log = without_password(worker.log_path.read_text(errors="replace"), "the TLS worker's log")
+    assert "rediss://:**@127.0.0.1" in worker_log  # the worker's broker connection was the TLS one
