@@ -218,3 +218,20 @@ def test_a_job_runs_over_rediss_with_a_password(tls_settings, worker_env, tmp_pa
         worker.stop()
     worker_log = without_password(worker.log_path.read_text(errors="replace"), "the TLS worker's log")
     assert "rediss://:**@127.0.0.1" in worker_log  # the worker's broker connection was the TLS one
+
+
+# --- predictor code ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["predictor", "predictor_file", "path"])
+def test_a_request_cannot_name_predictor_code(client, tmp_path, field):
+    """Predictors load only from deployed cortex.yaml files: a job naming a file is refused, unread."""
+    marker = tmp_path / "imported"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass PythonPredictor: pass\n")
+    value = {"type": "python", "path": str(evil)} if field == "predictor" else str(evil)
+    body = {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, field: value}
+    response = client.post("/batch/probe?dryRun=true", data=json.dumps(body))
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert field in response.get_json()["message"]
+    assert not marker.exists()
