@@ -1,0 +1,79 @@
+"""Faults injected for real on the Redis broker: lost messages, a finalizer killed, Redis restarted,
+a fleet that takes nothing. Every batch must end counted exactly once, and no job may hang."""
+
+from __future__ import annotations
+
+from app import status
+from app.job import build_spec, now
+from app.watchdog import LOST_SECONDS, Watchdog
+
+
+def released_but_never_published(services, config: dict, batches: int, workers: int = 2) -> dict:
+    """A job whose first `workers` batches were released by the Lua call, and whose messages were
+    never published (as if the releasing process died in between)."""
+    api = services.registry.get("probe")
+    spec = build_spec(api, {"workers": workers, "config": config}, "redis://x/q", now())
+    services.store.create(spec, api, now())
+    assert len(services.store.append(spec, [f"{i} [{i}]" for i in range(batches)], now()).released) == workers
+    assert services.store.enqueued(spec, now()).released == []
+    return spec
+
+
+def test_batches_released_but_never_published_are_published_again_by_the_watchdog(
+    flask_app, jobs, worker, r, probe_config
+):
+    services = flask_app.extensions["batchery"]
+    spec = released_but_never_published(services, probe_config, batches=6)
+    watchdog = Watchdog(services)
+    assert spec["job_id"] not in watchdog.sweep(now())  # too early to call them lost
+    assert jobs.status("probe", spec["job_id"])["batch_metrics"]["succeeded"] == 0
+    assert spec["job_id"] in watchdog.sweep(now() + LOST_SECONDS + 1)
+    # the original message of batch 0 turns up after all: it was superseded, and is skipped
+    services.dispatcher.publish_batches(spec["job_id"], ["0 [0]"])
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 6
+    assert job["batch_metrics"]["failed"] == 0
+    deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
+    assert deliveries == {str(i): "1" for i in range(6)}  # every batch ran once
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+
+
+def test_a_batch_already_delivered_is_not_published_again(flask_app, probe_config):
+    services = flask_app.extensions["batchery"]
+    spec = released_but_never_published(services, probe_config, batches=4)
+    assert services.store.begin(spec, "0", "p", now()).action == "run"  # delivered: the broker owns it
+    lost = services.store.republish(spec, now() + LOST_SECONDS, now() + LOST_SECONDS + 1)
+    assert lost == [(1, "1 [1]")]
+    assert services.store.republish(spec, now() + LOST_SECONDS, now() + LOST_SECONDS + 1) == []  # not twice at once
+    assert services.store.begin(spec, "1", "p", now(), generation=0).action == "skip"  # the lost original
+    assert services.store.begin(spec, "1", "p", now(), generation=1).action == "run"
+    services.store.end(spec, status.STOPPED, "", now())
+
+
+def test_a_lost_finalizer_is_published_again(flask_app, jobs, worker, r, probe_config):
+    services = flask_app.extensions["batchery"]
+    store = services.store
+    spec = released_but_never_published(services, probe_config, batches=2)
+    store.record(spec, "0", "ok", 0.1, "p", now())
+    claimed = store.record(spec, "1", "ok", 0.1, "p", now())
+    assert claimed.finalize  # ...and its finalizer message is lost with its worker
+    watchdog = Watchdog(services)
+    assert spec["job_id"] not in watchdog.sweep(now())
+    assert jobs.status("probe", spec["job_id"])["status"] == status.RUNNING
+    assert spec["job_id"] in watchdog.sweep(now() + LOST_SECONDS + 1)
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+    assert spec["job_id"] not in watchdog.sweep(now() + 2 * LOST_SECONDS)  # ended: left alone
+
+
+def test_the_worker_running_on_job_complete_is_killed_and_the_finalizer_runs_again(jobs, worker, r, probe_config):
+    config = {**probe_config, "complete_kills": True}
+    spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2, 3], "batch_size": 1}})
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 3
+    # at-least-once: the killed call, then the redelivered one; one final status
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]] * 2
+    assert jobs.status("probe", spec["job_id"]) == job  # one final status, set once
