@@ -35,7 +35,7 @@ class Services:
     def build(cls, settings: Settings, celery: object | None = None) -> Services:
         """Connect to the job store and the broker named by `settings`."""
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-        registry, store = Registry(client), JobStore(client)
+        registry, store = Registry(client), JobStore(client, settings.stalled_seconds)
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         submitter = Submitter(registry, store, dispatcher, dead_letters, public_queue_url(settings))

@@ -265,8 +265,9 @@ class Delivery:
 class JobStore:
     """Jobs in Redis; every operation costs O(1) in the number of the job's batches."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, stalled_seconds: float = 600.0):
         self.redis = client
+        self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self._scripts = {
             name: client.register_script(LUA_COMMON.replace("LEASE_MS", str(LEASE_MS)) + body)
             for name, body in {
@@ -402,7 +403,7 @@ class JobStore:
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
         if not job_hash:
             return None
-        return _parse_state(_pairs(job_hash), _pairs(procs), inflight)
+        return _parse_state(_pairs(job_hash), _pairs(procs), inflight, now - self.stalled_seconds)
 
     def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
         """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
@@ -410,7 +411,8 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id, api_name in jobs:
             self._call("read", job_id, api_name, now=now, client=pipe)
-        return [_parse_state(_pairs(h), _pairs(p), n) if h else None for h, p, n in pipe.execute()]
+        stalled_before = now - self.stalled_seconds
+        return [_parse_state(_pairs(h), _pairs(p), n, stalled_before) if h else None for h, p, n in pipe.execute()]
 
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
@@ -452,7 +454,7 @@ def _pairs(flat: list) -> dict:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
-def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
+def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: float) -> dict:
     state: dict = {
         "spec": json.loads(job_hash["spec"]),
         "status": job_hash["status"],
@@ -462,12 +464,17 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
     states = [value.partition(" ")[0] for value in procs.values()]
     working = states.count("initializing") + states.count("running")
+    pending = max(0, inflight - working)
+    # No delivery began and no batch was released since `stalled_before`: no worker is taking the
+    # job's batches (none consumes its queue, or all are busy), so its pending batches are stalled.
+    last_move = max(float(job_hash.get("last_delivery", 0)), float(job_hash.get("last_release", 0)))
+    stalled = pending if pending and last_move < stalled_before else 0
     state["worker_counts"] = {
-        "pending": max(0, inflight - working),
+        "pending": pending - stalled,
         "initializing": states.count("initializing"),
         "running": states.count("running"),
         "succeeded": 0,
         "failed": 0,
-        "stalled": 0,
+        "stalled": stalled,
     }
     return state

@@ -3,9 +3,12 @@ a fleet that takes nothing. Every batch must end counted exactly once, and no jo
 
 from __future__ import annotations
 
-from app import status
+from app import create_app, status
+from app.config import Settings
 from app.job import build_spec, now
 from app.watchdog import LOST_SECONDS, Watchdog
+from tests.conftest import PREDICTORS, Jobs
+from tests.services import wait_for
 
 
 def released_but_never_published(services, config: dict, batches: int, workers: int = 2) -> dict:
@@ -77,3 +80,35 @@ def test_the_worker_running_on_job_complete_is_killed_and_the_finalizer_runs_aga
     # at-least-once: the killed call, then the redelivered one; one final status
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]] * 2
     assert jobs.status("probe", spec["job_id"]) == job  # one final status, set once
+
+
+def test_a_job_no_worker_takes_shows_pending_then_stalled_batches(redis_server, probe_config):
+    queue = f"nobody-consumes-{probe_config['tag']}"
+    settings = Settings(
+        redis_url=redis_server.url,
+        apis_file=str(PREDICTORS / "cortex.yaml"),
+        queue=queue,
+        watchdog_seconds=0,
+        stalled_seconds=2,
+    )
+    app = create_app({"SETTINGS": settings})
+    jobs = Jobs(app.test_client())
+    spec = jobs.submit(
+        "probe", {"workers": 3, "config": probe_config, "item_list": {"items": [1, 2, 3, 4, 5], "batch_size": 1}}
+    )
+    counts = jobs.status("probe", spec["job_id"])["worker_counts"]
+    assert counts == {"pending": 3, "initializing": 0, "running": 0, "succeeded": 0, "failed": 0, "stalled": 0}
+    counts = wait_for(
+        lambda: (
+            jobs.status("probe", spec["job_id"])["worker_counts"]["stalled"]
+            and jobs.status("probe", spec["job_id"])["worker_counts"]
+        ),
+        timeout=10,
+        what="the pending batches to count as stalled",
+    )
+    assert counts == {"pending": 0, "initializing": 0, "running": 0, "succeeded": 0, "failed": 0, "stalled": 3}
+    # a delivery that begins is movement: the job is no longer stalled
+    assert app.extensions["batchery"].store.begin(spec, "0", "p", now()).action == "run"
+    counts = jobs.status("probe", spec["job_id"])["worker_counts"]
+    assert (counts["stalled"], counts["pending"], counts["initializing"]) == (0, 2, 1)
+    jobs.client.delete(f"/batch/probe?jobID={spec['job_id']}")
