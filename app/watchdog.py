@@ -6,10 +6,10 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   which resumes from the saved cursor;
 - an item_list job still enqueuing long after its request ended (the API process died while
   storing its batches) ends `status_enqueue_failed`, saying so;
-- a running job's batches released more than `LOST_SECONDS` ago whose delivery never began
+- a job's batches released more than `BATCHERY_LOST_SECONDS` ago whose delivery never began
   (the process that released them died before publishing their messages) are published again,
   each with a new generation so that only the newest message runs;
-- a job whose batches have all ended and whose finalizer was claimed more than `LOST_SECONDS` ago
+- a job whose batches have all ended and whose finalizer was claimed more than `BATCHERY_LOST_SECONDS` ago
   but that is still in progress (the finalizer's message was lost with its worker) gets its
   finalizer published again (at-least-once: `on_job_complete` may run twice, one status counts);
 - reading each job's state also times out the jobs past their deadline.
@@ -18,7 +18,6 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -30,10 +29,6 @@ from app.store import LEASE_MS
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = LEASE_MS / 1000  # a job enqueuing this long with no live enqueuer has lost it
-# A batch released this long ago and never delivered, or a finalizer claimed this long ago that
-# never ended the job, was lost. Above the time a message may wait in the broker queue when the
-# fleet is saturated: a message republished too early merely supersedes the original.
-LOST_SECONDS = float(os.environ.get("BATCHERY_LOST_SECONDS", "120"))
 
 
 class Watchdog:
@@ -70,11 +65,14 @@ class Watchdog:
 
     def _recover_lost_messages(self, job_id: str, spec: dict, at: float) -> bool:
         store, dispatcher = self.services.store, self.services.dispatcher
-        lost = store.republish(spec, at - LOST_SECONDS, at)
+        # Above the time a message may wait in the broker queue when the fleet is saturated: a
+        # message published again too early merely supersedes the original (and joins the queue's end).
+        lost_before = at - self.services.settings.lost_seconds
+        lost = store.republish(spec, lost_before, at)
         if lost:
             log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
             dispatcher.republish_batches(job_id, lost)
-        if store.reclaim_finalizer(spec, at - LOST_SECONDS, at):
+        if store.reclaim_finalizer(spec, lost_before, at):
             log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
             dispatcher.publish_finalizer(job_id)
             return True

@@ -37,7 +37,7 @@ def services() -> Services:
     """This worker process's connections (built after the fork, once)."""
     global _services
     if _services is None:
-        _services = Services.build(settings, celery)
+        _services = Services.build(settings, celery, patient=True)
     return _services
 
 
