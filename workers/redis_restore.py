@@ -1,13 +1,14 @@
-"""A guard on kombu's Redis transport: closing a channel whose connection is already gone.
+"""A guard on kombu's Redis transport: a channel whose connection is already gone.
 
-When the broker's Redis goes away (a restart), Celery's consumer closes its connection, and
-kombu 5.7 closes the default channel after the connection object has let go of its client; the
-channel then tries to put its unacknowledged messages back, builds a new Redis client from the
-missing connection info, and the AttributeError stops the whole worker ("Unrecoverable error:
-'NoneType' object has no attribute 'hostname'"). Those messages are safe where they are — in the
-broker's unacked set in Redis, put back by the reconnected consumer once the visibility timeout
-passes — so the failed restore is logged and the worker reconnects. Batchery counts deliveries
-itself, so a message delivered again is not counted twice.
+When the broker's Redis goes away (a restart), Celery's consumer closes its connection and opens
+a new one, and kombu 5.7 lets the old channel reach for its connection after the connection let
+go of its client, and the AttributeError stops the whole worker ("Unrecoverable error:
+'NoneType' object has no attribute 'hostname'" or "... 'client'"). Measured in two places: the
+closing channel putting its unacknowledged messages back, and a task that was running during the
+outage acking its message on the old channel once it ends. Those messages are safe where they
+are — in the broker's unacked set in Redis, put back by the reconnected consumer once the
+visibility timeout passes — so the failure is logged and the worker goes on. Batchery counts
+deliveries itself: a message delivered again is skipped (its batch is no longer in flight).
 """
 
 from __future__ import annotations
@@ -19,24 +20,35 @@ from kombu.transport import redis as kombu_redis
 log = logging.getLogger(__name__)
 
 
-def install() -> None:
-    """Wrap kombu's Redis QoS.restore_unacked once (idempotent)."""
-    original = kombu_redis.QoS.restore_unacked
+def _connection_gone(qos) -> bool:
+    transport = getattr(qos.channel, "connection", None)
+    return transport is None or getattr(transport, "client", None) is None
+
+
+def _guard(name: str) -> None:
+    original = getattr(kombu_redis.QoS, name)
     if getattr(original, "batchery_guard", False):
         return
 
-    def restore_unacked(self, client=None):
+    def guarded(self, *args, **kwargs):
         try:
-            return original(self, client)
+            return original(self, *args, **kwargs)
         except AttributeError as err:
-            if getattr(self.channel.connection, "client", None) is not None:
+            if not _connection_gone(self):
                 raise
             log.warning(
-                "broker connection gone: %d unacknowledged messages stay in Redis until the visibility timeout (%s)",
-                len(self._delivered),
+                "broker connection gone (%s: %s): the unacknowledged messages stay in Redis until the visibility "
+                "timeout",
+                name,
                 err,
             )
             return None
 
-    restore_unacked.batchery_guard = True
-    kombu_redis.QoS.restore_unacked = restore_unacked
+    guarded.batchery_guard = True
+    setattr(kombu_redis.QoS, name, guarded)
+
+
+def install() -> None:
+    """Wrap kombu's Redis QoS restore_unacked, ack and reject once (idempotent)."""
+    for name in ("restore_unacked", "ack", "reject"):
+        _guard(name)
