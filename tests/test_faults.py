@@ -8,11 +8,20 @@ import pytest
 from app import create_app, status
 from app.config import Settings
 from app.job import build_spec, now
+from app.joblog import attach_job_log
 from app.watchdog import Watchdog
 from tests.conftest import PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
 
 LOST = Settings().lost_seconds
+
+
+@pytest.fixture(autouse=True)
+def job_logs_back_to_the_shared_app(flask_app):
+    """The apps some tests here build on their own Redis take the process's job log handler (the
+    last app built has it); give it back to the shared app for the tests after these."""
+    yield
+    attach_job_log(flask_app.extensions["batchery"].job_log)
 
 
 def released_but_never_published(services, config: dict, batches: int, workers: int = 2) -> dict:
