@@ -26,7 +26,7 @@ def endpoint(api_name: str) -> str:
 def list_apis() -> Response:
     """The deployed APIs, each with its count of jobs in progress and its latest job (id, status).
 
-    Errors: none of its own (a Redis outage is a 500, as on every endpoint).
+    Errors: 503 job store unavailable.
     """
     registry, store = services().registry, services().store
     apis = []

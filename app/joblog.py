@@ -34,16 +34,22 @@ return seq
 """
 
 current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("batchery_job", default=None)
+# The job store the current job's log lines go to: the one of the app or worker running it (one
+# process may hold several apps, each on its own Redis, as the tests do).
+current_log: contextvars.ContextVar[JobLog | None] = contextvars.ContextVar("batchery_job_log", default=None)
 
 
 @contextmanager
-def for_job(api_name: str, job_id: str) -> Iterator[None]:
-    """Attribute the log records made inside the block to a job."""
+def for_job(api_name: str, job_id: str, job_log: JobLog | None = None) -> Iterator[None]:
+    """Attribute the log records made inside the block to a job (written to `job_log`)."""
     token = current_job.set((api_name, job_id))
+    log_token = current_log.set(job_log) if job_log is not None else None
     try:
         yield
     finally:
         current_job.reset(token)
+        if log_token is not None:
+            current_log.reset(log_token)
 
 
 class JobLog:
@@ -90,7 +96,7 @@ class JobLogHandler(logging.Handler):
         if job is None or record.name.startswith(("botocore", "urllib3", "kombu", "celery")):
             return
         try:
-            self.job_log.write(job[1], _line(record, job))
+            (current_log.get() or self.job_log).write(job[1], _line(record, job))
         except Exception:  # noqa: BLE001 - a log line must never fail the batch
             self.handleError(record)
 

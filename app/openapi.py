@@ -38,6 +38,9 @@ def json_answer(description: str, schema: str | dict) -> dict:
 
 
 OPERATIONS: dict[tuple[str, str], dict] = {
+    ("/batch", "get"): {
+        "responses": {"200": json_answer("the deployed APIs, their jobs in progress and latest job", "ApisResponse")},
+    },
     ("/batch/<api_name>", "post"): {
         "parameters": [
             API_NAME,
@@ -120,6 +123,7 @@ SCHEMAS = {
     "JobStatusResponse": responses.JobStatusResponseSchema,
     "ApiJobsResponse": responses.ApiJobsResponseSchema,
     "StopResponse": responses.StopResponseSchema,
+    "ApisResponse": responses.ApisResponseSchema,
     "JobLogsResponse": responses.JobLogsResponseSchema,
     "Error": responses.ErrorSchema,
     "Health": responses.HealthSchema,

@@ -105,6 +105,28 @@ class ApiJobsResponseSchema(Schema):
     batch_job_statuses = fields.List(fields.Nested(JobStatusSchema), required=True)
 
 
+class LatestJobSchema(Schema):
+    """The latest job of an API."""
+
+    job_id = text("the job", required=True)
+    status = text("its status", required=True)
+
+
+class ApiSummarySchema(Schema):
+    """One deployed API in `GET /batch`."""
+
+    name = text("the API", required=True)
+    endpoint = text("the API's endpoint", required=True)
+    running_jobs = count("its jobs in progress", required=True)
+    latest_job = fields.Nested(LatestJobSchema, allow_none=True, required=True)
+
+
+class ApisResponseSchema(Schema):
+    """`GET /batch`: the deployed APIs."""
+
+    apis = fields.List(fields.Nested(ApiSummarySchema), required=True)
+
+
 class StopResponseSchema(Schema):
     """`DELETE /batch/<api>?jobID=<id>`."""
 

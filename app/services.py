@@ -47,7 +47,8 @@ class Services:
         registry, store = Registry(client), JobStore(client, settings.stalled_seconds)
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
-        submitter = Submitter(registry, store, dispatcher, dead_letters, public_queue_url(settings))
+        job_log = JobLog(client)
+        submitter = Submitter(registry, store, dispatcher, dead_letters, job_log, public_queue_url(settings))
         return cls(
             settings,
             client,

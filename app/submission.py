@@ -14,7 +14,7 @@ from app.batching import item_batches
 from app.dispatch import Dispatcher
 from app.errors import BrokerUnavailable, InvalidRequest
 from app.job import build_spec, now
-from app.joblog import for_job
+from app.joblog import JobLog, for_job
 from app.registry import Registry
 from app.schemas import load_submission
 from app.sources import s3
@@ -75,11 +75,14 @@ def _finite_float(text: str) -> float:
 class Submitter:
     """Turns a submission into a stored job whose first batches are on the broker."""
 
-    def __init__(self, registry: Registry, store: JobStore, dispatcher: Dispatcher, dead_letters, queue_url: str):
+    def __init__(
+        self, registry: Registry, store: JobStore, dispatcher: Dispatcher, dead_letters, job_log: JobLog, queue_url: str
+    ):
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
         self.dead_letters = dead_letters
+        self.job_log = job_log
         self.queue_url = queue_url
 
     def submit(self, api_name: str, raw: bytes, dry_run: bool = False) -> dict | Iterator[str]:
@@ -104,7 +107,7 @@ class Submitter:
         if dry_run:
             return iter(["validations passed\n"])
         spec = self._create(api, submission)
-        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"]):
+        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
             log.info("enqueued %d items in %d batches", len(items), len(entries))
             self._enqueue(spec, entries)
         return spec
@@ -116,7 +119,7 @@ class Submitter:
         if dry_run:
             return _dry_run_lines(selected)
         spec = self._create(api, submission, source)
-        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"]):
+        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
             log.info("enqueuing %s from %s in the background", kind, ", ".join(source["s3_paths"]))
             self.dispatcher.publish_enqueuer(spec["job_id"])
         return spec

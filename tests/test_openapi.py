@@ -34,6 +34,7 @@ def test_the_document_is_valid_openapi_3(document):
 
 def test_every_route_is_documented_with_its_errors(flask_app, document):
     expected_errors = {
+        ("/batch", "get"): {"503"},
         ("/batch/{api_name}", "post"): {"400", "404", "413", "503"},
         ("/batch/{api_name}", "get"): {"404", "503"},
         ("/batch/{api_name}", "delete"): {"400", "404", "503"},
@@ -86,21 +87,24 @@ def test_docs_page_renders_every_endpoint_and_schema(client, flask_app, document
     assert "413" in page and "body over 10 MiB" in page
 
 
-def test_real_answers_fit_their_response_schemas(client):
+def test_real_answers_fit_their_response_schemas(client, probe_config):
     """Loading with marshmallow's default (unknown fields raise) checks no field is undocumented."""
-    body = {"workers": 1, "timeout": 60, "item_list": {"items": [1, 2], "batch_size": 1}}
-    submitted = client.post("/batch/minimal", data=json.dumps(body))
+    # a job that runs ~40 s unless stopped, so that it is still running when it is stopped
+    config = dict(probe_config, sleep=0.2)
+    body = {"workers": 1, "timeout": 60, "item_list": {"items": list(range(200)), "batch_size": 1}, "config": config}
+    submitted = client.post("/batch/probe", data=json.dumps(body))
     assert submitted.status_code == 200
     spec = responses.JobSpecSchema().load(submitted.get_json())
     job_id = spec["job_id"]
-    # stopped at once: no batch of it runs, whether a worker is up or not
-    stopped = client.delete(f"/batch/minimal?jobID={job_id}")
+    stopped = client.delete(f"/batch/probe?jobID={job_id}")
     assert responses.StopResponseSchema().load(stopped.get_json()) == {"message": f"stopped job {job_id}"}
-    status = responses.JobStatusResponseSchema().load(client.get(f"/batch/minimal?jobID={job_id}").get_json())
+    status = responses.JobStatusResponseSchema().load(client.get(f"/batch/probe?jobID={job_id}").get_json())
     assert status["job_status"]["status"] == "status_stopped"
-    listed = responses.ApiJobsResponseSchema().load(client.get("/batch/minimal").get_json())
+    listed = responses.ApiJobsResponseSchema().load(client.get("/batch/probe").get_json())
     assert job_id in [job["job_id"] for job in listed["batch_job_statuses"]]
-    again = client.delete(f"/batch/minimal?jobID={job_id}")
+    again = client.delete(f"/batch/probe?jobID={job_id}")
     assert again.status_code == 400
     responses.ErrorSchema().load(again.get_json())
     responses.HealthSchema().load(client.get("/healthz").get_json())
+    apis = responses.ApisResponseSchema().load(client.get("/batch").get_json())
+    assert "probe" in [api["name"] for api in apis["apis"]]
