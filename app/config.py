@@ -32,6 +32,9 @@ class Settings:
     visibility_timeout: int = 3600
     recent_jobs: int = 50
     watchdog_seconds: float = 10.0
+    stalled_seconds: float = 600.0  # Cortex: a worker pending this long is stalled
+    store_outage_seconds: float = 30.0  # workers wait this long for the job store's Redis to come back
+    lost_seconds: float = 120.0  # a batch released, or a finalizer claimed, this long ago and idle was lost
     sqs_region: str = "us-east-1"
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
@@ -55,6 +58,9 @@ class Settings:
             visibility_timeout=int(env.get("BATCHERY_VISIBILITY_TIMEOUT", default.visibility_timeout)),
             recent_jobs=int(env.get("BATCHERY_RECENT_JOBS", default.recent_jobs)),
             watchdog_seconds=float(env.get("BATCHERY_WATCHDOG_SECONDS", default.watchdog_seconds)),
+            stalled_seconds=float(env.get("BATCHERY_STALLED_SECONDS", default.stalled_seconds)),
+            store_outage_seconds=float(env.get("BATCHERY_STORE_OUTAGE_SECONDS", default.store_outage_seconds)),
+            lost_seconds=float(env.get("BATCHERY_LOST_SECONDS", default.lost_seconds)),
             sqs_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or default.sqs_region,
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),

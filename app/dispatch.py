@@ -22,6 +22,14 @@ class Dispatcher:
                 batch_id, _, body = entry.partition(" ")
                 self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer)
 
+    def republish_batches(self, job_id: str, entries: list[tuple[int, str]]) -> None:
+        """Publish again batches whose message was lost, each with its new generation (the older
+        messages, should they turn up, are skipped)."""
+        with self.celery.producer_or_acquire() as producer:
+            for generation, entry in entries:
+                batch_id, _, body = entry.partition(" ")
+                self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body, generation], producer=producer)
+
     def publish_finalizer(self, job_id: str) -> None:
         """Publish the job's finalizer (decides the final status, runs on_job_complete)."""
         self.celery.send_task(FINALIZE_JOB, args=[job_id])

@@ -43,6 +43,12 @@ def deliveries(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:deliveries"
 
 
+def released(job_id: str) -> str:
+    """Sorted set: batch id -> when it was released (or published again) and no delivery began yet
+    (+inf once one did); removed when the batch ends."""
+    return f"{PREFIX}:job:{job_id}:released"
+
+
 def procs(job_id: str) -> str:
     """Hash: worker process id -> `initializing <batch_id>` or `running <batch_id>` while it works on the job."""
     return f"{PREFIX}:job:{job_id}:procs"

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # Each scrape reads at most this many in-progress jobs per API, plus its `recent_jobs` latest.
 MAX_ACTIVE_JOBS = 200
 JOB = ["api", "job_id"]
-WORKER_STATES = ("initializing", "running", "pending")
+WORKER_STATES = ("initializing", "running", "pending", "stalled")
 
 
 class JobStoreCollector(Collector):
@@ -72,7 +72,7 @@ class JobStoreCollector(Collector):
         workers = GaugeMetricFamily(
             "batchery_workers",
             "A job in progress: processes initializing or running its batches; pending: batches in flight no "
-            "process has picked up yet.",
+            "process has picked up yet; stalled: pending for BATCHERY_STALLED_SECONDS.",
             labels=[*JOB, "state"],
         )
         listed = self.store.job_ids_by_api(api_names, self.settings.recent_jobs, MAX_ACTIVE_JOBS)

@@ -52,7 +52,11 @@ class WorkerCountsSchema(Schema):
     running = count("worker processes running one of the job's batches", required=True)
     succeeded = count("always 0 (kept for Cortex clients)", required=True)
     failed = count("always 0 (kept for Cortex clients)", required=True)
-    stalled = count("always 0 (kept for Cortex clients)", required=True)
+    stalled = count(
+        "batches in flight that no worker process has taken for BATCHERY_STALLED_SECONDS (no delivery began "
+        "and no batch was released that long): no worker consumes the queue, or all are busy",
+        required=True,
+    )
 
 
 class JobStatusSchema(JobSpecSchema):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from app.broker import is_sqs, make_celery, public_queue_url
 from app.broker_queue import BrokerQueue
@@ -32,10 +34,17 @@ class Services:
     broker_queue: BrokerQueue
 
     @classmethod
-    def build(cls, settings: Settings, celery: object | None = None) -> Services:
-        """Connect to the job store and the broker named by `settings`."""
-        client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-        registry, store = Registry(client), JobStore(client)
+    def build(cls, settings: Settings, celery: object | None = None, patient: bool = False) -> Services:
+        """Connect to the job store and the broker named by `settings`. A `patient` process (a
+        worker) retries the job store through an outage of `store_outage_seconds` (a Redis restart):
+        a batch whose outcome cannot be counted would otherwise be acked and lost. The API is not
+        patient: it answers 503 at once and its clients retry."""
+        options: dict = {"health_check_interval": 30}
+        if patient and settings.store_outage_seconds > 0:
+            # backoff capped at 1 s, so about one retry a second through the outage
+            options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.store_outage_seconds) + 5)
+        client = redis.Redis.from_url(settings.redis_url, **options)
+        registry, store = Registry(client), JobStore(client, settings.stalled_seconds)
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         job_log = JobLog(client)

@@ -18,7 +18,7 @@ from app.job import deadline, retry_limits
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local lease, statuses = KEYS[7], KEYS[8]
+local lease, statuses, released = KEYS[7], KEYS[8], KEYS[9]
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 -- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
@@ -37,7 +37,7 @@ local function end_job(final, message)
   move_status(redis.call('HGET', job, 'status'), final)
   redis.call('HSET', job, 'status', final, 'end', ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
-  redis.call('DEL', backlog, inflight, deliveries, procs, lease)
+  redis.call('DEL', backlog, inflight, deliveries, procs, lease, released)
   redis.call('ZREM', active, job_id)
   return 1
 end
@@ -59,13 +59,16 @@ local function release()
   while room > 0 do
     local entry = redis.call('LPOP', backlog)
     if not entry then break end
-    redis.call('HSET', inflight, string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1), entry)
+    local id = string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1)
+    redis.call('HSET', inflight, id, entry)
+    redis.call('ZADD', released, now, id)  -- when it went to the broker: the watchdog finds lost ones
     out[#out + 1] = entry
     room = room - 1
   end
   if #out > 0 then
     redis.call('HINCRBY', job, 'released', #out)
     redis.call('HSETNX', job, 'start', ARGV[2])
+    redis.call('HSET', job, 'last_release', ARGV[2])
   end
   return out
 end
@@ -75,7 +78,7 @@ local function claim_finalizer()
   if not in_progress() then return 0 end
   local v = redis.call('HMGET', job, 'enqueued', 'total', 'succeeded', 'failed_batches')
   if v[1] ~= '1' or tonumber(v[3]) + tonumber(v[4]) < tonumber(v[2]) then return 0 end
-  return redis.call('HSETNX', job, 'finalizer', '1')
+  return redis.call('HSETNX', job, 'finalizer', ARGV[2])  -- the claim time: the watchdog finds lost ones
 end
 
 -- An enqueuer may write only while it holds the job's lease; each write renews it (the heartbeat).
@@ -120,13 +123,16 @@ return release_and_claim()
 """
 
 BEGIN = """
-local id, proc = ARGV[3], ARGV[4]
+local id, proc, generation = ARGV[3], ARGV[4], ARGV[5]
 if not redis.call('HGET', job, 'status') then return {'skip', 'missing'} end
 if not in_progress() or past_deadline() then
   redis.call('HINCRBY', job, 'skipped', 1)
   return {'skip', redis.call('HGET', job, 'status')}
 end
 if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} end
+-- the watchdog published this batch again (its message looked lost): only the newest message runs
+if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return {'skip', 'superseded'} end
+redis.call('HSET', job, 'last_delivery', ARGV[2])
 local started = redis.call('HINCRBY', deliveries, id, 1)
 local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')
 if started - 1 > recorded then
@@ -168,6 +174,7 @@ if outcome == 'retry' then
 end
 -- a second delivery of a batch that already finished (at-least-once) is not counted twice
 if live and redis.call('HDEL', inflight, id) == 0 then return {0} end
+if live then redis.call('ZREM', released, id) end
 if outcome == 'ok' then
   redis.call('HINCRBY', job, 'succeeded', 1)
   redis.call('HINCRBYFLOAT', job, 'time_sum', seconds)
@@ -181,6 +188,38 @@ return release_and_claim()
 
 END = """
 return end_job(ARGV[3], ARGV[4])
+"""
+
+# Batches released before ARGV[3] that no delivery ever began: their message was lost (the process
+# releasing them died before publishing). Each gets a new generation, so whichever older message
+# still turns up is skipped by BEGIN; returns `"<generation> <batch_id> <body>"` entries.
+REPUBLISH = """
+local cutoff, limit = ARGV[3], tonumber(ARGV[4])
+local out = {}
+if not in_progress() then return out end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', released, '-inf', cutoff, 'LIMIT', 0, limit)) do
+  local entry = redis.call('HGET', inflight, id)
+  if not entry then
+    redis.call('ZREM', released, id)
+  elseif redis.call('HEXISTS', deliveries, id) == 0 then
+    local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
+    redis.call('ZADD', released, now, id)
+    out[#out + 1] = generation .. ' ' .. entry
+  else
+    redis.call('ZADD', released, '+inf', id)  -- delivered: the broker redelivers it if need be
+  end
+end
+return out
+"""
+
+# The finalizer was claimed before ARGV[3] and the job is still in progress: its message or the
+# worker running it was lost. Claim it again (now) and say so.
+RECLAIM = """
+if not in_progress() then return 0 end
+local claimed = tonumber(redis.call('HGET', job, 'finalizer') or 'inf')
+if claimed > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', job, 'finalizer', ARGV[2])
+return 1
 """
 
 READ = """
@@ -226,8 +265,9 @@ class Delivery:
 class JobStore:
     """Jobs in Redis; every operation costs O(1) in the number of the job's batches."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, stalled_seconds: float = 600.0):
         self.redis = client
+        self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self._scripts = {
             name: client.register_script(LUA_COMMON.replace("LEASE_MS", str(LEASE_MS)) + body)
             for name, body in {
@@ -238,6 +278,8 @@ class JobStore:
                 "record": RECORD,
                 "end": END,
                 "read": READ,
+                "republish": REPUBLISH,
+                "reclaim": RECLAIM,
             }.items()
         }
 
@@ -254,6 +296,7 @@ class JobStore:
             keys.api_active(api_name),
             keys.enqueuer(job_id),
             keys.api_statuses(api_name),
+            keys.released(job_id),
         ]
         return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args], client=client)
 
@@ -319,9 +362,10 @@ class JobStore:
         source, cursor = self.redis.hmget(keys.job(job_id), "source", "cursor")
         return (json.loads(source) if source else None), (json.loads(cursor) if cursor else None)
 
-    def begin(self, spec: dict, batch_id: str, proc: str, now: float) -> Delivery:
-        """Count a delivery of a batch and say whether to run it."""
-        action, detail = self._call("begin", spec, spec["api_name"], batch_id, proc, now=now)
+    def begin(self, spec: dict, batch_id: str, proc: str, now: float, generation: int = 0) -> Delivery:
+        """Count a delivery of a batch and say whether to run it (`generation`: how many times the
+        watchdog had published the batch again when this message was sent)."""
+        action, detail = self._call("begin", spec, spec["api_name"], batch_id, proc, str(generation), now=now)
         if action == b"skip":
             return Delivery("skip", reason=detail.decode())
         return Delivery(action.decode(), number=int(detail))
@@ -339,12 +383,27 @@ class JobStore:
         """Give a job in progress its final status; False if it had one already."""
         return bool(self._call("end", spec, spec["api_name"], final_status, message, now=now))
 
+    def republish(self, spec: dict, released_before: float, now: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """Batches in flight since before `released_before` whose delivery never began (lost
+        messages), each as `(generation, "<batch_id> <body>")` to publish again."""
+        reply = self._call("republish", spec, spec["api_name"], repr(released_before), limit, now=now)
+        found = []
+        for raw in reply:
+            generation, _, entry = raw.decode().partition(" ")
+            found.append((int(generation), entry))
+        return found
+
+    def reclaim_finalizer(self, spec: dict, claimed_before: float, now: float) -> bool:
+        """Claim again the finalizer of a job still in progress whose finalizer was claimed before
+        `claimed_before` (its message or its worker was lost); True: publish it again."""
+        return bool(self._call("reclaim", spec, spec["api_name"], repr(claimed_before), now=now))
+
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
         if not job_hash:
             return None
-        return _parse_state(_pairs(job_hash), _pairs(procs), inflight)
+        return _parse_state(_pairs(job_hash), _pairs(procs), inflight, now - self.stalled_seconds)
 
     def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
         """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
@@ -352,7 +411,8 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id, api_name in jobs:
             self._call("read", job_id, api_name, now=now, client=pipe)
-        return [_parse_state(_pairs(h), _pairs(p), n) if h else None for h, p, n in pipe.execute()]
+        stalled_before = now - self.stalled_seconds
+        return [_parse_state(_pairs(h), _pairs(p), n, stalled_before) if h else None for h, p, n in pipe.execute()]
 
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
@@ -394,7 +454,7 @@ def _pairs(flat: list) -> dict:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
-def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
+def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: float) -> dict:
     state: dict = {
         "spec": json.loads(job_hash["spec"]),
         "status": job_hash["status"],
@@ -404,12 +464,17 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int) -> dict:
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
     states = [value.partition(" ")[0] for value in procs.values()]
     working = states.count("initializing") + states.count("running")
+    pending = max(0, inflight - working)
+    # No delivery began and no batch was released since `stalled_before`: no worker is taking the
+    # job's batches (none consumes its queue, or all are busy), so its pending batches are stalled.
+    last_move = max(float(job_hash.get("last_delivery", 0)), float(job_hash.get("last_release", 0)))
+    stalled = pending if pending and last_move < stalled_before else 0
     state["worker_counts"] = {
-        "pending": max(0, inflight - working),
+        "pending": pending - stalled,
         "initializing": states.count("initializing"),
         "running": states.count("running"),
         "succeeded": 0,
         "failed": 0,
-        "stalled": 0,
+        "stalled": stalled,
     }
     return state

@@ -1,4 +1,4 @@
-"""A periodic sweep so that no job hangs in `status_enqueuing`.
+"""A periodic sweep so that no job hangs, whatever single process dies.
 
 It runs in the API processes (a daemon thread each; a Redis lock lets one sweep at a time):
 - an S3 job whose enqueuer vanished (its worker was killed outright, so its message waits for
@@ -6,6 +6,12 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   which resumes from the saved cursor;
 - an item_list job still enqueuing long after its request ended (the API process died while
   storing its batches) ends `status_enqueue_failed`, saying so;
+- a job's batches released more than `BATCHERY_LOST_SECONDS` ago whose delivery never began
+  (the process that released them died before publishing their messages) are published again,
+  each with a new generation so that only the newest message runs;
+- a job whose batches have all ended and whose finalizer was claimed more than `BATCHERY_LOST_SECONDS` ago
+  but that is still in progress (the finalizer's message was lost with its worker) gets its
+  finalizer published again (at-least-once: `on_job_complete` may run twice, one status counts);
 - reading each job's state also times out the jobs past their deadline.
 """
 
@@ -26,7 +32,7 @@ STALE_SECONDS = LEASE_MS / 1000  # a job enqueuing this long with no live enqueu
 
 
 class Watchdog:
-    """Finds jobs stuck in `status_enqueuing` and gets them going again."""
+    """Finds jobs whose enqueuer, batch messages or finalizer were lost, and gets them going again."""
 
     def __init__(self, services: Services):
         self.services = services
@@ -43,16 +49,34 @@ class Watchdog:
     def _check(self, job_id: str, api_name: str, at: float) -> bool:
         store = self.services.store
         state = store.state(job_id, api_name, at)
-        if state is None or state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
+        if state is None or state["status"] not in status.IN_PROGRESS:
             return False
+        acted = self._recover_lost_messages(job_id, state["spec"], at)
+        if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
+            return acted
         if store.enqueue_state(job_id)[0] is None:
             message = "enqueuing stopped: the API process storing the job's batches died; submit the job again"
             return store.end(state["spec"], status.ENQUEUE_FAILED, message, at)
         if store.lease_held(job_id):
-            return False
+            return acted
         log.warning("job %s: no live enqueuer; publishing a new one", job_id)
         self.services.dispatcher.publish_enqueuer(job_id)
         return True
+
+    def _recover_lost_messages(self, job_id: str, spec: dict, at: float) -> bool:
+        store, dispatcher = self.services.store, self.services.dispatcher
+        # Above the time a message may wait in the broker queue when the fleet is saturated: a
+        # message published again too early merely supersedes the original (and joins the queue's end).
+        lost_before = at - self.services.settings.lost_seconds
+        lost = store.republish(spec, lost_before, at)
+        if lost:
+            log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
+            dispatcher.republish_batches(job_id, lost)
+        if store.reclaim_finalizer(spec, lost_before, at):
+            log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
+            dispatcher.publish_finalizer(job_id)
+            return True
+        return bool(lost)
 
     def start(self, every: float) -> threading.Thread:
         """Sweep every `every` seconds in a daemon thread, one process of the fleet at a time."""

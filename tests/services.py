@@ -54,29 +54,24 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A throwaway redis-server process; with `password`, it asks for it (`--requirepass`) and `url` holds it."""
+    """A throwaway redis-server process; `options` override the defaults (no persistence), e.g.
+    `{"appendonly": "yes", "appendfsync": "always"}`; with `password`, it asks for it (`--requirepass`)
+    and `url` holds it."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
+    def __init__(self, workdir: Path, options: dict | None = None, password: str | None = None):
         self.port = free_port()
         auth = f":{password}@" if password else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ]
+        settings = {"port": str(self.port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": str(workdir)}
         if password:
-            args += ["--requirepass", password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            settings["requirepass"] = password
+        settings.update(options or {})
+        self.args = [redis_server_binary()] + [arg for name, value in settings.items() for arg in (f"--{name}", value)]
         self.client = redis.Redis.from_url(self.url)
+        self._start()
+
+    def _start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._ready, timeout=30, what="redis-server to answer PING")
 
     def _ready(self) -> bool:
@@ -86,6 +81,17 @@ class RedisServer:
             return self.client.ping()
         except redis.ConnectionError:
             return False
+
+    def restart(self, down: float = 0.0, hard: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL if `hard`) and start it again on the same port and
+        directory, after `down` seconds."""
+        if hard:
+            self.process.kill()
+            self.process.wait()
+        else:
+            self.stop()
+        time.sleep(down)
+        self._start()
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -8,12 +8,14 @@ from celery import signals
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
-from workers import sqs_restore
+from workers import redis_restore, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
 if is_sqs(settings):
     sqs_restore.install()
+else:
+    redis_restore.install()
 
 
 @signals.setup_logging.connect

@@ -37,7 +37,7 @@ def services() -> Services:
     """This worker process's connections (built after the fork, once)."""
     global _services
     if _services is None:
-        _services = Services.build(settings, celery)
+        _services = Services.build(settings, celery, patient=True)
     return _services
 
 
@@ -47,7 +47,7 @@ def process_id() -> str:
 
 
 @celery.task(name="batchery.run_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_batch(self, job_id: str, batch_id: str, body: str) -> None:
+def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) -> None:
     """Run `predict` on one batch of a job, counting the delivery and its outcome."""
     found = services().store.spec_and_api(job_id)
     if found is None:
@@ -55,20 +55,21 @@ def run_batch(self, job_id: str, batch_id: str, body: str) -> None:
         return
     spec, api = found
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
-        BatchRun(spec, api, batch_id, body).run(self)
+        BatchRun(spec, api, batch_id, body, generation).run(self)
 
 
 class BatchRun:
     """One delivery of one batch."""
 
-    def __init__(self, spec: dict, api: dict, batch_id: str, body: str):
+    def __init__(self, spec: dict, api: dict, batch_id: str, body: str, generation: int = 0):
         self.spec, self.api, self.batch_id, self.body = spec, api, batch_id, body
+        self.generation = generation
         self.store = services().store
         self.proc = process_id()
 
     def run(self, task) -> None:
         """Run the delivery: skip it, dead-letter it, or predict and count the outcome."""
-        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now())
+        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation)
         if delivery.action == "skip":
             return
         if delivery.action == "dead":

@@ -3,7 +3,8 @@
 Items steer it: an item {"fail": N} makes its batch raise on the first N deliveries ("always":
 every time); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
 sleeps S seconds. config["sleep"] sleeps every batch; config["complete_raises"] makes
-on_job_complete raise.
+on_job_complete raise; config["complete_kills"] SIGKILLs the pool process inside the first
+on_job_complete of the job (after recording the call).
 """
 
 import json
@@ -59,5 +60,7 @@ class PythonPredictor:
 
     def on_job_complete(self):
         self.redis.rpush(f"{self.key}:complete", self.job_id)
+        if self.config.get("complete_kills") and self.redis.incr(f"{self.key}:complete_kills:{self.job_id}") == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.config.get("complete_raises"):
             raise RuntimeError("on_job_complete exploded")

@@ -1,0 +1,190 @@
+"""Faults injected for real on the Redis broker: lost messages, a finalizer killed, Redis restarted,
+a fleet that takes nothing. Every batch must end counted exactly once, and no job may hang."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app, status
+from app.config import Settings
+from app.job import build_spec, now
+from app.joblog import attach_job_log
+from app.watchdog import Watchdog
+from tests.conftest import PREDICTORS, Jobs
+from tests.services import RedisServer, Worker, wait_for
+
+LOST = Settings().lost_seconds
+
+
+@pytest.fixture(autouse=True)
+def job_logs_back_to_the_shared_app(flask_app):
+    """The apps some tests here build on their own Redis take the process's job log handler (the
+    last app built has it); give it back to the shared app for the tests after these."""
+    yield
+    attach_job_log(flask_app.extensions["batchery"].job_log)
+
+
+def released_but_never_published(services, config: dict, batches: int, workers: int = 2) -> dict:
+    """A job whose first `workers` batches were released by the Lua call, and whose messages were
+    never published (as if the releasing process died in between)."""
+    api = services.registry.get("probe")
+    spec = build_spec(api, {"workers": workers, "config": config}, "redis://x/q", now())
+    services.store.create(spec, api, now())
+    assert len(services.store.append(spec, [f"{i} [{i}]" for i in range(batches)], now()).released) == workers
+    assert services.store.enqueued(spec, now()).released == []
+    return spec
+
+
+def test_batches_released_but_never_published_are_published_again_by_the_watchdog(
+    flask_app, jobs, worker, r, probe_config
+):
+    services = flask_app.extensions["batchery"]
+    spec = released_but_never_published(services, probe_config, batches=6)
+    watchdog = Watchdog(services)
+    assert spec["job_id"] not in watchdog.sweep(now())  # too early to call them lost
+    assert jobs.status("probe", spec["job_id"])["batch_metrics"]["succeeded"] == 0
+    assert spec["job_id"] in watchdog.sweep(now() + LOST + 1)
+    # the original message of batch 0 turns up after all: it was superseded, and is skipped
+    services.dispatcher.publish_batches(spec["job_id"], ["0 [0]"])
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 6
+    assert job["batch_metrics"]["failed"] == 0
+    deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
+    assert deliveries == {str(i): "1" for i in range(6)}  # every batch ran once
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+
+
+def test_a_batch_already_delivered_is_not_published_again(flask_app, probe_config):
+    services = flask_app.extensions["batchery"]
+    spec = released_but_never_published(services, probe_config, batches=4)
+    assert services.store.begin(spec, "0", "p", now()).action == "run"  # delivered: the broker owns it
+    lost = services.store.republish(spec, now() + LOST, now() + LOST + 1)
+    assert lost == [(1, "1 [1]")]
+    assert services.store.republish(spec, now() + LOST, now() + LOST + 1) == []  # not twice at once
+    assert services.store.begin(spec, "1", "p", now(), generation=0).action == "skip"  # the lost original
+    assert services.store.begin(spec, "1", "p", now(), generation=1).action == "run"
+    services.store.end(spec, status.STOPPED, "", now())
+
+
+def test_a_lost_finalizer_is_published_again(flask_app, jobs, worker, r, probe_config):
+    services = flask_app.extensions["batchery"]
+    store = services.store
+    spec = released_but_never_published(services, probe_config, batches=2)
+    store.record(spec, "0", "ok", 0.1, "p", now())
+    claimed = store.record(spec, "1", "ok", 0.1, "p", now())
+    assert claimed.finalize  # ...and its finalizer message is lost with its worker
+    watchdog = Watchdog(services)
+    assert spec["job_id"] not in watchdog.sweep(now())
+    assert jobs.status("probe", spec["job_id"])["status"] == status.RUNNING
+    assert spec["job_id"] in watchdog.sweep(now() + LOST + 1)
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+    assert spec["job_id"] not in watchdog.sweep(now() + 2 * LOST)  # ended: left alone
+
+
+def test_the_worker_running_on_job_complete_is_killed_and_the_finalizer_runs_again(jobs, worker, r, probe_config):
+    config = {**probe_config, "complete_kills": True}
+    spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2, 3], "batch_size": 1}})
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 3
+    # at-least-once: the killed call, then the redelivered one; one final status
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]] * 2
+    assert jobs.status("probe", spec["job_id"]) == job  # one final status, set once
+
+
+def test_a_job_no_worker_takes_shows_pending_then_stalled_batches(redis_server, probe_config):
+    queue = f"nobody-consumes-{probe_config['tag']}"
+    settings = Settings(
+        redis_url=redis_server.url,
+        apis_file=str(PREDICTORS / "cortex.yaml"),
+        queue=queue,
+        watchdog_seconds=0,
+        stalled_seconds=2,
+    )
+    app = create_app({"SETTINGS": settings})
+    jobs = Jobs(app.test_client())
+    spec = jobs.submit(
+        "probe", {"workers": 3, "config": probe_config, "item_list": {"items": [1, 2, 3, 4, 5], "batch_size": 1}}
+    )
+    counts = jobs.status("probe", spec["job_id"])["worker_counts"]
+    assert counts == {"pending": 3, "initializing": 0, "running": 0, "succeeded": 0, "failed": 0, "stalled": 0}
+    counts = wait_for(
+        lambda: (
+            jobs.status("probe", spec["job_id"])["worker_counts"]["stalled"]
+            and jobs.status("probe", spec["job_id"])["worker_counts"]
+        ),
+        timeout=10,
+        what="the pending batches to count as stalled",
+    )
+    assert counts == {"pending": 0, "initializing": 0, "running": 0, "succeeded": 0, "failed": 0, "stalled": 3}
+    # a delivery that begins is movement: the job is no longer stalled
+    assert app.extensions["batchery"].store.begin(spec, "0", "p", now()).action == "run"
+    counts = jobs.status("probe", spec["job_id"])["worker_counts"]
+    assert (counts["stalled"], counts["pending"], counts["initializing"]) == (0, 2, 1)
+    jobs.client.delete(f"/batch/probe?jobID={spec['job_id']}")
+
+
+@pytest.fixture
+def persistent_redis(tmp_path):
+    """A redis-server of its own that logs every write to its append-only file before answering."""
+    server = RedisServer(tmp_path, {"appendonly": "yes", "appendfsync": "always"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def persistent_stack(persistent_redis, worker_env, tmp_path, probe_config):
+    """A worker and an API of their own on `persistent_redis` (job store and broker)."""
+    queue = f"restart-{probe_config['tag']}"
+    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_VISIBILITY_TIMEOUT="10")
+    worker = Worker(env, tmp_path, "restart", concurrency=4)
+    settings = Settings(
+        redis_url=persistent_redis.url,
+        apis_file=str(PREDICTORS / "cortex.yaml"),
+        queue=queue,
+        visibility_timeout=10,
+        watchdog_seconds=1,
+        lost_seconds=5,
+    )
+    yield Jobs(create_app({"SETTINGS": settings}).test_client()), worker
+    worker.stop()
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])
+def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
+    persistent_redis, persistent_stack, r, probe_config, hard
+):
+    jobs, worker = persistent_stack
+    total = 200
+    config = {**probe_config, "sleep": 0.01}  # the probe records in the tests' own Redis, not restarted
+    spec = jobs.submit(
+        "probe", {"workers": 4, "config": config, "item_list": {"items": list(range(total)), "batch_size": 1}}
+    )
+    wait_for(
+        lambda: jobs.status("probe", spec["job_id"])["batch_metrics"]["succeeded"] >= 30, what="the job to be under way"
+    )
+    persistent_redis.restart(down=1, hard=hard)
+    job = wait_for(
+        lambda: _final_or_none(jobs, spec["job_id"]), timeout=120, interval=0.2, what="the job to end after the restart"
+    )
+    deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
+    print(
+        f"\nredis restart ({'SIGKILL' if hard else 'SIGTERM'}): {job['status']}, {job['batch_metrics']}, "
+        f"batches run {len(deliveries)}, duplicates {sum(int(n) - 1 for n in deliveries.values())}"
+    )
+    failed_for_good = int(persistent_redis.client.hget(f"batchery:job:{spec['job_id']}", "failed_batches"))
+    assert job["batch_metrics"]["succeeded"] + failed_for_good == total
+    assert job["batches_in_queue"] == 0
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+    assert worker.process.poll() is None
+
+
+def _final_or_none(jobs, job_id):
+    try:
+        job = jobs.status("probe", job_id)
+    except AssertionError:  # 503 while Redis is down
+        return None
+    return job if status.is_final(job["status"]) else None
