@@ -40,9 +40,7 @@ def cases(operation, mode: GenerationMode) -> st.SearchStrategy:
         ]
     if operation.method.upper() == "POST" and mode is GenerationMode.POSITIVE:
         # The document cannot say "exactly one of the three sources": keep one, so some bodies pass.
-        strategies.append(
-            st.tuples(strategies[-1], st.sampled_from(SOURCES)).map(lambda pair: one_source(*pair))
-        )
+        strategies.append(st.tuples(strategies[-1], st.sampled_from(SOURCES)).map(lambda pair: one_source(*pair)))
     return st.one_of(strategies)
 
 
