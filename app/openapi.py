@@ -35,7 +35,7 @@ def job_id(required: bool, description: str) -> dict:
         "name": "jobID",
         "in": "query",
         "required": required,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "minLength": 1} if required else {"type": "string"},
         "description": description,
     }
 

@@ -38,6 +38,7 @@ def test_offsets_of_non_ascii_values_stay_exact_over_many_values():
         (b'{"a": 1}\n{"b": oops}\n', "Expecting value", 9),
         (b'{"a": 1}\n{"b": 2', "Expecting", 9),
         (b'{"a": 1}\n\xff\n', "not UTF-8", 9),
+        (b'{"a": 1}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply", 9),
         (b'{"a": 1}\n' + json.dumps({"big": "x" * 300_000}).encode() + b"\n", "256 KiB", 9),
     ],
 )

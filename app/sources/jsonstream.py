@@ -66,6 +66,10 @@ def _parse(block: bytes, offset: int, at_end: bool):
             if at_end or len(text) - i > 2 * MAX_BATCH_BYTES:
                 raise JsonStreamError(err.msg, offset + to_bytes(i)) from None
             return to_bytes(i)  # perhaps a value spanning lines: parse it with the next block
+        except RecursionError:  # json's decoder recurses once per level of lists and objects
+            raise JsonStreamError(
+                "a value nested too deeply (lists or objects in one another)", offset + to_bytes(i)
+            ) from None
         start, end = to_bytes(i), to_bytes(j)
         if end - start >= MAX_BATCH_BYTES - 2:
             too_big = f"a value of {(end - start) / 1024:.0f} KiB cannot fit a 256 KiB batch"
