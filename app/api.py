@@ -26,8 +26,9 @@ def endpoint(api_name: str) -> str:
 def list_apis() -> Response:
     """The deployed APIs, each with its count of jobs in progress and its latest job (id, status).
 
-    Errors: 503 job store unavailable.
+    Errors: 400 a query parameter (it takes none), 503 job store unavailable.
     """
+    _query()
     registry, store = services().registry, services().store
     apis = []
     for name in registry.names():
@@ -49,9 +50,10 @@ def list_apis() -> Response:
 def submit(api_name: str) -> Response:
     """Submit a job; `?dryRun=true` only validates.
 
-    Errors: 400 invalid job, 404 unknown API, 413 body over 10 MiB, 503 broker or job store unavailable.
+    Errors: 400 invalid job, unknown query parameter or dryRun not true/false; 404 unknown API;
+    413 body over 10 MiB; 503 broker or job store unavailable.
     """
-    dry_run = request.args.get("dryRun", "false").lower() == "true"
+    dry_run = _dry_run(_query("dryRun"))
     result = services().submitter.submit(api_name, _body(), dry_run=dry_run)
     if isinstance(result, dict):
         return jsonify(result)
@@ -62,10 +64,10 @@ def submit(api_name: str) -> Response:
 def get_api(api_name: str) -> Response:
     """A job's status with `?jobID=`, else the API and its jobs.
 
-    Errors: 404 unknown API or job, 503 job store unavailable.
+    Errors: 400 unknown query parameter, 404 unknown API or job, 503 job store unavailable.
     """
     api = services().registry.get(api_name)
-    job_id = request.args.get("jobID")
+    job_id = _query("jobID").get("jobID")
     if job_id is not None:
         return jsonify(_job_status(api, job_id))
     store = services().store
@@ -82,10 +84,11 @@ def get_api(api_name: str) -> Response:
 def stop(api_name: str) -> Response:
     """Stop a job.
 
-    Errors: 400 no jobID or job already ended, 404 unknown API or job, 503 job store unavailable.
+    Errors: 400 no jobID, unknown query parameter or job already ended; 404 unknown API or job;
+    503 job store unavailable.
     """
     services().registry.get(api_name)
-    job_id = _job_id()
+    job_id = _job_id(_query("jobID"))
     store = services().store
     state = _state(api_name, job_id)
     if not store.end(state["spec"], STOPPED, "", job.now()):
@@ -98,13 +101,15 @@ def stop(api_name: str) -> Response:
 def job_logs(api_name: str) -> Response:
     """A job's log lines after `?after=<seq>`, oldest first.
 
-    Errors: 400 no jobID or a bad `after`, 404 unknown API or job, 503 job store unavailable.
+    Errors: 400 no jobID, a bad `after` or an unknown query parameter; 404 unknown API or job;
+    503 job store unavailable.
     """
     services().registry.get(api_name)
-    job_id = _job_id()
+    args = _query("jobID", "after")
+    job_id = _job_id(args)
     state = _state(api_name, job_id)
     try:
-        after = int(request.args.get("after", "0"))
+        after = int(args.get("after", "0"))
     except ValueError:
         raise InvalidRequest("after must be the number of the last log line you have, e.g. ?after=0") from None
     lines = services().job_log.read(job_id, after=after)
@@ -125,8 +130,29 @@ def _body() -> bytes:
     return raw
 
 
-def _job_id() -> str:
-    job_id = request.args.get("jobID")
+def _query(*known: str) -> dict[str, str]:
+    """The query parameters, when all are ones this endpoint takes; raises InvalidRequest.
+
+    A misspelt parameter (`?jobid=`) silently ignored would answer another question than the one asked
+    (the API instead of the job, a real job instead of a dry run).
+    """
+    unknown = sorted(set(request.args) - set(known))
+    if unknown:
+        takes = ", ".join(known) if known else "no query parameters"
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}: this endpoint takes {takes}")
+    return request.args.to_dict()
+
+
+def _dry_run(args: dict[str, str]) -> bool:
+    """`?dryRun=true|false` (any case); raises InvalidRequest for another value."""
+    value = args.get("dryRun", "false").lower()
+    if value not in ("true", "false"):
+        raise InvalidRequest(f"dryRun must be true or false, not {args['dryRun']!r}")
+    return value == "true"
+
+
+def _job_id(args: dict[str, str]) -> str:
+    job_id = args.get("jobID")
     if not job_id:
         raise InvalidRequest("the jobID query parameter is required, e.g. ?jobID=<job_id>")
     return job_id

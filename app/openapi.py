@@ -18,7 +18,7 @@ from app.auth import OPEN_ENDPOINTS
 
 VERSION = "0.1.0"
 ERROR = {"application/json": {"schema": "Error"}}
-ERRORS_IN_DOCSTRING = re.compile(r"(\d{3}) (.+?)(?=, \d{3} |\.?$)")
+ERRORS_IN_DOCSTRING = re.compile(r"(\d{3}) (.+?)(?=[,;] \d{3} |\.?$)")
 PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
 BEARER = {
     "type": "http",
@@ -143,7 +143,10 @@ def openapi_path(rule: str) -> str:
 
 
 def docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:
-    """(summary, {status code: why}) from a `Summary. Errors: 400 why, 404 why.` docstring."""
+    """(summary, {status code: why}) from a `Summary. Errors: 400 why, 404 why.` docstring.
+
+    `;` may separate the codes too.
+    """
     text = " ".join((doc or "").split())
     summary, _, errors = text.partition("Errors:")
     return summary.strip(), {code: why for code, why in ERRORS_IN_DOCSTRING.findall(errors.strip())}

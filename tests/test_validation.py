@@ -386,6 +386,14 @@ def test_dry_run_flag_is_case_insensitive(client, r, flag):
     snapshot.assert_nothing_created()
 
 
+@pytest.mark.parametrize("flag", ["yes", "1", ""])
+def test_a_dry_run_flag_that_is_not_true_or_false_is_a_400_not_a_real_job(client, r, flag):
+    snapshot = Snapshot(r)
+    response = client.post(f"/batch/minimal?dryRun={flag}", data=json.dumps(VALID))
+    assert_error(response, 400, "invalid_request", f"dryRun must be true or false, not '{flag}'")
+    snapshot.assert_nothing_created()
+
+
 # --- sizes: the 10 MiB request and the 256 KiB batch -------------------------------------------------
 
 
@@ -588,6 +596,12 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
         ("get", "/no/such/route", 404, "not_found", "not found"),
         ("post", "/batch", 405, "method_not_allowed", "not allowed"),  # GET /batch lists the APIs
         ("put", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
+        # a misspelt parameter would answer another question (the API, not the job): refused
+        ("get", "/batch/minimal?jobid=abc", 400, "invalid_request", "unknown query parameter 'jobid'"),
+        ("get", "/batch/minimal?jobid=abc", 400, "invalid_request", "this endpoint takes jobID"),
+        ("delete", "/batch/minimal?jobID=a&force=1", 400, "invalid_request", "unknown query parameter 'force'"),
+        ("get", "/batch?limit=3", 400, "invalid_request", "this endpoint takes no query parameters"),
+        ("get", "/batch/minimal/logs?jobID=a&since=3", 400, "invalid_request", "takes jobID, after"),
         ("patch", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
     ],
 )
