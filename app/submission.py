@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # once or more per level (deep_merge's copy, json.dumps into Redis, the worker), and would fail.
 MAX_NESTING = 200
 
+# The cursor of an item_list job once all its batches are in the backlog.
+ITEMS_STORED = {"items_stored": True}
+
 
 def decode_body(raw: bytes) -> object:
     """The request body as JSON; raises InvalidRequest for an empty, malformed or too deeply nested body."""
@@ -139,7 +142,10 @@ class Submitter:
             raise BrokerUnavailable(f"job {spec['job_id']} could not be enqueued: {err}") from None
 
     def _enqueue(self, spec: dict, entries: list[str]) -> None:
-        self.dispatcher.publish_batches(spec["job_id"], self.store.append(spec, entries, now()).released)
+        # The cursor marks every batch stored: if this process dies before `enqueued`, the watchdog
+        # finishes the job's enqueuing instead of failing it.
+        stored = self.store.append(spec, entries, now(), cursor=json.dumps(ITEMS_STORED))
+        self.dispatcher.publish_batches(spec["job_id"], stored.released)
         follow(self.dispatcher, spec["job_id"], self.store.enqueued(spec, now()))
 
 

@@ -4,8 +4,8 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
 - an S3 job whose enqueuer vanished (its worker was killed outright, so its message waits for
   the broker's visibility timeout; or the API died before publishing it) gets a new enqueuer,
   which resumes from the saved cursor;
-- an item_list job still enqueuing long after its request ended (the API process died while
-  storing its batches) ends `status_enqueue_failed`, saying so;
+- an item_list job still enqueuing long after its request ended (the API process died in the
+  request) runs if all its batches were stored, else ends `status_enqueue_failed`, saying so;
 - a job's batches released more than `BATCHERY_LOST_SECONDS` ago whose delivery never began
   (the process that released them died before publishing their messages) are published again,
   each with a new generation so that only the newest message runs;
@@ -25,6 +25,7 @@ from app import keys, status
 from app.job import now
 from app.services import Services
 from app.store import LEASE_MS
+from app.submission import ITEMS_STORED, follow
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,24 @@ class Watchdog:
         acted = self._recover_lost_messages(job_id, state["spec"], at)
         if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
             return acted
-        if store.enqueue_state(job_id)[0] is None:
-            message = "enqueuing stopped: the API process storing the job's batches died; submit the job again"
-            return store.end(state["spec"], status.ENQUEUE_FAILED, message, at)
+        source, cursor = store.enqueue_state(job_id)
+        if source is None:
+            return self._finish_item_list(state["spec"], cursor, at)
         if store.lease_held(job_id):
             return acted
         log.warning("job %s: no live enqueuer; publishing a new one", job_id)
         self.services.dispatcher.publish_enqueuer(job_id)
+        return True
+
+    def _finish_item_list(self, spec: dict, cursor: dict | None, at: float) -> bool:
+        """An item_list job whose API process died mid-request: running, if all its batches were
+        stored; else `status_enqueue_failed`, saying so (its client got no job id either way)."""
+        store = self.services.store
+        if cursor != ITEMS_STORED:
+            message = "enqueuing stopped: the API process storing the job's batches died; submit the job again"
+            return store.end(spec, status.ENQUEUE_FAILED, message, at)
+        log.warning("job %s: its API process died after storing every batch; the job runs", spec["job_id"])
+        follow(self.services.dispatcher, spec["job_id"], store.enqueued(spec, at))
         return True
 
     def _recover_lost_messages(self, job_id: str, spec: dict, at: float) -> bool:

@@ -137,6 +137,50 @@ class Worker:
         self.log.close()
 
 
+class Gunicorn:
+    """The API served by a real gunicorn (one worker process, as the Procfile runs it), whose worker
+    can be killed: the master starts a new one."""
+
+    def __init__(self, env: dict, logdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = logdir / "gunicorn.log"
+        self.log = self.log_path.open("w")
+        args = [str(VENV_BIN / "gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "app:create_app()"]
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.worker_pid = wait_for(self._answering_worker, timeout=90, interval=0.1, what="gunicorn to answer")
+
+    def _answering_worker(self) -> int | None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        pids = [int(pid) for pid in out.split()]
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                answered = sock.recv(12).startswith(b"HTTP/1.")
+        except OSError:
+            return None
+        return pids[0] if answered and len(pids) == 1 else None
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker process, then wait for its replacement to answer."""
+        killed = self.worker_pid
+        os.kill(killed, signal.SIGKILL)
+        self.worker_pid = wait_for(
+            lambda: (pid := self._answering_worker()) != killed and pid,
+            timeout=90,
+            interval=0.1,
+            what="gunicorn to start a new worker",
+        )
+
+    def stop(self) -> None:
+        stop_process(self.process, group=True)
+        self.log.close()
+
+
 def stop_process(process: subprocess.Popen, group: bool = False, grace: float = 20.0) -> None:
     """Terminate a process (and its group), killing it if it does not exit in time."""
     if process.poll() is not None:

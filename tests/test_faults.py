@@ -1,7 +1,9 @@
-"""Faults injected for real on the Redis broker: lost messages, a finalizer killed, Redis restarted,
-a fleet that takes nothing. Every batch must end counted exactly once, and no job may hang."""
+"""Faults injected for real: lost messages, a finalizer killed and Redis restarted (these two on both
+brokers), a fleet that takes nothing. Every batch must end counted exactly once, and no job may hang."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -10,7 +12,7 @@ from app.config import Settings
 from app.job import build_spec, now
 from app.joblog import attach_job_log
 from app.watchdog import Watchdog
-from tests.conftest import PREDICTORS, Jobs
+from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
 
 LOST = Settings().lost_seconds
@@ -84,6 +86,7 @@ def test_a_lost_finalizer_is_published_again(flask_app, jobs, worker, r, probe_c
     assert spec["job_id"] not in watchdog.sweep(now() + 2 * LOST)  # ended: left alone
 
 
+@BOTH_BROKERS
 def test_the_worker_running_on_job_complete_is_killed_and_the_finalizer_runs_again(jobs, worker, r, probe_config):
     config = {**probe_config, "complete_kills": True}
     spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2, 3], "batch_size": 1}})
@@ -136,26 +139,22 @@ def persistent_redis(tmp_path):
 
 
 @pytest.fixture
-def persistent_stack(persistent_redis, worker_env, tmp_path, probe_config):
-    """A worker and an API of their own on `persistent_redis` (job store and broker)."""
+def persistent_stack(persistent_redis, settings, worker_env, tmp_path, probe_config):
+    """A worker and an API of their own on `persistent_redis` (the job store; the broker too, unless SQS)."""
     queue = f"restart-{probe_config['tag']}"
     env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_VISIBILITY_TIMEOUT="10")
     worker = Worker(env, tmp_path, "restart", concurrency=4)
-    settings = Settings(
-        redis_url=persistent_redis.url,
-        apis_file=str(PREDICTORS / "cortex.yaml"),
-        queue=queue,
-        visibility_timeout=10,
-        watchdog_seconds=1,
-        lost_seconds=5,
+    own = dataclasses.replace(
+        settings, redis_url=persistent_redis.url, queue=queue, visibility_timeout=10, watchdog_seconds=1, lost_seconds=5
     )
-    yield Jobs(create_app({"SETTINGS": settings}).test_client()), worker
+    yield Jobs(create_app({"SETTINGS": own}).test_client()), worker
     worker.stop()
 
 
+@BOTH_BROKERS
 @pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])
 def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
-    persistent_redis, persistent_stack, r, probe_config, hard
+    persistent_redis, persistent_stack, broker, r, probe_config, hard
 ):
     jobs, worker = persistent_stack
     total = 200
@@ -172,7 +171,8 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
     )
     deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
     print(
-        f"\nredis restart ({'SIGKILL' if hard else 'SIGTERM'}): {job['status']}, {job['batch_metrics']}, "
+        f"\nredis restart ({'SIGKILL' if hard else 'SIGTERM'}, {broker} broker): {job['status']}, "
+        f"{job['batch_metrics']}, "
         f"batches run {len(deliveries)}, duplicates {sum(int(n) - 1 for n in deliveries.values())}"
     )
     failed_for_good = int(persistent_redis.client.hget(f"batchery:job:{spec['job_id']}", "failed_batches"))

@@ -9,6 +9,7 @@ import boto3
 
 from app import status
 from app.job import build_spec, now
+from app.submission import ITEMS_STORED
 from app.watchdog import STALE_SECONDS, Watchdog
 
 
@@ -59,3 +60,22 @@ def test_item_list_job_left_enqueuing_by_a_dead_api_process_ends_enqueue_failed(
     job = jobs.status("minimal", spec["job_id"])
     assert job["status"] == status.ENQUEUE_FAILED
     assert "API process" in job["message"]
+
+
+def test_item_list_job_whose_api_process_died_after_storing_every_batch_runs_to_the_end(
+    flask_app, jobs, worker, r, probe_config
+):
+    services = flask_app.extensions["batchery"]
+    spec = stuck_job(services, "minimal", probe_config, None)
+    entries = [f"{i} {json.dumps([{'n': i}])}" for i in range(5)]
+    stored = services.store.append(spec, entries, now(), cursor=json.dumps(ITEMS_STORED))
+    services.dispatcher.publish_batches(spec["job_id"], stored.released)
+    # ...and the API process died before marking enqueuing done
+    assert spec["job_id"] not in Watchdog(services).sweep(now())  # its request may still be going on
+    assert jobs.status("minimal", spec["job_id"])["status"] == status.ENQUEUING
+    assert spec["job_id"] in Watchdog(services).sweep(now() + STALE_SECONDS + 1)
+    job = jobs.wait_final("minimal", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 5
+    payloads = [json.loads(p) for p in r.lrange(f"minimal:{probe_config['tag']}:payloads", 0, -1)]
+    assert sorted(v["n"] for batch in payloads for v in batch) == list(range(5))
