@@ -4,10 +4,13 @@ brokers), a fleet that takes nothing. Every batch must end counted exactly once,
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import signal
 
 import pytest
 
-from app import create_app, status
+from app import create_app, keys, status
 from app.config import Settings
 from app.job import build_spec, now
 from app.joblog import attach_job_log
@@ -188,3 +191,31 @@ def _final_or_none(jobs, job_id):
     except AssertionError:  # 503 while Redis is down
         return None
     return job if status.is_final(job["status"]) else None
+
+
+@BOTH_BROKERS
+def test_pool_processes_sigkilled_while_a_job_runs_lose_no_batch(jobs, worker, broker, r, probe_config):
+    """Five pool processes SIGKILLed from outside, one after the other, while 120 batches run."""
+    total, kills = 120, 5
+    config = {**probe_config, "sleep": 0.3}  # busy pool processes: most kills land inside a batch
+    spec = jobs.submit(
+        "probe", {"workers": 4, "config": config, "item_list": {"items": list(range(total)), "batch_size": 1}}
+    )
+    job_id = spec["job_id"]
+    for _ in range(kills):
+        pids = wait_for(lambda: len(worker.children()) == 4 and worker.children(), what="4 pool processes")
+        os.kill(random.choice(pids), signal.SIGKILL)
+        wait_for(lambda p=set(pids): len(set(worker.children()) - p) == 1, what="the killed process to be replaced")
+    job = jobs.wait_final("probe", job_id, timeout=180)
+    deliveries = {int(b): int(n) for b, n in r.hgetall(f"probe:{probe_config['tag']}:deliveries:{job_id}").items()}
+    failed_for_good = int(r.hget(keys.job(job_id), "failed_batches"))
+    duplicates = sum(n - 1 for n in deliveries.values())
+    print(
+        f"\n{kills} pool processes SIGKILLed ({broker}): {job['status']}, {job['batch_metrics']}, "
+        f"failed for good {failed_for_good}, batches run {len(deliveries)}, duplicates {duplicates}"
+    )
+    assert job["batch_metrics"]["succeeded"] + failed_for_good == total
+    assert set(deliveries) == set(range(total))  # every batch ran
+    assert job["batches_in_queue"] == 0
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [job_id]
+    assert worker.process.poll() is None
