@@ -110,8 +110,8 @@ class OomCounter:
         return read_oom_kills(self.path)
 
     def claim(self, before: int | None) -> bool:
-        """Whether a delivery handed to a pool process when the counter read `before` and lost to
-        SIGKILL now was killed for memory; each increment is given to one delivery at most."""
+        """Whether a delivery whose message arrived when the counter read `before`, and whose pool
+        process was just lost to SIGKILL, was killed for memory; each increment goes to one at most."""
         current = self.read()
         if before is None or current is None:
             return False
@@ -159,8 +159,8 @@ def is_sigkill(exc: BaseException) -> bool:
 
 class BatchRequest(Request):
     """The request of a `run_batch` task, in the worker's main process: notes the OOM-kill counter
-    when the batch goes to a pool process and, if that process is SIGKILLed, records in the job
-    store whether the kernel killed it for memory, before Celery puts the message back."""
+    when the batch's message arrives and, if the pool process running it is SIGKILLed, records in
+    the job store whether the kernel killed it for memory, before Celery puts the message back."""
 
     oom_before: int | None = None
 
@@ -190,5 +190,5 @@ class BatchRequest(Request):
         )
         try:
             store().mark_oom(job_id, batch_id, time.time())
-        except redis.RedisError as err:  # never keep Celery from requeueing the message
+        except Exception as err:  # noqa: BLE001 - never keep Celery from requeueing the message
             log.error("job %s: batch %s: could not record the OOM kill: %s", job_id, batch_id, err)
