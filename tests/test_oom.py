@@ -124,13 +124,15 @@ def test_a_batch_killed_for_memory_once_then_succeeding_ends_succeeded(oom_stack
 
 def test_without_dead_letter_queue_a_batch_killed_for_memory_three_times_ends_worker_oom(oom_stack, probe_config):
     jobs, _ = oom_stack
+    config = dict(probe_config, complete_raises=True)  # worker_error too: worker_oom is stronger
     spec = jobs.submit(
-        "probe", {"workers": 1, "config": probe_config, "item_list": {"items": [{"oom": "always"}], "batch_size": 1}}
+        "probe", {"workers": 1, "config": config, "item_list": {"items": [{"oom": "always"}], "batch_size": 1}}
     )
     job = jobs.wait_final("probe", spec["job_id"], timeout=180)
     assert job["status"] == status.WORKER_OOM, job
     assert job["batch_metrics"] == {"succeeded": 0, "failed": 3}
     assert job["message"].startswith("batch 0 failed for good")
+    assert job["message"].endswith("; on_job_complete raised RuntimeError: on_job_complete exploded")
 
 
 def test_the_worker_reads_the_oom_counter_of_its_own_memory_cgroup(oom_stack, cgroup):
