@@ -39,7 +39,8 @@ def inflight(job_id: str) -> str:
 
 
 def deliveries(job_id: str) -> str:
-    """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded."""
+    """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded,
+    `<batch>:g` -> times the watchdog published it again, `<batch>:oom` -> deliveries killed for memory."""
     return f"{PREFIX}:job:{job_id}:deliveries"
 
 

@@ -146,7 +146,8 @@ if started - 1 > recorded then
 end
 if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
   redis.call('HSET', deliveries, id .. ':r', started)
-  return {'dead', started}
+  -- how many of the deliveries that died were killed by the kernel for memory (OOM below)
+  return {'dead', started, tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')}
 end
 redis.call('HSET', procs, proc, 'initializing ' .. id)
 return {'run', started}
@@ -166,7 +167,7 @@ local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local live = in_progress()
 if live then
   redis.call('HDEL', procs, proc)
-  if outcome ~= 'dead' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
+  if outcome ~= 'dead' and outcome ~= 'oom' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
 end
 if outcome == 'retry' then
   redis.call('HINCRBY', job, 'failed', 1)
@@ -181,9 +182,21 @@ if outcome == 'ok' then
 else
   if outcome == 'failed' then redis.call('HINCRBY', job, 'failed', 1) end
   redis.call('HINCRBY', job, 'failed_batches', 1)
+  if outcome == 'oom' then  -- its workers were killed for memory: the job ends status_worker_oom
+    redis.call('HINCRBY', job, 'oom_batches', 1)
+    redis.call('HSETNX', job, 'oom_batch', id)
+  end
 end
 if not live then return {0} end
 return release_and_claim()
+"""
+
+# The worker's main process saw the pool process running a delivery of batch ARGV[3] killed by the
+# kernel's OOM killer; the next BEGIN counts that delivery as dead, and this says why.
+OOM = """
+local id = ARGV[3]
+if not in_progress() or redis.call('HEXISTS', inflight, id) == 0 then return 0 end
+return redis.call('HINCRBY', deliveries, id .. ':oom', 1)
 """
 
 END = """
@@ -229,7 +242,7 @@ return {redis.call('HGETALL', job), redis.call('HGETALL', procs), redis.call('HL
 
 # An enqueuer silent this long is presumed dead; another one resumes from its cursor.
 LEASE_MS = int(float(os.environ.get("BATCHERY_ENQUEUE_LEASE", "30")) * 1000)
-COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "skipped", "workers")
+COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
 TIMES = ("created", "start", "end", "deadline", "time_sum")
 
 
@@ -260,6 +273,7 @@ class Delivery:
     action: str
     number: int = 0
     reason: str = ""
+    oom_kills: int = 0  # of a dead batch: how many of its deliveries the kernel killed for memory
 
 
 class JobStore:
@@ -277,6 +291,7 @@ class JobStore:
                 "proceed": PROCEED,
                 "record": RECORD,
                 "end": END,
+                "oom": OOM,
                 "read": READ,
                 "republish": REPUBLISH,
                 "reclaim": RECLAIM,
@@ -317,9 +332,8 @@ class JobStore:
             "source": json.dumps(source) if source else "",
             "enqueued": 0,
         }
-        fields.update(
-            {name: 0 for name in ("total", "released", "succeeded", "failed", "failed_batches", "skipped", "time_sum")}
-        )
+        counters = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "time_sum")
+        fields.update({name: 0 for name in counters})
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(spec["job_id"]), mapping=fields)
         pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
@@ -365,19 +379,28 @@ class JobStore:
     def begin(self, spec: dict, batch_id: str, proc: str, now: float, generation: int = 0) -> Delivery:
         """Count a delivery of a batch and say whether to run it (`generation`: how many times the
         watchdog had published the batch again when this message was sent)."""
-        action, detail = self._call("begin", spec, spec["api_name"], batch_id, proc, str(generation), now=now)
+        action, detail, *rest = self._call("begin", spec, spec["api_name"], batch_id, proc, str(generation), now=now)
         if action == b"skip":
             return Delivery("skip", reason=detail.decode())
-        return Delivery(action.decode(), number=int(detail))
+        return Delivery(action.decode(), number=int(detail), oom_kills=int(rest[0]) if rest else 0)
 
     def proceed(self, spec: dict, batch_id: str, proc: str, now: float) -> bool:
         """The last check before `predict` (the predictor may have taken minutes to load)."""
         return bool(self._call("proceed", spec, spec["api_name"], proc, batch_id, now=now))
 
     def record(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Outcome:
-        """Count a delivery's outcome: ok, retry (failed, will run again), failed or dead (for good)."""
+        """Count a delivery's outcome: ok, retry (failed, will run again), failed, dead or oom (for
+        good; oom: its workers were killed by the kernel for memory)."""
         reply = self._call("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
         return Outcome.parse(reply)
+
+    def mark_oom(self, job_id: str, batch_id: str, now: float) -> bool:
+        """Note that a delivery of a batch in flight was killed by the kernel for memory (the next
+        delivery finds it dead); False if the job or the batch is no longer in progress."""
+        api_name = self.redis.hget(keys.job(job_id), "api_name")
+        if api_name is None:
+            return False
+        return bool(self._call("oom", job_id, api_name.decode(), batch_id, now=now))
 
     def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
         """Give a job in progress its final status; False if it had one already."""
@@ -459,6 +482,7 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
         "spec": json.loads(job_hash["spec"]),
         "status": job_hash["status"],
         "message": job_hash.get("message", ""),
+        "oom_batch": job_hash.get("oom_batch", ""),  # the first batch that failed for good by OOM kills
     }
     state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})

@@ -97,3 +97,26 @@ def test_states_reads_many_jobs_in_one_pipeline(store):
     states = store.states([(first["job_id"], "api"), ("nope", "api"), (second["job_id"], "api")], 1001.0)
     assert [s and s["total"] for s in states] == [3, None, 5]
     assert states[0] == store.state(first["job_id"], "api", 1001.0)
+
+
+def test_oom_kills_are_counted_only_for_batches_in_flight_and_make_the_dead_batch_oom(store):
+    spec = build_spec(API, {"workers": 2, "config": {}}, "redis://h/q", 1000.0)
+    spec["sqs_dead_letter_queue"] = {"arn": "arn:aws:sqs:us-east-1:1:dlq", "max_receive_count": 2}
+    store.create(spec, API, 1000.0)
+    store.append(spec, ["0 [0]", "1 [1]", "2 [2]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    job_id = spec["job_id"]
+    assert not store.mark_oom(job_id, "2", 1001.0)  # not released yet
+    assert not store.mark_oom("no-such-job", "0", 1001.0)
+    assert store.begin(spec, "0", "p1", 1001.0).action == "run"
+    assert store.mark_oom(job_id, "0", 1001.0)  # p1 killed for memory
+    assert store.begin(spec, "0", "p2", 1002.0).action == "run"  # p2 dies too, a plain SIGKILL
+    dead = store.begin(spec, "0", "p3", 1003.0)
+    assert (dead.action, dead.number, dead.oom_kills) == ("dead", 3, 1)
+    store.record(spec, "0", "oom", 0.0, "p3", 1003.0)
+    state = store.state(job_id, "api", 1003.0)
+    assert (state["failed"], state["failed_batches"], state["oom_batches"], state["oom_batch"]) == (2, 1, 1, "0")
+    assert not store.mark_oom(job_id, "0", 1004.0)  # the batch ended: nothing left to label
+    store.end(spec, status.STOPPED, "", 1005.0)
+    assert not store.mark_oom(job_id, "1", 1006.0)  # the job ended: no key recreated
+    assert not store.redis.exists(f"batchery:job:{job_id}:deliveries")

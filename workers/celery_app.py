@@ -8,7 +8,7 @@ from celery import signals
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
-from workers import redis_restore, sqs_restore
+from workers import oom, redis_restore, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
@@ -16,6 +16,7 @@ if is_sqs(settings):
     sqs_restore.install()
 else:
     redis_restore.install()
+signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
 
 @signals.setup_logging.connect

@@ -46,7 +46,14 @@ def process_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@celery.task(name="batchery.run_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
+# Request: the worker's main process tells a pool process killed for memory from other SIGKILLs.
+@celery.task(
+    name="batchery.run_batch",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    Request="workers.oom:BatchRequest",
+)
 def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) -> None:
     """Run `predict` on one batch of a job, counting the delivery and its outcome."""
     found = services().store.spec_and_api(job_id)
@@ -73,9 +80,15 @@ class BatchRun:
         if delivery.action == "skip":
             return
         if delivery.action == "dead":
-            error = f"the worker running delivery {delivery.number - 1} died"
+            died = delivery.number - 1
+            error = f"the worker running delivery {died} died"
+            if delivery.oom_kills:
+                error = (
+                    f"killed for memory: the kernel's OOM killer killed the worker running "
+                    f"{delivery.oom_kills} of its {died} deliveries"
+                )
             log.error("batch %s: failed for good: %s", self.batch_id, error)
-            self._fail_for_good("dead", error)
+            self._fail_for_good("oom" if delivery.oom_kills else "dead", error)
             raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
         predictor = self._predictor()
         if predictor is None or not self.store.proceed(self.spec, self.batch_id, self.proc, now()):
@@ -159,18 +172,34 @@ def _finalize(spec: dict, api: dict) -> None:
         return
     final = status.COMPLETED_WITH_FAILURES if state["failed_batches"] else status.SUCCEEDED
     message = ""
+    if state["oom_batches"]:
+        final, message = status.WORKER_OOM, oom_message(state["oom_batch"], state["oom_batches"])
+    error = ""
     try:
         if callable(getattr(load_class(api["predictor_file"], api["api_id"]), "on_job_complete", None)):
             log.info("running on_job_complete")
             _predictors.get(spec, api).on_job_complete()
     except PredictorError as err:
-        final, message = status.WORKER_ERROR, str(err)
+        error = str(err)
     except Exception as err:
         log.exception("job %s: on_job_complete raised", job_id)
-        final, message = status.WORKER_ERROR, f"on_job_complete raised {type(err).__name__}: {err}"
+        error = f"on_job_complete raised {type(err).__name__}: {err}"
+    if error and status.strongest(final, status.WORKER_ERROR) == status.WORKER_ERROR:
+        final, message = status.WORKER_ERROR, error
+    elif error:  # the stronger status stays, and its message says what else went wrong
+        message = f"{message}; {error}"
     store.end(spec, final, message, now())
     _predictors.evict(job_id)
     log.info("job %s ended: %s%s", job_id, final, f" ({message})" if message else "")
+
+
+def oom_message(batch_id: str, batches: int) -> str:
+    """The status message of a job whose batches failed for good because their workers ran out of memory."""
+    which = f"batch {batch_id}" if batches == 1 else f"batch {batch_id} and {batches - 1} other batches"
+    return (
+        f"{which} failed for good: the kernel killed the worker running it for memory (OOM); "
+        "use a smaller batch_size, or give each worker more memory"
+    )
 
 
 @celery.task(name=ENQUEUE_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)

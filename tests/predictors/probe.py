@@ -2,7 +2,9 @@
 
 Items steer it: an item {"fail": N} makes its batch raise on the first N deliveries ("always":
 every time); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
-sleeps S seconds. config["sleep"] sleeps every batch; config["complete_raises"] makes
+sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default 1024 MiB) on the
+first N deliveries, touching every page, so that the kernel's OOM killer kills the pool process
+when it runs in a memory cgroup with a lower limit. config["sleep"] sleeps every batch; config["complete_raises"] makes
 on_job_complete raise; config["complete_kills"] SIGKILLs the pool process inside the first
 on_job_complete of the job (after recording the call).
 """
@@ -55,8 +57,19 @@ class PythonPredictor:
         if "kill" in item and (item["kill"] == "always" or deliveries <= item["kill"]):
             self.redis.decr(f"{self.key}:running:{self.job_id}")
             os.kill(os.getpid(), signal.SIGKILL)
+        if "oom" in item and (item["oom"] == "always" or deliveries <= item["oom"]):
+            self.redis.decr(f"{self.key}:running:{self.job_id}")
+            self.redis.rpush(f"{self.key}:oom:{self.job_id}", os.getpid())
+            self._hog(int(self.config.get("oom_mib", 1024)) << 20)
         if "fail" in item and (item["fail"] == "always" or deliveries <= item["fail"]):
             raise ValueError(f"probe failure on delivery {deliveries}")
+
+    @staticmethod
+    def _hog(size):
+        hog = bytearray(size)
+        for offset in range(0, size, 4096):  # touch every page: untouched pages take no memory
+            hog[offset] = 1
+        return hog
 
     def on_job_complete(self):
         self.redis.rpush(f"{self.key}:complete", self.job_id)
