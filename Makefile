@@ -1,5 +1,6 @@
 # Batchery's tasks. Everything runs from the virtualenv in .venv, created on first use.
 #   make test    install, then run the test suite (real Redis and worker processes)
+#   make test-faults  only the fault injection, failure, OOM, security and fuzz tests (docs/reliability.md)
 #   make demo    install, start the local stack, run the example jobs over HTTP, stop the stack
 #   make up      start the local stack in the background (logs and pid files in .run/); make down stops it
 #   make install the virtualenv, with the `batchery` command in .venv/bin
@@ -10,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up down test lint
+.PHONY: install demo up down test test-faults lint
 
 install: $(STAMP)
 
@@ -36,6 +37,13 @@ down:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+FAULT_TESTS := tests/test_faults.py tests/test_failures.py tests/test_oom.py tests/test_api_restart.py \
+	tests/test_watchdog.py tests/test_security.py tests/test_auth.py tests/test_fuzz_api.py \
+	tests/test_properties.py tests/test_hostile_bodies.py
+
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest $(FAULT_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,7 +35,9 @@ def create_app(config: dict | None = None) -> Flask:
     if settings.apis_file:
         services.registry.deploy_file(settings.apis_file)
     if settings.watchdog_seconds > 0:
-        Watchdog(services).start(settings.watchdog_seconds)
+        watchdog = Watchdog(services)
+        watchdog.start(settings.watchdog_seconds)
+        flask_app.extensions["batchery_watchdog"] = watchdog
 
     from app import api, ops
 

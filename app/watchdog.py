@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+
+import redis
 
 from app import keys, status
 from app.job import now
@@ -37,6 +38,7 @@ class Watchdog:
 
     def __init__(self, services: Services):
         self.services = services
+        self._stopped = threading.Event()
 
     def sweep(self, at: float) -> list[str]:
         """One pass over the jobs in progress; returns the ids of the jobs it acted on."""
@@ -96,11 +98,17 @@ class Watchdog:
         thread.start()
         return thread
 
+    def stop(self) -> None:
+        """End the sweeping thread after its current sweep."""
+        self._stopped.set()
+
     def _loop(self, every: float) -> None:
-        while True:
-            time.sleep(every)
+        while not self._stopped.wait(every):
             try:
                 if self.services.redis.set(keys.watchdog_lock(), "1", nx=True, px=int(every * 900)):
                     self.sweep(now())
+            except redis.RedisError as err:
+                # One line, not a traceback every few seconds for as long as Redis is down.
+                log.warning("watchdog sweep skipped: the job store does not answer (%s)", err)
             except Exception:
                 log.exception("watchdog sweep failed")

@@ -150,7 +150,9 @@ def persistent_stack(persistent_redis, settings, worker_env, tmp_path, probe_con
     own = dataclasses.replace(
         settings, redis_url=persistent_redis.url, queue=queue, visibility_timeout=10, watchdog_seconds=1, lost_seconds=5
     )
-    yield Jobs(create_app({"SETTINGS": own}).test_client()), worker
+    app = create_app({"SETTINGS": own})
+    yield Jobs(app.test_client()), worker
+    app.extensions["batchery_watchdog"].stop()  # its Redis is about to go away
     worker.stop()
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 import boto3
 
 from app import status
+from app.config import Settings
 from app.job import build_spec, now
+from app.services import Services
 from app.submission import ITEMS_STORED
 from app.watchdog import STALE_SECONDS, Watchdog
+from tests.services import free_port, wait_for
 
 
 def stuck_job(services, api_name: str, config: dict, source: dict | None) -> dict:
@@ -79,3 +83,19 @@ def test_item_list_job_whose_api_process_died_after_storing_every_batch_runs_to_
     assert job["batch_metrics"]["succeeded"] == 5
     payloads = [json.loads(p) for p in r.lrange(f"minimal:{probe_config['tag']}:payloads", 0, -1)]
     assert sorted(v["n"] for batch in payloads for v in batch) == list(range(5))
+
+
+def test_with_redis_down_the_watchdog_warns_in_one_line_and_stops_when_told(caplog):
+    services = Services.build(
+        Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", apis_file="", watchdog_seconds=0)
+    )
+    watchdog = Watchdog(services)
+    with caplog.at_level(logging.WARNING, logger="app.watchdog"):
+        thread = watchdog.start(0.05)
+        wait_for(lambda: caplog.records, timeout=30, what="the watchdog's warning")
+        watchdog.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    record = caplog.records[0]
+    assert record.getMessage().startswith("watchdog sweep skipped: the job store does not answer")
+    assert record.exc_info is None  # no traceback each sweep for as long as Redis is down
