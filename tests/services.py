@@ -98,15 +98,15 @@ class RedisServer:
 
 
 class Worker:
-    """A real `celery -A workers worker` process (prefork pool)."""
+    """A real `celery -A workers worker` process (prefork pool); `app` names another Celery app module."""
 
-    def __init__(self, env: dict, logdir: Path, name: str, concurrency: int = 4):
+    def __init__(self, env: dict, logdir: Path, name: str, concurrency: int = 4, app: str = "workers"):
         self.log_path = logdir / f"worker-{name}.log"
         self.log = self.log_path.open("w")
         args = [
             str(VENV_BIN / "celery"),
             "-A",
-            "workers",
+            app,
             "worker",
             "--loglevel",
             "INFO",
