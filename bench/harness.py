@@ -31,7 +31,14 @@ class Stack:
     """redis-server, `processes` Celery workers (prefork, `concurrency` each) running bench.worker,
     and the API under gunicorn, all on free ports; `stop()` ends them all."""
 
-    def __init__(self, processes: int = 1, concurrency: int = 2, api_workers: int = 2, start_workers: bool = True):
+    def __init__(
+        self,
+        processes: int = 1,
+        concurrency: int = 2,
+        api_workers: int = 2,
+        start_workers: bool = True,
+        worker_env: dict | None = None,
+    ):
         self.workdir = Path(tempfile.mkdtemp(prefix="batchery-bench-"))
         self.queue = f"bench-{uuid.uuid4().hex[:8]}"
         self.workers: list[Worker] = []
@@ -46,6 +53,7 @@ class Stack:
             PYTHONPATH=str(ROOT),
         )
         self.env.pop("BROKER_URL", None)
+        self.env.update(worker_env or {})
         os.environ.update({k: self.env[k] for k in ("REDIS_URL", "BATCHERY_QUEUE", "BATCHERY_APIS")})
         try:
             self._start_api(api_workers)
@@ -109,6 +117,54 @@ class Stack:
     def worker_pids(self) -> list[int]:
         """The pids of the worker main processes and their pool processes."""
         return [pid for w in self.workers for pid in (w.process.pid, *w.children())]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in out.split()]
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the stack between `start()` and `stop()`."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.before: dict[str, dict[int, float]] = {}
+
+    def _groups(self) -> dict[str, list[int]]:
+        worker_main = [w.process.pid for w in self.stack.workers]
+        return {
+            "worker main": worker_main,
+            "worker pool": [child for pid in worker_main for child in children(pid)],
+            "redis-server": [self.stack.redis_server.process.pid],
+            "api (gunicorn)": [self.stack.api.pid, *children(self.stack.api.pid)] if self.stack.api else [],
+            "bench client": [os.getpid()],
+        }
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {name: {pid: cpu_seconds(pid) for pid in pids} for name, pids in self._groups().items()}
+
+    def start(self) -> None:
+        """Remember the CPU times now."""
+        self.before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds each part used since `start()`."""
+        after = self._sample()
+        return {
+            name: sum(t - self.before.get(name, {}).get(pid, 0.0) for pid, t in pids.items())
+            for name, pids in after.items()
+        }
 
 
 def celery_app():

@@ -36,7 +36,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, Stack, celery_app, machine, median, runs, table, wait_until
+from bench.harness import ROOT, CpuMeter, Stack, celery_app, machine, median, runs, table, wait_until
 from tests.services import VENV_BIN
 
 
@@ -62,14 +62,17 @@ def run_batchery(stack: Stack, args: argparse.Namespace, on_submitted=None) -> d
     finals: dict[str, dict] = {}
 
     def all_final() -> bool:
+        # One job's status a poll, until it ends: the figure is the jobs' own end_time, so polling
+        # more often would only take CPU from the workers.
         for job_id in job_ids:
             if job_id not in finals:
                 state = stack.status(job_id)
-                if state["status"] not in ("status_enqueuing", "status_running"):
-                    finals[job_id] = state
-        return len(finals) == len(job_ids)
+                if state["status"] in ("status_enqueuing", "status_running"):
+                    return False
+                finals[job_id] = state
+        return True
 
-    wait_until(all_final, timeout=args.timeout, interval=0.2, what="every job to end")
+    wait_until(all_final, timeout=args.timeout, interval=0.5, what="every job to end")
     ended = max(unix(state["end_time"]) for state in finals.values())
     problems = []
     for job_id, state in finals.items():
@@ -162,7 +165,7 @@ class Profiler:
         self.path = path
         pid = stack.workers[0].process.pid
         argv = [str(VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--subprocesses", "--format", "raw"]
-        argv += ["--rate", "200", "--output", str(path), "--nonblocking"]
+        argv += ["--rate", "100", "--gil", "--output", str(path), "--nonblocking"]  # --gil: on-CPU Python
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy attaches
 
@@ -185,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
         f"workers {args.workers}; one worker, prefork, concurrency {args.concurrency}",
         flush=True,
     )
-    stack = Stack(processes=1, concurrency=args.concurrency)
+    worker_env = {"BATCHERY_PREDICTOR_CACHE": str(args.predictor_cache)} if args.predictor_cache else {}
+    stack = Stack(processes=1, concurrency=args.concurrency, worker_env=worker_env)
     results: dict[str, list[dict]] = {"ceiling": [], "chord": [], "batchery": []}
     try:
         for attempt in range(1, args.repeat + 1):
@@ -195,6 +199,8 @@ def main(args: argparse.Namespace) -> int:
                 if args.profile and attempt == 1:
                     Path(args.profile).mkdir(parents=True, exist_ok=True)
                     profiler = Profiler(stack, Path(args.profile) / f"{name}.txt")
+                meter = CpuMeter(stack)
+                meter.start()
                 try:
                     if name == "ceiling":
                         result = run_ceiling(stack, total, args.timeout)
@@ -205,8 +211,11 @@ def main(args: argparse.Namespace) -> int:
                 finally:
                     if profiler:
                         profiler.stop()
+                result["cpu"] = meter.stop()
                 results[name].append(result)
                 print(f"  {result['seconds']:.1f} s, {result['rate']:.0f} batches/s", flush=True)
+                per_1000 = ", ".join(f"{k} {1000 * v / result['batches']:.2f}" for k, v in result["cpu"].items())
+                print(f"  CPU s per 1,000 batches: {per_1000}", flush=True)
     finally:
         stack.stop()
     report(args, total, results)
@@ -227,6 +236,10 @@ def report(args: argparse.Namespace, total: int, results: dict[str, list[dict]])
     if results.get("batchery"):
         submit = median([r["submit_seconds"] for r in results["batchery"]])
         rows.append((f"batchery: {args.jobs} POSTs answered in, median", f"{submit:.2f} s"))
+    for name, found in results.items():
+        if found:
+            parts = {part: median([1000 * r["cpu"][part] / r["batches"] for r in found]) for part in found[0]["cpu"]}
+            rows.append((f"{name}: CPU s per 1,000 batches", ", ".join(f"{k} {v:.2f}" for k, v in parts.items())))
     for other in ("chord", "ceiling"):
         if rates.get("batchery") and rates.get(other):
             per_run = [b / o for b, o in zip(rates["batchery"], rates[other], strict=False)]
@@ -243,6 +256,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--workers", type=int, default=10, help="each job's workers (default 10)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes (default 2)")
+    parser.add_argument(
+        "--predictor-cache",
+        type=int,
+        default=0,
+        help="the workers' BATCHERY_PREDICTOR_CACHE (default: Batchery's, 2)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each benchmark (medians are quoted)")
     parser.add_argument("--quick", action="store_true", help="4,000 items per job (2,000 batches), one run")
     parser.add_argument("--only", nargs="+", choices=("ceiling", "chord", "batchery"), help="run only these")
