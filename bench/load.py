@@ -1,7 +1,8 @@
 """Load benchmark: Cortex's load-test shape on Batchery, against a plain Celery chord and the raw ceiling.
 
     .venv/bin/python bench/load.py [--jobs 10] [--items 100000] [--batch-size 20] [--workers 10]
-                                   [--concurrency 2] [--repeat 1] [--quick] [--profile DIR]
+                                   [--concurrency 2] [--predictor-cache N] [--repeat 1] [--quick]
+                                   [--only ceiling chord batchery] [--profile DIR]
 
 Starts its own redis-server, one Celery worker (prefork, `--concurrency` processes) running
 `bench.worker` (Batchery's tasks and the baselines' tasks: the same processes and settings serve
@@ -15,8 +16,10 @@ all three), and the API under gunicorn. Each run then measures, in this order:
 - **batchery** (benchmark 1): `--jobs` jobs submitted at once over HTTP, each `--items` items in
   batches of `--batch-size` on `--workers`; time from the first POST until the last job's
   `end_time`. Every job must end `status_succeeded` with every batch succeeded, and its predictor's
-  `on_job_complete` must have run exactly once.
-Prints batches/s for each, medians over the runs, and the ratios.
+  `on_job_complete` must have run exactly once. The workers keep `--jobs` predictors loaded
+  (BATCHERY_PREDICTOR_CACHE), one per job running at once.
+Prints batches/s for each, medians over the runs, the ratios, and the CPU time each process used
+per 1,000 batches.
 """
 
 from __future__ import annotations
@@ -188,8 +191,11 @@ def main(args: argparse.Namespace) -> int:
         f"workers {args.workers}; one worker, prefork, concurrency {args.concurrency}",
         flush=True,
     )
-    worker_env = {"BATCHERY_PREDICTOR_CACHE": str(args.predictor_cache)} if args.predictor_cache else {}
-    stack = Stack(processes=1, concurrency=args.concurrency, worker_env=worker_env)
+    # One cached predictor per job running at once: with fewer, a process that takes the jobs'
+    # batches in turn loads a predictor again for nearly every batch (see docs/benchmarks.md).
+    cache = args.predictor_cache or args.jobs
+    print(f"workers' BATCHERY_PREDICTOR_CACHE={cache}", flush=True)
+    stack = Stack(processes=1, concurrency=args.concurrency, worker_env={"BATCHERY_PREDICTOR_CACHE": str(cache)})
     results: dict[str, list[dict]] = {"ceiling": [], "chord": [], "batchery": []}
     try:
         for attempt in range(1, args.repeat + 1):
@@ -260,7 +266,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--predictor-cache",
         type=int,
         default=0,
-        help="the workers' BATCHERY_PREDICTOR_CACHE (default: Batchery's, 2)",
+        help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 2)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each benchmark (medians are quoted)")
     parser.add_argument("--quick", action="store_true", help="4,000 items per job (2,000 batches), one run")

@@ -147,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"machine: {machine()}", flush=True)
     flats, loads = [], []
     for attempt in range(1, args.repeat + 1):
-        stack = Stack(processes=1, concurrency=args.concurrency, start_workers=False)
+        cache = {"BATCHERY_PREDICTOR_CACHE": "10"}  # as bench/load.py: one per job of the load shape
+        stack = Stack(processes=1, concurrency=args.concurrency, start_workers=False, worker_env=cache)
         try:
             print(f"run {attempt}/{args.repeat}: flat ...", flush=True)
             flats.append(flat(stack, args))
