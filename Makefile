@@ -5,13 +5,14 @@
 #   make up      start the local stack in the background (logs and pid files in .run/); make down stops it
 #   make install the virtualenv, with the `batchery` command in .venv/bin
 #   make lint    ruff
+#   make bench   the benchmarks in bench/ in their quick modes (CI-sized); make bench-full: real sizes
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up down test test-faults lint
+.PHONY: install demo up down test test-faults lint bench bench-full
 
 install: $(STAMP)
 
@@ -47,3 +48,17 @@ test-faults: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Each benchmark starts its own Redis, workers and API, and runs its baseline in the same run.
+bench: $(STAMP)
+	$(BIN)/python bench/load.py --quick
+	$(BIN)/python bench/status.py --quick
+	$(BIN)/python bench/stop.py --quick
+	$(BIN)/python bench/enqueue.py --quick
+
+# The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
+bench-full: $(STAMP)
+	$(BIN)/python bench/load.py --repeat 3
+	$(BIN)/python bench/status.py
+	$(BIN)/python bench/stop.py --repeat 3
+	$(BIN)/python bench/enqueue.py --repeat 3

@@ -123,7 +123,7 @@ return release_and_claim()
 """
 
 BEGIN = """
-local id, proc, generation = ARGV[3], ARGV[4], ARGV[5]
+local id, proc, generation, ready = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if not redis.call('HGET', job, 'status') then return {'skip', 'missing'} end
 if not in_progress() or past_deadline() then
   redis.call('HINCRBY', job, 'skipped', 1)
@@ -149,7 +149,8 @@ if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
   -- how many of the deliveries that died were killed by the kernel for memory (OOM below)
   return {'dead', started, tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')}
 end
-redis.call('HSET', procs, proc, 'initializing ' .. id)
+-- a process whose predictor is already loaded runs the batch at once: no PROCEED call needed
+redis.call('HSET', procs, proc, (ready == '1' and 'running ' or 'initializing ') .. id)
 return {'run', started}
 """
 
@@ -376,10 +377,17 @@ class JobStore:
         source, cursor = self.redis.hmget(keys.job(job_id), "source", "cursor")
         return (json.loads(source) if source else None), (json.loads(cursor) if cursor else None)
 
-    def begin(self, spec: dict, batch_id: str, proc: str, now: float, generation: int = 0) -> Delivery:
+    def begin(
+        self, spec: dict, batch_id: str, proc: str, now: float, generation: int = 0, ready: bool = False
+    ) -> Delivery:
         """Count a delivery of a batch and say whether to run it (`generation`: how many times the
-        watchdog had published the batch again when this message was sent)."""
-        action, detail, *rest = self._call("begin", spec, spec["api_name"], batch_id, proc, str(generation), now=now)
+        watchdog had published the batch again when this message was sent). `ready`: the process
+        has the job's predictor loaded, so a `run` answer counts it as running at once and needs no
+        `proceed` call."""
+        flag = "1" if ready else "0"
+        action, detail, *rest = self._call(
+            "begin", spec, spec["api_name"], batch_id, proc, str(generation), flag, now=now
+        )
         if action == b"skip":
             return Delivery("skip", reason=detail.decode())
         return Delivery(action.decode(), number=int(detail), oom_kills=int(rest[0]) if rest else 0)

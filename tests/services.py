@@ -98,17 +98,26 @@ class RedisServer:
 
 
 class Worker:
-    """A real `celery -A workers worker` process (prefork pool); `wrapper` is a command that execs
-    the worker's command line given as its arguments (e.g. to start it inside a cgroup)."""
+    """A real `celery -A workers worker` process (prefork pool); `app` names another Celery app module;
+    `wrapper` is a command that execs the worker's command line given as its arguments (e.g. to start
+    it inside a cgroup)."""
 
-    def __init__(self, env: dict, logdir: Path, name: str, concurrency: int = 4, wrapper: list[str] | None = None):
+    def __init__(
+        self,
+        env: dict,
+        logdir: Path,
+        name: str,
+        concurrency: int = 4,
+        app: str = "workers",
+        wrapper: list[str] | None = None,
+    ):
         self.log_path = logdir / f"worker-{name}.log"
         self.log = self.log_path.open("w")
         args = [
             *(wrapper or []),
             str(VENV_BIN / "celery"),
             "-A",
-            "workers",
+            app,
             "worker",
             "--loglevel",
             "INFO",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import redis
 
@@ -67,3 +68,22 @@ def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_con
                 mine.append(line)
     assert any(line["message"].startswith("batch 0: succeeded") for line in mine)
     assert all(line["api_name"] == "probe" and line["level"] and line["time"].endswith("Z") for line in mine)
+
+
+def test_lines_written_in_the_background_are_in_redis_in_order_when_the_task_ends(redis_server):
+    log = JobLog(redis.Redis.from_url(redis_server.url))
+    handler = joblog.JobLogHandler(log, background=True)
+    logger = logging.getLogger("background-test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the shared app's own job-log handler on the root logger would copy them too
+    try:
+        with joblog.for_job("api", "background-job"):
+            for n in range(50):
+                logger.info("line %d", n)
+        # for_job waited for the writer: every line is there, numbered in the order logged
+        lines = log.read("background-job")
+        assert [line["message"] for line in lines] == [f"line {n}" for n in range(50)]
+        assert [line["seq"] for line in lines] == list(range(1, 51))
+    finally:
+        logger.removeHandler(handler)

@@ -62,6 +62,16 @@ def test_a_duplicate_outcome_is_not_counted_twice(store):
     assert state["succeeded"] == 1
 
 
+def test_a_process_with_its_predictor_loaded_runs_at_once_and_a_stopped_job_starts_nothing(store):
+    spec = new_job(store, 3, workers=3)
+    assert store.begin(spec, "0", "p1", 1001.0).action == "run"  # loading: initializing, then PROCEED
+    assert store.begin(spec, "1", "p2", 1001.0, ready=True).action == "run"  # loaded: BEGIN was the last check
+    counts = store.state(spec["job_id"], "api", 1001.0)["worker_counts"]
+    assert (counts["initializing"], counts["running"], counts["pending"]) == (1, 1, 1)
+    assert store.end(spec, status.STOPPED, "", 1002.0)
+    assert store.begin(spec, "2", "p1", 1003.0, ready=True).action == "skip"
+
+
 def test_the_last_outcome_claims_the_finalizer_exactly_once(store):
     spec = new_job(store, 2, workers=2)
     first = store.record(spec, "0", "ok", 0.1, "p", 1001.0)

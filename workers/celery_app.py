@@ -22,4 +22,5 @@ signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where los
 @signals.setup_logging.connect
 def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     """Batchery's logging instead of Celery's: JSON lines, and per-job logs in Redis."""
-    configure_process_logging(JobLog(redis.Redis.from_url(settings.redis_url)), loglevel or "INFO")
+    job_log = JobLog(redis.Redis.from_url(settings.redis_url))
+    configure_process_logging(job_log, loglevel or "INFO", background=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import sys
@@ -72,7 +73,8 @@ class PredictorCache:
             self._items.move_to_end(job_id)
             return self._items[job_id]
         cls = load_class(api["predictor_file"], api["api_id"])
-        predictor = Predictor(cls, spec["config"], spec)
+        job_spec = copy.deepcopy(spec)  # the predictor's own: what it does to it stays with it
+        predictor = Predictor(cls, job_spec["config"], job_spec)
         self._items[job_id] = predictor
         while len(self._items) > self.size:
             self._items.popitem(last=False)

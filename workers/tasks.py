@@ -9,6 +9,7 @@ import socket
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 
 from app import status
 from app.broker import ENQUEUE_JOB
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 _services: Services | None = None
 _predictors = PredictorCache(int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")))
+# A job's spec and API never change once it is stored, so a process reads them once per job, not
+# once per batch (the JSON of a spec with a large config is parsed once too).
+_specs: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
+SPEC_CACHE = 64
 
 
 class BatchFailed(Exception):
@@ -39,6 +44,20 @@ def services() -> Services:
     if _services is None:
         _services = Services.build(settings, celery, patient=True)
     return _services
+
+
+def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
+    """A job's spec and API as submitted, read from the store once per process (they never change)."""
+    found = _specs.get(job_id)
+    if found is not None:
+        _specs.move_to_end(job_id)
+        return found
+    found = services().store.spec_and_api(job_id)
+    if found is not None:
+        _specs[job_id] = found
+        while len(_specs) > SPEC_CACHE:
+            _specs.popitem(last=False)
+    return found
 
 
 def process_id() -> str:
@@ -56,7 +75,7 @@ def process_id() -> str:
 )
 def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) -> None:
     """Run `predict` on one batch of a job, counting the delivery and its outcome."""
-    found = services().store.spec_and_api(job_id)
+    found = spec_and_api(job_id)
     if found is None:
         log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
         return
@@ -76,7 +95,8 @@ class BatchRun:
 
     def run(self, task) -> None:
         """Run the delivery: skip it, dead-letter it, or predict and count the outcome."""
-        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation)
+        ready = _predictors.cached(self.spec["job_id"])  # loaded: BEGIN is the last check before predict
+        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation, ready=ready)
         if delivery.action == "skip":
             return
         if delivery.action == "dead":
@@ -91,7 +111,7 @@ class BatchRun:
             self._fail_for_good("oom" if delivery.oom_kills else "dead", error)
             raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
         predictor = self._predictor()
-        if predictor is None or not self.store.proceed(self.spec, self.batch_id, self.proc, now()):
+        if predictor is None or (not ready and not self.store.proceed(self.spec, self.batch_id, self.proc, now())):
             return
         log.info("batch %s: started (delivery %d)", self.batch_id, delivery.number)
         started = time.perf_counter()
