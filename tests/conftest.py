@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 import redis
-from werkzeug.serving import make_server
 
 from app import create_app, status
 from app.config import Settings
-from tests.services import ROOT, MotoServer, RedisServer, Worker, wait_for
+from tests.services import ROOT, MotoServer, RedisServer, Worker, served, wait_for
 
 PREDICTORS = Path(__file__).parent / "predictors"
 
@@ -117,12 +115,8 @@ def flask_app(settings):
 @pytest.fixture(scope="session")
 def live_url(flask_app) -> str:
     """The API served over real HTTP on a free port (werkzeug, threaded): for clients outside this process."""
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-api", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+    with served(flask_app) as url:
+        yield url
 
 
 @pytest.fixture

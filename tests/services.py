@@ -12,10 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
+from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -146,6 +147,19 @@ class Worker:
     def stop(self) -> None:
         stop_process(self.process, group=True)
         self.log.close()
+
+
+@contextlib.contextmanager
+def served(wsgi_app, name: str = "live-api") -> Iterator[str]:
+    """A WSGI app served over real HTTP on a free port (werkzeug, threaded), as its base URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
 
 
 class Gunicorn:

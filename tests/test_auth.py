@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from app import auth, create_app
 from app.client import BatcheryAPIError, Client
 from app.config import Settings
-from tests.services import ROOT
+from tests.services import ROOT, served
 
 TOKEN = "tok-3f9a1c-do-not-echo"
 
@@ -45,12 +43,8 @@ def guarded(token_app):
 
 @pytest.fixture(scope="module")
 def token_url(token_app) -> str:
-    server = make_server("127.0.0.1", 0, token_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="token-api", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+    with served(token_app, "token-api") as url:
+        yield url
 
 
 def bearer(token: str) -> dict:
