@@ -19,6 +19,13 @@ from app.store import JobStore
 from app.submission import Submitter
 
 
+def direct_queue(settings: Settings) -> str:
+    """The broker list the job store pushes batch messages to itself: the queue, when the broker
+    is the job store's own Redis (same URL); "" otherwise (SQS, another Redis), and the released
+    batches are published with `send_task`."""
+    return settings.queue if not is_sqs(settings) and settings.broker == settings.redis_url else ""
+
+
 @dataclass
 class Services:
     """Job store, registry, dispatcher and submitter over one Redis client; the broker's queue."""
@@ -44,7 +51,8 @@ class Services:
             # backoff capped at 1 s, so about one retry a second through the outage
             options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.store_outage_seconds) + 5)
         client = redis.Redis.from_url(settings.redis_url, **options)
-        registry, store = Registry(client), JobStore(client, settings.stalled_seconds)
+        registry = Registry(client)
+        store = JobStore(client, settings.stalled_seconds, broker_queue=direct_queue(settings))
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         job_log = JobLog(client)
@@ -57,6 +65,6 @@ class Services:
             dispatcher,
             dead_letters,
             submitter,
-            JobLog(client),
+            job_log,
             BrokerQueue(settings),
         )

@@ -15,10 +15,13 @@ import redis
 
 from app import keys, status
 from app.job import deadline, retry_limits
+from app.ready_message import LUA_BATCH_MESSAGE
+from app.scripts import Call
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, statuses, released = KEYS[7], KEYS[8], KEYS[9]
+local broker_queue = KEYS[10]  -- set when the broker is this Redis: release pushes the messages
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 -- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
@@ -52,21 +55,29 @@ local function past_deadline()
 end
 
 -- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
+-- Returns the entries the caller must publish (none when it pushed their messages itself).
 local function release()
   local out = {}
   if not in_progress() then return out end
   local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
+  local count = tonumber(redis.call('HGET', job, 'released'))
+  local moved = 0
   while room > 0 do
     local entry = redis.call('LPOP', backlog)
     if not entry then break end
     local id = string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1)
     redis.call('HSET', inflight, id, entry)
     redis.call('ZADD', released, now, id)  -- when it went to the broker: the watchdog finds lost ones
-    out[#out + 1] = entry
+    moved = moved + 1
+    if broker_queue then
+      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, entry, count + moved))
+    else
+      out[#out + 1] = entry
+    end
     room = room - 1
   end
-  if #out > 0 then
-    redis.call('HINCRBY', job, 'released', #out)
+  if moved > 0 then
+    redis.call('HINCRBY', job, 'released', moved)
     redis.call('HSETNX', job, 'start', ARGV[2])
     redis.call('HSET', job, 'last_release', ARGV[2])
   end
@@ -280,11 +291,16 @@ class Delivery:
 class JobStore:
     """Jobs in Redis; every operation costs O(1) in the number of the job's batches."""
 
-    def __init__(self, client: redis.Redis, stalled_seconds: float = 600.0):
+    def __init__(self, client: redis.Redis, stalled_seconds: float = 600.0, broker_queue: str = ""):
+        """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
+        Redis (database included); released batches are then pushed there by the release itself
+        (app/ready_message.py) instead of returned to the caller to publish."""
         self.redis = client
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
+        self.broker_queue = broker_queue
+        common = LUA_BATCH_MESSAGE + LUA_COMMON.replace("LEASE_MS", str(LEASE_MS))
         self._scripts = {
-            name: client.register_script(LUA_COMMON.replace("LEASE_MS", str(LEASE_MS)) + body)
+            name: client.register_script(common + body)
             for name, body in {
                 "append": APPEND,
                 "enqueued": ENQUEUED,
@@ -302,6 +318,9 @@ class JobStore:
     def _call(
         self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float, client: object = None
     ) -> list:
+        return self._prepare(script, spec_or_id, api_name, *args, now=now).run(client)
+
+    def _prepare(self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float) -> Call:
         job_id = spec_or_id if isinstance(spec_or_id, str) else spec_or_id["job_id"]
         key_list = [
             keys.job(job_id),
@@ -314,7 +333,9 @@ class JobStore:
             keys.api_statuses(api_name),
             keys.released(job_id),
         ]
-        return self._scripts[script](keys=key_list, args=[job_id, repr(now), *args], client=client)
+        if self.broker_queue:
+            key_list.append(self.broker_queue)
+        return Call(self._scripts[script], key_list, [job_id, repr(now), *args])
 
     def create(self, spec: dict, api: dict, now: float, source: dict | None = None) -> None:
         """Store a new job in `status_enqueuing`, with the API as deployed at submission and, for
@@ -399,8 +420,12 @@ class JobStore:
     def record(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Outcome:
         """Count a delivery's outcome: ok, retry (failed, will run again), failed, dead or oom (for
         good; oom: its workers were killed by the kernel for memory)."""
-        reply = self._call("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
-        return Outcome.parse(reply)
+        return Outcome.parse(self.record_call(spec, batch_id, outcome, seconds, proc, now).run(self.redis))
+
+    def record_call(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Call:
+        """`record` as a script call, to run along with others (app/scripts.py); `Outcome.parse`
+        reads its reply."""
+        return self._prepare("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
 
     def mark_oom(self, job_id: str, batch_id: str, now: float) -> bool:
         """Note that a delivery of a batch in flight was killed by the kernel for memory (the next

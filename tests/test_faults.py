@@ -14,6 +14,7 @@ from app import create_app, keys, status
 from app.config import Settings
 from app.job import build_spec, now
 from app.joblog import attach_job_log
+from app.store import JobStore
 from app.watchdog import Watchdog
 from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
@@ -31,12 +32,14 @@ def job_logs_back_to_the_shared_app(flask_app):
 
 def released_but_never_published(services, config: dict, batches: int, workers: int = 2) -> dict:
     """A job whose first `workers` batches were released by the Lua call, and whose messages were
-    never published (as if the releasing process died in between)."""
+    never published (as if the releasing process died in between, when the caller publishes; or as
+    if the broker lost them, when the store pushes them itself: a store that does not push here)."""
     api = services.registry.get("probe")
     spec = build_spec(api, {"workers": workers, "config": config}, "redis://x/q", now())
-    services.store.create(spec, api, now())
-    assert len(services.store.append(spec, [f"{i} [{i}]" for i in range(batches)], now()).released) == workers
-    assert services.store.enqueued(spec, now()).released == []
+    releasing = JobStore(services.redis, services.settings.stalled_seconds)  # publishes nothing itself
+    releasing.create(spec, api, now())
+    assert len(releasing.append(spec, [f"{i} [{i}]" for i in range(batches)], now()).released) == workers
+    assert releasing.enqueued(spec, now()).released == []
     return spec
 
 
