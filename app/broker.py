@@ -48,7 +48,10 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,  # ...also when the pool child is SIGKILLed
         "task_ignore_result": True,  # job state lives in Batchery's own counters
         "worker_prefetch_multiplier": 1,  # a process holds one batch: the `workers` cap stays exact
-        "worker_send_task_events": True,  # Flower sees every batch (received, started, succeeded)
+        # Off unless asked for, as in Celery: three fanout PUBLISHes a batch were ~40% of a worker
+        # main process's CPU (docs/benchmarks.md). Flower turns them on in every worker while it
+        # runs (its `enable_events` control command, every 5 s), so it still sees every batch.
+        "worker_send_task_events": settings.task_events,
         # No `task-sent` event per publish: it doubled the CPU of publishing a batch (a fanout PUBLISH
         # with its own JSON, ~0.5 ms a batch on the worker releasing the next one; bench/load.py).
         "task_send_sent_event": False,

@@ -18,6 +18,8 @@ CREDENTIALS = re.compile(r"(\w+://)[^/@\s]*@")
 
 def redacted(text: str) -> str:
     """`text` with the credentials of every URL in it masked (`redis://***@host`): safe to show or log."""
+    if "@" not in text:  # no credentials without an @ (and every log line passes here: skip the regex)
+        return text
     return CREDENTIALS.sub(r"\1***@", text)
 
 
@@ -38,6 +40,7 @@ class Settings:
     sqs_region: str = "us-east-1"
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
+    task_events: bool = False  # workers send task events from the start (Flower turns them on anyway)
     api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
 
     @property
@@ -64,5 +67,6 @@ class Settings:
             sqs_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or default.sqs_region,
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),
+            task_events=env.get("BATCHERY_TASK_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
             api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
         )

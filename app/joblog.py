@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import functools
+import itertools
 import json
 import logging
 import os
@@ -25,15 +27,20 @@ import redis
 
 from app import keys
 from app.config import redacted
+from app.scripts import Call, run_together
 
 MAX_LINES = int(os.environ.get("BATCHERY_JOB_LOG_LINES", "10000"))
 
-# Number the line and keep the last ARGV[2]; ARGV[1] is the line's JSON object without its braces.
+# Number the lines ARGV[2..] and keep the last ARGV[1]; a line is a JSON object without its braces.
 APPEND = """
-local seq = redis.call('INCR', KEYS[2])
-local sep = ARGV[1] == '' and '' or ','
-redis.call('RPUSH', KEYS[1], '{"seq":' .. seq .. sep .. ARGV[1] .. '}')
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+local count = #ARGV - 1
+local seq = redis.call('INCRBY', KEYS[2], count) - count
+for i = 2, #ARGV do
+  seq = seq + 1
+  local sep = ARGV[i] == '' and '' or ','
+  redis.call('RPUSH', KEYS[1], '{"seq":' .. seq .. sep .. ARGV[i] .. '}')
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 return seq
 """
 
@@ -69,11 +76,16 @@ class JobLog:
 
     def write(self, job_id: str, line: dict, client: object = None) -> None:
         """Append a line (keeps the last MAX_LINES): one round trip (or a command in `client`, a pipeline)."""
-        self._append(
-            keys=[keys.job_log(job_id), keys.job_log_seq(job_id)],
-            args=[json.dumps(line)[1:-1], MAX_LINES],
-            client=client,
-        )
+        self.write_lines(job_id, [line], client)
+
+    def write_lines(self, job_id: str, lines: list[dict], client: object = None) -> None:
+        """Append lines, in order, in one round trip (or one command in `client`, a pipeline)."""
+        self.append_call(job_id, lines).run(client)
+
+    def append_call(self, job_id: str, lines: list[dict]) -> Call:
+        """The script call that appends `lines`, to run along with others (app/scripts.py)."""
+        keys_ = [keys.job_log(job_id), keys.job_log_seq(job_id)]
+        return Call(self._append, keys_, [MAX_LINES, *(json.dumps(line)[1:-1] for line in lines)])
 
     def write_soon(self, job_id: str, line: dict) -> None:
         """Append a line from this process's background writer: the caller does not wait for Redis."""
@@ -89,58 +101,99 @@ class JobLog:
         return [line for line in lines if line["seq"] > after][:limit]
 
 
-# A task waits this long at its end for its log lines to reach Redis (longer only if Redis is down).
+# A task waits at most this long at its end to write its lines (longer only if Redis hangs; the
+# workers' job-log client times out after this long too).
 FLUSH_SECONDS = 5.0
+# A line logged while a task runs reaches Redis within this long, however long the task runs.
+TICK_SECONDS = 0.2
 
 
 class BackgroundWriter:
-    """A thread that writes a process's job-log lines in order, as many per round trip as are waiting.
+    """Writes a process's job-log lines in order, as many per round trip as are waiting.
 
-    A worker logs two lines per batch; written inline they were two Redis round trips on every
-    batch's path. Lines reach Redis within a round trip of being logged, and every task waits for
-    its own at its end (`for_job`), so a line can be lost only with a process killed mid-task.
+    A worker logs two lines per batch. Written inline they were two Redis round trips on every
+    batch's path; handed to a thread one by one, the wake-ups and the hand-over cost a third of a
+    pool process's CPU (bench/load.py). So a line is only queued when logged: the task writes
+    its lines in one round trip at its end (`for_job` calls `flush`), and a thread writes those of
+    a task still running every TICK_SECONDS. A line can be lost only with a process killed mid-task.
     """
 
     def __init__(self, job_log: JobLog):
         self.job_log = job_log
         self.lines: collections.deque[tuple[str, dict]] = collections.deque()
-        self.idle = threading.Condition()
-        self.wakeup = threading.Event()
-        self.busy = False
+        self.writing = threading.Lock()  # one writer at a time: lines reach Redis in the order logged
         threading.Thread(target=self._run, name="job-log-writer", daemon=True).start()
 
     def put(self, job_id: str, line: dict) -> None:
         """Queue a line."""
         self.lines.append((job_id, line))
-        self.wakeup.set()
 
     def flush(self, timeout: float) -> None:
-        """Wait until every line queued so far is written (or `timeout` passed)."""
-        with self.idle:
-            self.idle.wait_for(lambda: not self.lines and not self.busy, timeout)
+        """Write every line queued so far (waiting at most `timeout` for the thread to finish its write)."""
+        if self.lines and self.writing.acquire(timeout=timeout):
+            try:
+                self._write_waiting()
+            finally:
+                self.writing.release()
 
     def _run(self) -> None:
         while True:
-            self.wakeup.wait()
-            self.wakeup.clear()
-            while self.lines:
-                with self.idle:
-                    self.busy = True
-                taken = [self.lines.popleft() for _ in range(min(len(self.lines), 500))]
-                try:
-                    pipe = self.job_log.redis.pipeline(transaction=False)
-                    for job_id, line in taken:
-                        self.job_log.write(job_id, line, client=pipe)
-                    pipe.execute()
-                except Exception as err:  # noqa: BLE001 - a log line must never fail the batch
-                    sys.stderr.write(f"job log: {len(taken)} lines not written: {redacted(str(err))}\n")
-                finally:
-                    with self.idle:
-                        self.busy = False
-                        self.idle.notify_all()
+            time.sleep(TICK_SECONDS)
+            if self.lines:
+                with self.writing:
+                    self._write_waiting()
+
+    def run_with(self, client: redis.Redis, call: Call) -> object:
+        """Run `call` in one round trip with the script calls writing every line queued so far,
+        before it; its reply, or the error it raised."""
+        if not self.writing.acquire(timeout=FLUSH_SECONDS):
+            return run_together(client, [call])[0]
+        try:
+            taken = self._take()
+            writes = [self.job_log.append_call(job_id, lines) for job_id, lines in _by_job(taken)]
+            *written, reply = run_together(client, [*writes, call])
+            errors = [str(err) for err in written if isinstance(err, Exception)]
+            if errors:
+                sys.stderr.write(f"job log: lines not written: {redacted(errors[0])}\n")
+            return reply
+        finally:
+            self.writing.release()
+
+    def _take(self) -> list[tuple[str, dict]]:
+        return [self.lines.popleft() for _ in range(min(len(self.lines), 500))]
+
+    def _write_waiting(self) -> None:
+        while self.lines:
+            taken = self._take()
+            try:
+                writes = [self.job_log.append_call(job_id, lines) for job_id, lines in _by_job(taken)]
+                for error in run_together(self.job_log.redis, writes):
+                    if isinstance(error, Exception):
+                        raise error
+            except Exception as err:  # noqa: BLE001 - a log line must never fail the batch
+                sys.stderr.write(f"job log: {len(taken)} lines not written: {redacted(str(err))}\n")
+
+
+def _by_job(taken: list[tuple[str, dict]]) -> list[tuple[str, list[dict]]]:
+    """Consecutive lines of the same job together (each job's lines stay in order)."""
+    return [(job_id, [line for _, line in run]) for job_id, run in itertools.groupby(taken, lambda t: t[0])]
+
+
+def run_with_lines(client: redis.Redis, call: Call) -> object:
+    """Run a script call, with this process's queued job-log lines written in the same round trip
+    (a worker counting a batch's outcome); its reply, or the error it raised."""
+    for (_, pid), writer in list(_writers.items()):
+        if pid == os.getpid():
+            return writer.run_with(client, call)
+    return run_together(client, [call])[0]
 
 
 _writers: dict[tuple[int, int], BackgroundWriter] = {}
+
+
+@functools.cache
+def _hostname() -> str:
+    return socket.gethostname()  # a system call, and it was made for every line twice
 
 
 def _line(record: logging.LogRecord, job: tuple[str, str] | None) -> dict:
@@ -149,7 +202,7 @@ def _line(record: logging.LogRecord, job: tuple[str, str] | None) -> dict:
         "level": record.levelname.lower(),
         "logger": record.name,
         "message": redacted(record.getMessage()),  # a URL with a password in an error loses the password
-        "process": f"{socket.gethostname()}:{record.process}",
+        "process": f"{_hostname()}:{record.process}",
     }
     if job:
         line["api_name"], line["job_id"] = job

@@ -9,6 +9,7 @@ import redis
 
 from app import joblog, status
 from app.joblog import JobLog
+from tests.services import wait_for
 
 
 def test_a_jobs_log_tells_its_story_and_follows_from_a_line(client, jobs, worker, probe_config):
@@ -85,5 +86,22 @@ def test_lines_written_in_the_background_are_in_redis_in_order_when_the_task_end
         lines = log.read("background-job")
         assert [line["message"] for line in lines] == [f"line {n}" for n in range(50)]
         assert [line["seq"] for line in lines] == list(range(1, 51))
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_line_logged_while_a_long_task_runs_reaches_redis_before_the_task_ends(redis_server):
+    log = JobLog(redis.Redis.from_url(redis_server.url))
+    handler = joblog.JobLogHandler(log, background=True)
+    logger = logging.getLogger("long-task-test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with joblog.for_job("api", "long-job"):
+            logger.info("still loading the model")
+            # the task is still running: the writer thread, not the task's end, wrote it
+            lines = wait_for(lambda: log.read("long-job"), timeout=10, what="the line to reach Redis")
+            assert [line["message"] for line in lines] == ["still loading the model"]
     finally:
         logger.removeHandler(handler)

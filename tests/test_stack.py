@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -352,6 +353,7 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
 def test_up_with_a_token_and_flower_auth_guards_the_api_and_flower(tmp_path):
     stack = LocalStack(tmp_path / "run")
     stack.env.update(BATCHERY_API_TOKEN="stack-token", FLOWER_BASIC_AUTH="flo:flower-pass", LOCAL_S3="0")
+    job_ids: list[str] = []
     try:
         up = stack.run("up")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -372,8 +374,31 @@ def test_up_with_a_token_and_flower_auth_guards_the_api_and_flower(tmp_path):
         request = urllib.request.Request(flower, headers={"Authorization": f"Basic {login}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        # Workers send no task events of their own (BATCHERY_TASK_EVENTS): Flower turns them on,
+        # every 5 s from its start; so jobs are run until Flower lists one's batches.
+        wait_for(lambda: flower_lists_batches(stack, login, job_ids), timeout=120, interval=1, what="Flower")
     finally:
         stack.run("down")
+        remove_results(job_ids)
+
+
+def flower_lists_batches(stack: LocalStack, login: str, job_ids: list) -> bool:
+    """Run a job of the `sum` example to its end; True if Flower's API lists its batches."""
+    headers = {"Authorization": "Bearer stack-token", "Content-Type": "application/json"}
+    body = (ROOT / "examples" / "sum" / "job.json").read_bytes()
+    request = urllib.request.Request(stack.api + "/batch/sum", data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        job_ids.append(json.loads(response.read())["job_id"])
+    url = f"http://127.0.0.1:{stack.flower_port}/api/tasks?taskname=batchery.run_batch"
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {login}"})
+    deadline = time.monotonic() + 10  # the job's 4 batches take well under a second
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            tasks = json.loads(response.read()).values()
+        if sum(job_ids[-1] in str(task.get("args")) and task.get("state") == "SUCCESS" for task in tasks) == 4:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_stack_config_sends_the_token_to_the_api(stack_module):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from celery import signals
 
+from app import joblog
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
@@ -22,5 +25,12 @@ signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where los
 @signals.setup_logging.connect
 def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     """Batchery's logging instead of Celery's: JSON lines, and per-job logs in Redis."""
-    job_log = JobLog(redis.Redis.from_url(settings.redis_url))
+    # timeouts: a task writes its log lines at its end, and must not hang there on a hung Redis
+    timeout = joblog.FLUSH_SECONDS
+    job_log = JobLog(redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
     configure_process_logging(job_log, loglevel or "INFO", background=True)
+    # Celery's INFO lines per task ("Task ... received", "... succeeded in ...", "... retry: ...")
+    # say again what Batchery's own lines say with the batch id, and cost a JSON line per batch in
+    # each process; warnings and errors from them (a task that raised) still show.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -33,12 +33,18 @@ def load_class(path: str, api_id: str) -> type:
     return module.PythonPredictor
 
 
-def _call_with(func: Any, available: dict) -> Any:
-    """Call `func` with the arguments it names (Cortex lets predictors omit any of them)."""
+def _accepted(func: Any) -> set[str] | None:
+    """The argument names `func` takes (Cortex lets predictors omit any of them); None: any (**kwargs)."""
     params = inspect.signature(func).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def _call_with(func: Any, available: dict, accepted: set[str] | None) -> Any:
+    if accepted is None:
         return func(**available)
-    return func(**{name: value for name, value in available.items() if name in params})
+    return func(**{name: value for name, value in available.items() if name in accepted})
 
 
 class Predictor:
@@ -46,13 +52,18 @@ class Predictor:
 
     def __init__(self, cls: type, config: dict, job_spec: dict):
         try:
-            self.instance = _call_with(cls, {"config": config, "job_spec": job_spec})
+            self.instance = _call_with(cls, {"config": config, "job_spec": job_spec}, _accepted(cls))
         except Exception as err:
             raise PredictorError(f"PythonPredictor.__init__ raised {type(err).__name__}: {err}") from err
+        # read once: inspect.signature on every batch was ~5% of a pool process's CPU (bench/load.py)
+        try:
+            self._predict_accepts = _accepted(self.instance.predict)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise PredictorError(f"PythonPredictor.predict cannot be called: {type(err).__name__}: {err}") from err
 
     def predict(self, payload: Any, batch_id: str) -> Any:
         """Run `predict` on one batch."""
-        return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id})
+        return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id}, self._predict_accepts)
 
     def on_job_complete(self) -> None:
         """Run `on_job_complete`."""
