@@ -509,3 +509,37 @@ def test_read_cortex_yaml_refuses_an_api_declared_twice(tmp_path):
     path = write_project(tmp_path, entry + entry)
     with pytest.raises(DeployError, match="twin more than once"):
         read_cortex_yaml(path)
+
+
+def test_predictor_is_called_with_the_arguments_its_methods_name():
+    from workers.runtime import Predictor
+
+    class Named:
+        def __init__(self, config):
+            self.config = config
+
+        def predict(self, payload):
+            return ("named", payload, self.config)
+
+    class Anything:
+        def __init__(self, **kwargs):
+            self.seen = kwargs
+
+        def predict(self, **kwargs):
+            return kwargs
+
+    assert Predictor(Named, {"k": 1}, {"job_id": "j"}).predict([1], "7") == ("named", [1], {"k": 1})
+    anything = Predictor(Anything, {"k": 1}, {"job_id": "j"})
+    assert anything.instance.seen == {"config": {"k": 1}, "job_spec": {"job_id": "j"}}
+    assert anything.predict([1], "7") == {"payload": [1], "batch_id": "7"}
+
+
+def test_predictor_without_a_predict_method_is_a_predictor_error():
+    from workers.runtime import Predictor, PredictorError
+
+    class NoPredict:
+        def __init__(self, config):
+            pass
+
+    with pytest.raises(PredictorError, match=r"PythonPredictor\.predict cannot be called"):
+        Predictor(NoPredict, {}, {})
