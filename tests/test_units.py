@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -12,7 +13,7 @@ import pytest
 
 from app import status
 from app.batching import entry, item_batches
-from app.config import MAX_BATCH_BYTES
+from app.config import MAX_BATCH_BYTES, Settings
 from app.dead_letters import queue_name
 from app.errors import DeployError, InvalidRequest
 from app.job import DELIVERIES_WITHOUT_DLQ, deep_merge, new_job_id, retry_limits
@@ -543,3 +544,22 @@ def test_predictor_without_a_predict_method_is_a_predictor_error():
 
     with pytest.raises(PredictorError, match=r"PythonPredictor\.predict cannot be called"):
         Predictor(NoPredict, {}, {})
+
+
+def test_the_store_pushes_batch_messages_only_when_the_broker_is_its_own_redis():
+    from app.services import direct_queue
+
+    same = Settings(redis_url="redis://h:6379/0", queue="q")
+    assert direct_queue(same) == "q"
+    assert direct_queue(dataclasses.replace(same, broker_url="redis://h:6379/0")) == "q"
+    assert direct_queue(dataclasses.replace(same, broker_url="redis://h:6379/1")) == ""  # another database
+    assert direct_queue(dataclasses.replace(same, broker_url="redis://other:6379/0")) == ""
+    assert direct_queue(dataclasses.replace(same, broker_url="sqs://")) == ""
+
+
+def test_task_events_are_off_unless_asked_for():
+    from app.broker import celery_config
+
+    assert celery_config(Settings())["worker_send_task_events"] is False
+    assert celery_config(Settings.from_env({"BATCHERY_TASK_EVENTS": "1"}))["worker_send_task_events"] is True
+    assert celery_config(Settings.from_env({"BATCHERY_TASK_EVENTS": "no"}))["worker_send_task_events"] is False
