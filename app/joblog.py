@@ -112,10 +112,11 @@ class BackgroundWriter:
     """Writes a process's job-log lines in order, as many per round trip as are waiting.
 
     A worker logs two lines per batch. Written inline they were two Redis round trips on every
-    batch's path; handed to a thread one by one, the wake-ups and the hand-over cost a third of a
-    pool process's CPU (bench/load.py). So a line is only queued when logged: the task writes
-    its lines in one round trip at its end (`for_job` calls `flush`), and a thread writes those of
-    a task still running every TICK_SECONDS. A line can be lost only with a process killed mid-task.
+    batch's path; handed to a thread one by one, the wake-ups and the hand-over cost about a third
+    of a pool process's CPU again (bench/load.py). So a line is only queued when logged: a batch's
+    lines go in the round trip that counts its outcome (`run_with`), what a task logs after that is
+    written at its end (`for_job` calls `flush`), and a thread writes the lines of a task still
+    running every TICK_SECONDS. A line can be lost only with a process killed mid-task.
     """
 
     def __init__(self, job_log: JobLog):
