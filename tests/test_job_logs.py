@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import redis
 
 from app import joblog, status
@@ -71,37 +72,34 @@ def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_con
     assert all(line["api_name"] == "probe" and line["level"] and line["time"].endswith("Z") for line in mine)
 
 
-def test_lines_written_in_the_background_are_in_redis_in_order_when_the_task_ends(redis_server):
+@pytest.fixture
+def background_log(redis_server):
+    """A job log written from the background, as workers do, and a logger whose lines go to it."""
     log = JobLog(redis.Redis.from_url(redis_server.url))
     handler = joblog.JobLogHandler(log, background=True)
     logger = logging.getLogger("background-test")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # the shared app's own job-log handler on the root logger would copy them too
-    try:
-        with joblog.for_job("api", "background-job"):
-            for n in range(50):
-                logger.info("line %d", n)
-        # for_job waited for the writer: every line is there, numbered in the order logged
-        lines = log.read("background-job")
-        assert [line["message"] for line in lines] == [f"line {n}" for n in range(50)]
-        assert [line["seq"] for line in lines] == list(range(1, 51))
-    finally:
-        logger.removeHandler(handler)
+    yield log, logger
+    logger.removeHandler(handler)
 
 
-def test_a_line_logged_while_a_long_task_runs_reaches_redis_before_the_task_ends(redis_server):
-    log = JobLog(redis.Redis.from_url(redis_server.url))
-    handler = joblog.JobLogHandler(log, background=True)
-    logger = logging.getLogger("long-task-test")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        with joblog.for_job("api", "long-job"):
-            logger.info("still loading the model")
-            # the task is still running: the writer thread, not the task's end, wrote it
-            lines = wait_for(lambda: log.read("long-job"), timeout=10, what="the line to reach Redis")
-            assert [line["message"] for line in lines] == ["still loading the model"]
-    finally:
-        logger.removeHandler(handler)
+def test_lines_written_in_the_background_are_in_redis_in_order_when_the_task_ends(background_log):
+    log, logger = background_log
+    with joblog.for_job("api", "background-job"):
+        for n in range(50):
+            logger.info("line %d", n)
+    # for_job waited for the writer: every line is there, numbered in the order logged
+    lines = log.read("background-job")
+    assert [line["message"] for line in lines] == [f"line {n}" for n in range(50)]
+    assert [line["seq"] for line in lines] == list(range(1, 51))
+
+
+def test_a_line_logged_while_a_long_task_runs_reaches_redis_before_the_task_ends(background_log):
+    log, logger = background_log
+    with joblog.for_job("api", "long-job"):
+        logger.info("still loading the model")
+        # the task is still running: the writer thread, not the task's end, wrote it
+        lines = wait_for(lambda: log.read("long-job"), timeout=10, what="the line to reach Redis")
+        assert [line["message"] for line in lines] == ["still loading the model"]
