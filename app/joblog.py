@@ -62,9 +62,8 @@ def for_job(api_name: str, job_id: str, job_log: JobLog | None = None) -> Iterat
         current_job.reset(token)
         if log_token is not None:
             current_log.reset(log_token)
-        for (_, pid), writer in list(_writers.items()):
-            if pid == os.getpid():  # a forked process has no thread behind its parent's writers
-                writer.flush(FLUSH_SECONDS)
+        for writer in _own_writers():
+            writer.flush(FLUSH_SECONDS)
 
 
 class JobLog:
@@ -150,9 +149,7 @@ class BackgroundWriter:
         if not self.writing.acquire(timeout=FLUSH_SECONDS):
             return run_together(client, [call])[0]
         try:
-            taken = self._take()
-            writes = [self.job_log.append_call(job_id, lines) for job_id, lines in _by_job(taken)]
-            *written, reply = run_together(client, [*writes, call])
+            *written, reply = run_together(client, [*self._writes(self._take()), call])
             errors = [str(err) for err in written if isinstance(err, Exception)]
             if errors:
                 sys.stderr.write(f"job log: lines not written: {redacted(errors[0])}\n")
@@ -163,30 +160,32 @@ class BackgroundWriter:
     def _take(self) -> list[tuple[str, dict]]:
         return [self.lines.popleft() for _ in range(min(len(self.lines), 500))]
 
+    def _writes(self, taken: list[tuple[str, dict]]) -> list[Call]:
+        """One append call per run of consecutive lines of the same job (each job's stay in order)."""
+        runs = itertools.groupby(taken, lambda t: t[0])
+        return [self.job_log.append_call(job_id, [line for _, line in run]) for job_id, run in runs]
+
     def _write_waiting(self) -> None:
         while self.lines:
             taken = self._take()
             try:
-                writes = [self.job_log.append_call(job_id, lines) for job_id, lines in _by_job(taken)]
-                for error in run_together(self.job_log.redis, writes):
+                for error in run_together(self.job_log.redis, self._writes(taken)):
                     if isinstance(error, Exception):
                         raise error
             except Exception as err:  # noqa: BLE001 - a log line must never fail the batch
                 sys.stderr.write(f"job log: {len(taken)} lines not written: {redacted(str(err))}\n")
 
 
-def _by_job(taken: list[tuple[str, dict]]) -> list[tuple[str, list[dict]]]:
-    """Consecutive lines of the same job together (each job's lines stay in order)."""
-    return [(job_id, [line for _, line in run]) for job_id, run in itertools.groupby(taken, lambda t: t[0])]
-
-
 def run_with_lines(client: redis.Redis, call: Call) -> object:
     """Run a script call, with this process's queued job-log lines written in the same round trip
     (a worker counting a batch's outcome); its reply, or the error it raised."""
-    for (_, pid), writer in list(_writers.items()):
-        if pid == os.getpid():
-            return writer.run_with(client, call)
-    return run_together(client, [call])[0]
+    writers = _own_writers()
+    return writers[0].run_with(client, call) if writers else run_together(client, [call])[0]
+
+
+def _own_writers() -> list[BackgroundWriter]:
+    """This process's writers (a forked process has no thread behind its parent's)."""
+    return [writer for (_, pid), writer in list(_writers.items()) if pid == os.getpid()]
 
 
 _writers: dict[tuple[int, int], BackgroundWriter] = {}
