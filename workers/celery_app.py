@@ -11,7 +11,7 @@ from app import joblog
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
-from workers import oom, redis_restore, sqs_restore
+from workers import kombu_client, oom, redis_restore, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
@@ -19,6 +19,7 @@ if is_sqs(settings):
     sqs_restore.install()
 else:
     redis_restore.install()
+    kombu_client.install()
 signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
 
@@ -34,3 +35,4 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     # each process; warnings and errors from them (a task that raised) still show.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
