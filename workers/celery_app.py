@@ -35,4 +35,3 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     # each process; warnings and errors from them (a task that raised) still show.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
