@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load.py [--jobs 10] [--items 100000] [--batch-size 20] [--workers 10]
                                    [--concurrency 2] [--predictor-cache N] [--repeat 1] [--quick]
-                                   [--only ceiling chord batchery] [--profile DIR]
+                                   [--only ceiling chord batchery] [--profile DIR] [--timeline DIR]
 
 Starts its own redis-server, one Celery worker (prefork, `--concurrency` processes) running
 `bench.worker` (Batchery's tasks and the baselines' tasks: the same processes and settings serve
@@ -195,7 +195,10 @@ def main(args: argparse.Namespace) -> int:
     # batches in turn loads a predictor again for nearly every batch (see docs/benchmarks.md).
     cache = args.predictor_cache or args.jobs
     print(f"workers' BATCHERY_PREDICTOR_CACHE={cache}", flush=True)
-    stack = Stack(processes=1, concurrency=args.concurrency, worker_env={"BATCHERY_PREDICTOR_CACHE": str(cache)})
+    worker_env = {"BATCHERY_PREDICTOR_CACHE": str(cache)}
+    if args.timeline:  # bench/timeline.py summarises it
+        worker_env["BENCH_TIMELINE_DIR"] = str(Path(args.timeline).resolve())
+    stack = Stack(processes=1, concurrency=args.concurrency, worker_env=worker_env)
     results: dict[str, list[dict]] = {"ceiling": [], "chord": [], "batchery": []}
     try:
         for attempt in range(1, args.repeat + 1):
@@ -272,6 +275,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="4,000 items per job (2,000 batches), one run")
     parser.add_argument("--only", nargs="+", choices=("ceiling", "chord", "batchery"), help="run only these")
     parser.add_argument("--profile", default="", help="py-spy the worker into DIR/<benchmark>.txt (first run)")
+    parser.add_argument("--timeline", default="", help="record when each task was received and ran into DIR")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a benchmark after this long")
     parser.add_argument("--child-chord", default="", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)

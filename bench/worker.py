@@ -6,12 +6,18 @@ same processes, with the same settings (app/broker.py: JSON, late acks, prefetch
 
 from __future__ import annotations
 
+import os
 import time
 
 import redis
 
 from workers.celery_app import celery, settings
 from workers.tasks import enqueue_job, finalize_job, run_batch  # noqa: F401 - registers Batchery's tasks
+
+if os.environ.get("BENCH_TIMELINE_DIR"):  # bench/load.py --timeline: when each task was received and ran
+    from bench import timeline
+
+    timeline.install(os.environ["BENCH_TIMELINE_DIR"])
 
 _redis: redis.Redis | None = None
 
