@@ -3,7 +3,7 @@
 A worker makes three script calls a batch (`BEGIN`, then `RECORD` with the batch's log lines).
 Through redis-py's command path each one costs ~40 us of CPU on top of the round trip itself
 (~60 us): a connection-pool checkout that polls the socket for stray data, argument filtering,
-observability hooks (measured: docs/benchmarks.md, "Cheaper calls from the pool"). The pool
+observability hooks (measured: docs/benchmarks.md, round 3). The pool
 processes' CPU competes with the worker's main process for the cores, so this is written by hand:
 the same `send_command`/`read_response` redis-py uses, on a connection taken from the client's
 pool once per thread, with the client's retries (a Redis restart is retried through, as before:

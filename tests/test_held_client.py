@@ -12,7 +12,7 @@ from redis.retry import Retry
 
 from app.held_client import HeldConnectionClient
 from app.scripts import Call, run_together
-from tests.services import RedisServer
+from tests.services import RedisServer, wait_for
 
 
 @pytest.fixture
@@ -67,6 +67,19 @@ def test_a_redis_restart_is_retried_through(held, own_redis):
     own_redis.restart()  # the held connection's socket is now dead, and Redis lost its scripts
     assert script.run(held) == 1  # reconnected, script loaded again (no persistence: counter anew)
     assert run_together(held, [script, script]) == [2, 3]
+
+
+def test_a_call_made_while_redis_is_down_waits_for_it(held, own_redis):
+    script = Call(held.register_script("return redis.call('INCR', KEYS[1])"), ["counter"], [])
+    assert script.run(held) == 1
+    assert held._connection().retry.get_retries() == 20  # the client's retries, not redis-py's default
+    restarting = threading.Thread(target=own_redis.restart, kwargs={"down": 1.0})
+    restarting.start()
+    try:
+        wait_for(lambda: own_redis.process.poll() is not None, timeout=30, what="redis-server to stop")
+        assert script.run(held) == 1  # retried through the second it was down
+    finally:
+        restarting.join(60)
 
 
 def test_error_replies_come_back_in_place_and_the_rest_still_run(held):
