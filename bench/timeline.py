@@ -99,6 +99,11 @@ def occupancy(intervals: list[tuple[float, float]]) -> dict[int, float]:
     return {n: spent[n] / total for n in sorted(spent)}
 
 
+def ms(values: list[float]) -> str:
+    """The median of durations in seconds, in milliseconds."""
+    return f"{1000 * statistics.median(values):.3f} ms"
+
+
 def summarise(name: str, tasks: dict[str, dict]) -> None:
     """Print one task name's medians, occupancy and share per pool process."""
     done = [t for t in tasks.values() if {"received", "started", "ended"} <= t.keys()]
@@ -110,7 +115,6 @@ def summarise(name: str, tasks: dict[str, dict]) -> None:
         i = bisect.bisect_right(received, t["ended"])
         if i < len(received):
             after_end.append(received[i] - t["ended"])
-    ms = lambda values: f"{1000 * statistics.median(values):.3f} ms"  # noqa: E731
     print(f"{name}: {len(done):,} tasks")
     print(f"  received -> started (hand-over), median   {ms([t['started'] - t['received'] for t in done])}")
     print(f"  started -> ended (in the pool), median    {ms([t['ended'] - t['started'] for t in done])}")
