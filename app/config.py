@@ -37,6 +37,8 @@ class Settings:
     stalled_seconds: float = 600.0  # Cortex: a worker pending this long is stalled
     store_outage_seconds: float = 30.0  # workers wait this long for the job store's Redis to come back
     lost_seconds: float = 120.0  # a batch released, or a finalizer claimed, this long ago and idle was lost
+    # ...and this long ago, if the process that had to publish its message never said it did
+    unpublished_seconds: float = 10.0
     sqs_region: str = "us-east-1"
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
@@ -64,6 +66,7 @@ class Settings:
             stalled_seconds=float(env.get("BATCHERY_STALLED_SECONDS", default.stalled_seconds)),
             store_outage_seconds=float(env.get("BATCHERY_STORE_OUTAGE_SECONDS", default.store_outage_seconds)),
             lost_seconds=float(env.get("BATCHERY_LOST_SECONDS", default.lost_seconds)),
+            unpublished_seconds=float(env.get("BATCHERY_UNPUBLISHED_SECONDS", default.unpublished_seconds)),
             sqs_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or default.sqs_region,
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),

@@ -16,7 +16,7 @@ from app.dispatch import Dispatcher
 from app.job import now
 from app.sources.batches import START, SourceError, source_batches
 from app.sources.s3 import S3Error
-from app.store import JobStore
+from app.store import JobStore, Outcome
 from app.submission import follow
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,11 @@ class Enqueuer:
         if chunk and not self._flush(spec, chunk, after, token):
             return "gone"
         outcome = self.store.enqueued(spec, now(), token, "the input holds no items: the selected files are empty")
-        follow(self.dispatcher, spec["job_id"], outcome)
+        follow(self.dispatcher, self.store, spec, outcome)
         log.info("job %s: enqueued %d items in %d batches", spec["job_id"], after["item"], after["batch"])
         return "done"
 
     def _flush(self, spec: dict, chunk: list[str], cursor: dict, token: str) -> bool:
         appended = self.store.append(spec, chunk, now(), cursor=json.dumps(cursor), token=token)
-        self.dispatcher.publish_batches(spec["job_id"], appended.released)
+        follow(self.dispatcher, self.store, spec, Outcome(released=appended.released))
         return appended.accepted

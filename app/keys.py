@@ -50,6 +50,13 @@ def released(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:released"
 
 
+def unpublished(job_id: str) -> str:
+    """Sorted set: batch id -> when it was released (or published again) for the releasing process
+    to publish; removed once that process says it published the message. One left here long after
+    was lost with its publisher, which died between the release and the publish."""
+    return f"{PREFIX}:job:{job_id}:unpublished"
+
+
 def procs(job_id: str) -> str:
     """Hash: worker process id -> `initializing <batch_id>` or `running <batch_id>` while it works on the job."""
     return f"{PREFIX}:job:{job_id}:procs"

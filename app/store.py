@@ -20,8 +20,8 @@ from app.scripts import Call
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local lease, statuses, released = KEYS[7], KEYS[8], KEYS[9]
-local broker_queue = KEYS[10]  -- set when the broker is this Redis: release pushes the messages
+local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local broker_queue = KEYS[11]  -- set when the broker is this Redis: release pushes the messages
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 -- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
@@ -40,7 +40,7 @@ local function end_job(final, message)
   move_status(redis.call('HGET', job, 'status'), final)
   redis.call('HSET', job, 'status', final, 'end', ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
-  redis.call('DEL', backlog, inflight, deliveries, procs, lease, released)
+  redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
   return 1
 end
@@ -72,6 +72,7 @@ local function release()
     if broker_queue then
       redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, entry, count + moved))
     else
+      redis.call('ZADD', unpublished, now, id)  -- until the caller says it published it (PUBLISHED)
       out[#out + 1] = entry
     end
     room = room - 1
@@ -89,7 +90,8 @@ local function claim_finalizer()
   if not in_progress() then return 0 end
   local v = redis.call('HMGET', job, 'enqueued', 'total', 'succeeded', 'failed_batches')
   if v[1] ~= '1' or tonumber(v[3]) + tonumber(v[4]) < tonumber(v[2]) then return 0 end
-  return redis.call('HSETNX', job, 'finalizer', ARGV[2])  -- the claim time: the watchdog finds lost ones
+  -- the claim time: the watchdog finds lost ones (sooner while `finalizer_published` is not set)
+  return redis.call('HSETNX', job, 'finalizer', ARGV[2])
 end
 
 -- An enqueuer may write only while it holds the job's lease; each write renews it (the heartbeat).
@@ -215,21 +217,35 @@ END = """
 return end_job(ARGV[3], ARGV[4])
 """
 
-# Batches released before ARGV[3] that no delivery ever began: their message was lost (the process
-# releasing them died before publishing). Each gets a new generation, so whichever older message
-# still turns up is skipped by BEGIN; returns `"<generation> <batch_id> <body>"` entries.
+# Batches whose message was lost: released before ARGV[5] for a process to publish that never said
+# it did (it died in between), or released before ARGV[3] and no delivery ever began (the broker
+# lost the message; this takes longer to tell from a message waiting behind a busy fleet). Each
+# gets a new generation, so whichever older message still turns up is skipped by BEGIN; returns
+# `"<generation> <batch_id> <body>"` entries, for the caller to publish and then say so (PUBLISHED).
 REPUBLISH = """
-local cutoff, limit = ARGV[3], tonumber(ARGV[4])
+local cutoff, limit, unpublished_cutoff = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local out = {}
 if not in_progress() then return out end
+local function again(id, entry)
+  local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
+  redis.call('ZADD', released, now, id)
+  redis.call('ZADD', unpublished, now, id)
+  out[#out + 1] = generation .. ' ' .. entry
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', unpublished, '-inf', unpublished_cutoff, 'LIMIT', 0, limit)) do
+  local entry = redis.call('HGET', inflight, id)
+  if entry and redis.call('HEXISTS', deliveries, id) == 0 then
+    again(id, entry)
+  else
+    redis.call('ZREM', unpublished, id)  -- delivered or ended: it was published after all
+  end
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', released, '-inf', cutoff, 'LIMIT', 0, limit)) do
   local entry = redis.call('HGET', inflight, id)
   if not entry then
     redis.call('ZREM', released, id)
   elseif redis.call('HEXISTS', deliveries, id) == 0 then
-    local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
-    redis.call('ZADD', released, now, id)
-    out[#out + 1] = generation .. ' ' .. entry
+    again(id, entry)
   else
     redis.call('ZADD', released, '+inf', id)  -- delivered: the broker redelivers it if need be
   end
@@ -237,13 +253,26 @@ end
 return out
 """
 
-# The finalizer was claimed before ARGV[3] and the job is still in progress: its message or the
-# worker running it was lost. Claim it again (now) and say so.
+# The finalizer was claimed and the job is still in progress: its message or the worker running it
+# was lost. Claim it again (now) and say so, if it was claimed before ARGV[3], or before ARGV[4] and
+# its claimant never said it published the message (it died in between).
 RECLAIM = """
 if not in_progress() then return 0 end
 local claimed = tonumber(redis.call('HGET', job, 'finalizer') or 'inf')
-if claimed > tonumber(ARGV[3]) then return 0 end
+local cutoff = tonumber(ARGV[3])
+if not redis.call('HGET', job, 'finalizer_published') then cutoff = tonumber(ARGV[4]) end
+if claimed > cutoff then return 0 end
 redis.call('HSET', job, 'finalizer', ARGV[2])
+redis.call('HDEL', job, 'finalizer_published')
+return 1
+"""
+
+# The caller published the messages of the batches ARGV[4..] (and of the finalizer, if ARGV[3] is
+# '1') that a call before asked it to publish: the watchdog need not publish them again soon.
+PUBLISHED = """
+if not in_progress() then return 0 end
+if #ARGV > 3 then redis.call('ZREM', unpublished, unpack(ARGV, 4)) end
+if ARGV[3] == '1' then redis.call('HSET', job, 'finalizer_published', '1') end
 return 1
 """
 
@@ -312,6 +341,7 @@ class JobStore:
                 "read": READ,
                 "republish": REPUBLISH,
                 "reclaim": RECLAIM,
+                "published": PUBLISHED,
             }.items()
         }
 
@@ -332,6 +362,7 @@ class JobStore:
             keys.enqueuer(job_id),
             keys.api_statuses(api_name),
             keys.released(job_id),
+            keys.unpublished(job_id),
         ]
         if self.broker_queue:
             key_list.append(self.broker_queue)
@@ -439,20 +470,36 @@ class JobStore:
         """Give a job in progress its final status; False if it had one already."""
         return bool(self._call("end", spec, spec["api_name"], final_status, message, now=now))
 
-    def republish(self, spec: dict, released_before: float, now: float, limit: int = 1000) -> list[tuple[int, str]]:
-        """Batches in flight since before `released_before` whose delivery never began (lost
-        messages), each as `(generation, "<batch_id> <body>")` to publish again."""
-        reply = self._call("republish", spec, spec["api_name"], repr(released_before), limit, now=now)
+    def republish(
+        self, spec: dict, released_before: float, unpublished_before: float, now: float, limit: int = 1000
+    ) -> list[tuple[int, str]]:
+        """Batches whose message was lost, each as `(generation, "<batch_id> <body>")` to publish
+        again (then call `published`): released before `unpublished_before` and never said to be
+        published, or released before `released_before` and never delivered."""
+        args = (repr(released_before), limit, repr(unpublished_before))
+        reply = self._call("republish", spec, spec["api_name"], *args, now=now)
         found = []
         for raw in reply:
             generation, _, entry = raw.decode().partition(" ")
             found.append((int(generation), entry))
         return found
 
-    def reclaim_finalizer(self, spec: dict, claimed_before: float, now: float) -> bool:
+    def reclaim_finalizer(self, spec: dict, claimed_before: float, unpublished_before: float, now: float) -> bool:
         """Claim again the finalizer of a job still in progress whose finalizer was claimed before
-        `claimed_before` (its message or its worker was lost); True: publish it again."""
-        return bool(self._call("reclaim", spec, spec["api_name"], repr(claimed_before), now=now))
+        `claimed_before`, or before `unpublished_before` and never said to be published (its message
+        or its worker was lost); True: publish it again (then call `published`)."""
+        args = (repr(claimed_before), repr(unpublished_before))
+        return bool(self._call("reclaim", spec, spec["api_name"], *args, now=now))
+
+    def published(self, spec: dict, batch_ids: list[str], finalizer: bool = False) -> None:
+        """Say that the messages of `batch_ids` (and of the finalizer) that a store call released
+        were published: until then the watchdog takes them for lost after `unpublished_seconds`."""
+        flag = "1" if finalizer else "0"
+        for start in range(0, len(batch_ids), 1000):  # Lua's unpack() takes a few thousand at most
+            self._call("published", spec, spec["api_name"], flag, *batch_ids[start : start + 1000], now=0.0)
+            flag = "0"
+        if finalizer and not batch_ids:
+            self._call("published", spec, spec["api_name"], flag, now=0.0)
 
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""

@@ -145,8 +145,8 @@ class Submitter:
         # The cursor marks every batch stored: if this process dies before `enqueued`, the watchdog
         # finishes the job's enqueuing instead of failing it.
         stored = self.store.append(spec, entries, now(), cursor=json.dumps(ITEMS_STORED))
-        self.dispatcher.publish_batches(spec["job_id"], stored.released)
-        follow(self.dispatcher, spec["job_id"], self.store.enqueued(spec, now()))
+        follow(self.dispatcher, self.store, spec, Outcome(released=stored.released))
+        follow(self.dispatcher, self.store, spec, self.store.enqueued(spec, now()))
 
 
 def _selected_objects(kind: str, source: dict) -> Iterator[s3.S3Object]:
@@ -181,8 +181,13 @@ def _dry_run_lines(objects: Iterator[s3.S3Object]) -> Iterator[str]:
     yield "validations passed\n"
 
 
-def follow(dispatcher: Dispatcher, job_id: str, outcome: Outcome) -> None:
-    """Do what a store call asked: publish released batches, then the finalizer if it was claimed."""
-    dispatcher.publish_batches(job_id, outcome.released)
+def follow(dispatcher: Dispatcher, store: JobStore, spec: dict, outcome: Outcome) -> None:
+    """Do what a store call asked: publish released batches, then the finalizer if it was claimed,
+    then say so to the store (should this process die before that, the watchdog publishes them
+    again after `unpublished_seconds`). Raises the broker's error if it refuses a message."""
+    if not outcome.released and not outcome.finalize:
+        return
+    dispatcher.publish_batches(spec["job_id"], outcome.released)
     if outcome.finalize:
-        dispatcher.publish_finalizer(job_id)
+        dispatcher.publish_finalizer(spec["job_id"])
+    store.published(spec, [entry.partition(" ")[0] for entry in outcome.released], outcome.finalize)

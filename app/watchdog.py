@@ -6,11 +6,12 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   which resumes from the saved cursor;
 - an item_list job still enqueuing long after its request ended (the API process died in the
   request) runs if all its batches were stored, else ends `status_enqueue_failed`, saying so;
-- a job's batches released more than `BATCHERY_LOST_SECONDS` ago whose delivery never began
-  (the process that released them died before publishing their messages) are published again,
+- a job's batches released more than `BATCHERY_UNPUBLISHED_SECONDS` ago whose releasing process
+  never said it published their messages (it died in between), or more than
+  `BATCHERY_LOST_SECONDS` ago and never delivered (the broker lost them), are published again,
   each with a new generation so that only the newest message runs;
-- a job whose batches have all ended and whose finalizer was claimed more than `BATCHERY_LOST_SECONDS` ago
-  but that is still in progress (the finalizer's message was lost with its worker) gets its
+- a job whose batches have all ended and whose finalizer was claimed that long ago (the same two
+  delays) but that is still in progress (the finalizer's message was lost, or its worker) gets its
   finalizer published again (at-least-once: `on_job_complete` may run twice, one status counts);
 - reading each job's state also times out the jobs past their deadline.
 """
@@ -74,7 +75,7 @@ class Watchdog:
             message = "enqueuing stopped: the API process storing the job's batches died; submit the job again"
             return store.end(spec, status.ENQUEUE_FAILED, message, at)
         log.warning("job %s: its API process died after storing every batch; the job runs", spec["job_id"])
-        follow(self.services.dispatcher, spec["job_id"], store.enqueued(spec, at))
+        follow(self.services.dispatcher, store, spec, store.enqueued(spec, at))
         return True
 
     def _recover_lost_messages(self, job_id: str, spec: dict, at: float) -> bool:
@@ -82,13 +83,17 @@ class Watchdog:
         # Above the time a message may wait in the broker queue when the fleet is saturated: a
         # message published again too early merely supersedes the original (and joins the queue's end).
         lost_before = at - self.services.settings.lost_seconds
-        lost = store.republish(spec, lost_before, at)
+        # A message its publisher never said it published was lost with that process much sooner.
+        unpublished_before = at - self.services.settings.unpublished_seconds
+        lost = store.republish(spec, lost_before, unpublished_before, at)
         if lost:
             log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
             dispatcher.republish_batches(job_id, lost)
-        if store.reclaim_finalizer(spec, lost_before, at):
+            store.published(spec, [entry.partition(" ")[0] for _, entry in lost])
+        if store.reclaim_finalizer(spec, lost_before, unpublished_before, at):
             log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
             dispatcher.publish_finalizer(job_id)
+            store.published(spec, [], finalizer=True)
             return True
         return bool(lost)
 

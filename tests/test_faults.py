@@ -20,6 +20,7 @@ from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
 
 LOST = Settings().lost_seconds
+UNPUBLISHED = Settings().unpublished_seconds
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +44,7 @@ def released_but_never_published(services, config: dict, batches: int, workers: 
     return spec
 
 
+@BOTH_BROKERS
 def test_batches_released_but_never_published_are_published_again_by_the_watchdog(
     flask_app, jobs, worker, r, probe_config
 ):
@@ -51,7 +53,8 @@ def test_batches_released_but_never_published_are_published_again_by_the_watchdo
     watchdog = Watchdog(services)
     assert spec["job_id"] not in watchdog.sweep(now())  # too early to call them lost
     assert jobs.status("probe", spec["job_id"])["batch_metrics"]["succeeded"] == 0
-    assert spec["job_id"] in watchdog.sweep(now() + LOST + 1)
+    # their releaser never said it published them: lost after UNPUBLISHED seconds, not LOST
+    assert spec["job_id"] in watchdog.sweep(now() + UNPUBLISHED + 1)
     # the original message of batch 0 turns up after all: it was superseded, and is skipped
     services.dispatcher.publish_batches(spec["job_id"], ["0 [0]"])
     job = jobs.wait_final("probe", spec["job_id"])
@@ -67,9 +70,10 @@ def test_a_batch_already_delivered_is_not_published_again(flask_app, probe_confi
     services = flask_app.extensions["batchery"]
     spec = released_but_never_published(services, probe_config, batches=4)
     assert services.store.begin(spec, "0", "p", now()).action == "run"  # delivered: the broker owns it
-    lost = services.store.republish(spec, now() + LOST, now() + LOST + 1)
+    lost = services.store.republish(spec, now() + LOST, now() + LOST, now() + LOST + 1)
     assert lost == [(1, "1 [1]")]
-    assert services.store.republish(spec, now() + LOST, now() + LOST + 1) == []  # not twice at once
+    # not twice at once
+    assert services.store.republish(spec, now() + LOST, now() + LOST, now() + LOST + 1) == []
     assert services.store.begin(spec, "1", "p", now(), generation=0).action == "skip"  # the lost original
     assert services.store.begin(spec, "1", "p", now(), generation=1).action == "run"
     services.store.end(spec, status.STOPPED, "", now())
@@ -85,11 +89,67 @@ def test_a_lost_finalizer_is_published_again(flask_app, jobs, worker, r, probe_c
     watchdog = Watchdog(services)
     assert spec["job_id"] not in watchdog.sweep(now())
     assert jobs.status("probe", spec["job_id"])["status"] == status.RUNNING
-    assert spec["job_id"] in watchdog.sweep(now() + LOST + 1)
+    assert spec["job_id"] in watchdog.sweep(now() + UNPUBLISHED + 1)  # never said to be published
     job = jobs.wait_final("probe", spec["job_id"])
     assert job["status"] == status.SUCCEEDED
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
     assert spec["job_id"] not in watchdog.sweep(now() + 2 * LOST)  # ended: left alone
+
+
+def test_a_release_its_publisher_said_it_published_is_called_lost_only_after_the_long_delay(flask_app):
+    store = flask_app.extensions["batchery"].store
+    spec = released_but_never_published(flask_app.extensions["batchery"], {}, batches=4)
+    store.published(spec, ["0"])  # batch 0's message reached the broker; batch 1's publisher died
+    soon, later = now() + UNPUBLISHED + 1, now() + LOST + 1
+    assert store.republish(spec, now() - LOST, soon, soon) == [(1, "1 [1]")]
+    store.published(spec, ["1"])  # the watchdog published it again, and says so
+    assert store.republish(spec, now() - LOST, soon, soon) == []  # published, maybe waiting in the queue
+    assert store.republish(spec, later, later, later) == [(1, "0 [0]"), (2, "1 [1]")]  # never delivered
+    store.end(spec, status.STOPPED, "", now())
+
+
+def test_a_finalizer_its_claimant_said_it_published_is_called_lost_only_after_the_long_delay(flask_app):
+    store = flask_app.extensions["batchery"].store
+    spec = released_but_never_published(flask_app.extensions["batchery"], {}, batches=2)
+    store.record(spec, "0", "ok", 0.1, "p", now())
+    assert store.record(spec, "1", "ok", 0.1, "p", now()).finalize
+    store.published(spec, [], finalizer=True)
+    soon, later = now() + UNPUBLISHED + 1, now() + LOST + 1
+    assert not store.reclaim_finalizer(spec, now() - LOST, soon, soon)  # may be waiting in the queue
+    assert store.reclaim_finalizer(spec, later, later, later)
+    assert store.reclaim_finalizer(spec, later + 1, later + 1, later + 1)  # ...not said to be published again
+    store.end(spec, status.SUCCEEDED, "", now())
+
+
+@BOTH_BROKERS
+def test_a_pool_process_killed_between_counting_its_batch_and_publishing_loses_nothing(
+    settings, worker_env, broker, probe_config, r, tmp_path, caplog
+):
+    """The process dies holding messages only it knew it had to publish; with LOST set to an hour,
+    only the unpublished-release duty can get the job to its end."""
+    quick = dataclasses.replace(
+        settings, queue=f"dying-{probe_config['tag']}", watchdog_seconds=0.5, unpublished_seconds=2, lost_seconds=3600
+    )
+    marker = tmp_path / "died"
+    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_TEST_DIE_MARKER": str(marker)}
+    app = create_app({"SETTINGS": quick})
+    dying = Worker(env, tmp_path, f"dying-{broker}", concurrency=2, app="tests.dying_publisher")
+    try:
+        jobs = Jobs(app.test_client())
+        body = {"workers": 2, "config": probe_config, "item_list": {"items": list(range(8)), "batch_size": 1}}
+        spec = jobs.submit("probe", body)
+        job = jobs.wait_final("probe", spec["job_id"], timeout=180)
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        dying.stop()
+    assert marker.exists()  # a pool process did die in the window
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 8
+    deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
+    assert deliveries == {str(i): "1" for i in range(8)}  # every batch ran, once
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+    published_again = [rec.getMessage() for rec in caplog.records if rec.name == "app.watchdog"]
+    assert any("publishing" in line for line in published_again), published_again
 
 
 @BOTH_BROKERS

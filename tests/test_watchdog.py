@@ -12,7 +12,8 @@ from app import status
 from app.config import Settings
 from app.job import build_spec, now
 from app.services import Services
-from app.submission import ITEMS_STORED
+from app.store import Outcome
+from app.submission import ITEMS_STORED, follow
 from app.watchdog import STALE_SECONDS, Watchdog
 from tests.services import free_port, wait_for
 
@@ -73,7 +74,7 @@ def test_item_list_job_whose_api_process_died_after_storing_every_batch_runs_to_
     spec = stuck_job(services, "minimal", probe_config, None)
     entries = [f"{i} {json.dumps([{'n': i}])}" for i in range(5)]
     stored = services.store.append(spec, entries, now(), cursor=json.dumps(ITEMS_STORED))
-    services.dispatcher.publish_batches(spec["job_id"], stored.released)
+    follow(services.dispatcher, services.store, spec, Outcome(released=stored.released))
     # ...and the API process died before marking enqueuing done
     assert spec["job_id"] not in Watchdog(services).sweep(now())  # its request may still be going on
     assert jobs.status("minimal", spec["job_id"])["status"] == status.ENQUEUING

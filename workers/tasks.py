@@ -173,7 +173,7 @@ class BatchRun:
         reply = run_with_lines(self.store.redis, call)
         if isinstance(reply, Exception):
             raise reply
-        follow(services().dispatcher, self.spec["job_id"], Outcome.parse(reply))
+        follow(services().dispatcher, self.store, self.spec, Outcome.parse(reply))
 
 
 @celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
