@@ -15,6 +15,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from app.held_client import HeldConnectionClient
+
 
 class Call(NamedTuple):
     """A script to run, with its keys and arguments."""
@@ -24,17 +26,31 @@ class Call(NamedTuple):
     args: list
 
     def run(self, client: object) -> object:
-        """Run it alone (`client`: a Redis client, or a pipeline to add it to)."""
-        return self.script(keys=self.keys, args=self.args, client=client)
+        """Run it alone (`client`: a Redis client, or a pipeline to add it to). Raises redis-py's errors."""
+        if not isinstance(client, HeldConnectionClient):
+            return self.script(keys=self.keys, args=self.args, client=client)
+        try:
+            return client.execute_held(*self.evalsha())
+        except NoScriptError:  # Redis lost its scripts (a restart): load it, as redis-py's Script does
+            self.script.sha = client.script_load(self.script.script)
+            return client.execute_held(*self.evalsha())
+
+    def evalsha(self) -> tuple:
+        """The `EVALSHA` command that runs it."""
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
 
 
 def run_together(client: redis.Redis, calls: list[Call]) -> list:
     """Run `calls` in order in one round trip; each one's reply, or the error it raised (returned,
-    not raised: the callers decide which errors matter)."""
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    replies = pipe.execute(raise_on_error=False)
+    not raised: the callers decide which errors matter). Raises a connection error that outlasts
+    the client's retries."""
+    if isinstance(client, HeldConnectionClient):
+        replies = client.execute_held_many([call.evalsha() for call in calls])
+    else:
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command(*call.evalsha())
+        replies = pipe.execute(raise_on_error=False)
     for i, (reply, call) in enumerate(zip(replies, calls, strict=True)):
         if isinstance(reply, NoScriptError):
             try:

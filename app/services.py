@@ -13,6 +13,7 @@ from app.broker_queue import BrokerQueue
 from app.config import Settings
 from app.dead_letters import RedisDeadLetters, SqsDeadLetters
 from app.dispatch import Dispatcher
+from app.held_client import HeldConnectionClient
 from app.joblog import JobLog
 from app.registry import Registry
 from app.store import JobStore
@@ -50,7 +51,9 @@ class Services:
         if patient and settings.store_outage_seconds > 0:
             # backoff capped at 1 s, so about one retry a second through the outage
             options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.store_outage_seconds) + 5)
-        client = redis.Redis.from_url(settings.redis_url, **options)
+        # a worker's script calls, three a batch, on a connection each thread keeps (app/held_client.py)
+        client_class = HeldConnectionClient if patient else redis.Redis
+        client = client_class.from_url(settings.redis_url, **options)
         registry = Registry(client)
         store = JobStore(client, settings.stalled_seconds, broker_queue=direct_queue(settings))
         dispatcher = Dispatcher(celery or make_celery(settings))

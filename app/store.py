@@ -348,7 +348,7 @@ class JobStore:
     def _call(
         self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float, client: object = None
     ) -> list:
-        return self._prepare(script, spec_or_id, api_name, *args, now=now).run(client)
+        return self._prepare(script, spec_or_id, api_name, *args, now=now).run(self.redis if client is None else client)
 
     def _prepare(self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float) -> Call:
         job_id = spec_or_id if isinstance(spec_or_id, str) else spec_or_id["job_id"]
