@@ -14,7 +14,8 @@ from app import create_app, keys, status
 from app.config import Settings
 from app.job import build_spec, now
 from app.joblog import attach_job_log
-from app.store import JobStore
+from app.store import JobStore, Outcome
+from app.submission import follow
 from app.watchdog import Watchdog
 from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
@@ -119,6 +120,18 @@ def test_a_finalizer_its_claimant_said_it_published_is_called_lost_only_after_th
     assert store.reclaim_finalizer(spec, later, later, later)
     assert store.reclaim_finalizer(spec, later + 1, later + 1, later + 1)  # ...not said to be published again
     store.end(spec, status.SUCCEEDED, "", now())
+
+
+@BOTH_BROKERS
+def test_batches_published_by_the_process_that_released_them_are_said_published(flask_app, probe_config):
+    """Else the watchdog would publish every batch waiting in a busy queue again after 10 s."""
+    services, r = flask_app.extensions["batchery"], flask_app.extensions["batchery"].redis
+    spec = released_but_never_published(services, probe_config, batches=2)  # both released: no more to come
+    assert r.zrange(keys.unpublished(spec["job_id"]), 0, -1) == [b"0", b"1"]
+    follow(services.dispatcher, services.store, spec, Outcome(released=["0 [0]", "1 [1]"]))
+    assert r.zcard(keys.unpublished(spec["job_id"])) == 0
+    assert spec["job_id"] not in Watchdog(services).sweep(now() + UNPUBLISHED + 1)  # not published twice
+    services.store.end(spec, status.STOPPED, "", now())  # if no worker ran them
 
 
 @BOTH_BROKERS
