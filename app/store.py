@@ -491,15 +491,15 @@ class JobStore:
         args = (repr(claimed_before), repr(unpublished_before))
         return bool(self._call("reclaim", spec, spec["api_name"], *args, now=now))
 
-    def published(self, spec: dict, batch_ids: list[str], finalizer: bool = False) -> None:
-        """Say that the messages of `batch_ids` (and of the finalizer) that a store call released
-        were published: until then the watchdog takes them for lost after `unpublished_seconds`."""
+    def published(self, spec: dict, entries: list[str], finalizer: bool = False) -> None:
+        """Say that the messages of released backlog entries (`"<batch_id> <body>"`), and of the
+        finalizer, were published: until then the watchdog takes them for lost after
+        `unpublished_seconds`."""
+        ids = [entry.partition(" ")[0] for entry in entries]
         flag = "1" if finalizer else "0"
-        for start in range(0, len(batch_ids), 1000):  # Lua's unpack() takes a few thousand at most
-            self._call("published", spec, spec["api_name"], flag, *batch_ids[start : start + 1000], now=0.0)
+        for start in range(0, max(len(ids), 1), 1000):  # Lua's unpack() takes a few thousand at most
+            self._call("published", spec, spec["api_name"], flag, *ids[start : start + 1000], now=0.0)
             flag = "0"
-        if finalizer and not batch_ids:
-            self._call("published", spec, spec["api_name"], flag, now=0.0)
 
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""

@@ -190,4 +190,4 @@ def follow(dispatcher: Dispatcher, store: JobStore, spec: dict, outcome: Outcome
     dispatcher.publish_batches(spec["job_id"], outcome.released)
     if outcome.finalize:
         dispatcher.publish_finalizer(spec["job_id"])
-    store.published(spec, [entry.partition(" ")[0] for entry in outcome.released], outcome.finalize)
+    store.published(spec, outcome.released, outcome.finalize)

@@ -26,7 +26,7 @@ import redis
 from app import keys, status
 from app.job import now
 from app.services import Services
-from app.store import LEASE_MS
+from app.store import LEASE_MS, Outcome
 from app.submission import ITEMS_STORED, follow
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,10 @@ class Watchdog:
         if lost:
             log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
             dispatcher.republish_batches(job_id, lost)
-            store.published(spec, [entry.partition(" ")[0] for _, entry in lost])
+            store.published(spec, [entry for _, entry in lost])
         if store.reclaim_finalizer(spec, lost_before, unpublished_before, at):
             log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
-            dispatcher.publish_finalizer(job_id)
-            store.published(spec, [], finalizer=True)
+            follow(dispatcher, store, spec, Outcome(finalize=True))
             return True
         return bool(lost)
 

@@ -100,10 +100,10 @@ def test_a_lost_finalizer_is_published_again(flask_app, jobs, worker, r, probe_c
 def test_a_release_its_publisher_said_it_published_is_called_lost_only_after_the_long_delay(flask_app):
     store = flask_app.extensions["batchery"].store
     spec = released_but_never_published(flask_app.extensions["batchery"], {}, batches=4)
-    store.published(spec, ["0"])  # batch 0's message reached the broker; batch 1's publisher died
+    store.published(spec, ["0 [0]"])  # batch 0's message reached the broker; batch 1's publisher died
     soon, later = now() + UNPUBLISHED + 1, now() + LOST + 1
     assert store.republish(spec, now() - LOST, soon, soon) == [(1, "1 [1]")]
-    store.published(spec, ["1"])  # the watchdog published it again, and says so
+    store.published(spec, ["1 [1]"])  # the watchdog published it again, and says so
     assert store.republish(spec, now() - LOST, soon, soon) == []  # published, maybe waiting in the queue
     assert store.republish(spec, later, later, later) == [(1, "0 [0]"), (2, "1 [1]")]  # never delivered
     store.end(spec, status.STOPPED, "", now())
