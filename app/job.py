@@ -57,6 +57,11 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
     return spec
 
 
+def queue_of(spec: dict) -> str:
+    """The broker queue a job's batches go through, as in `public_queue_url`."""
+    return spec["sqs_url"].partition("#")[0]
+
+
 def retry_limits(spec: dict) -> tuple[int, int]:
     """(deliveries a batch may have in all, deliveries after which a raising predict is final)."""
     dlq = spec.get("sqs_dead_letter_queue")

@@ -24,7 +24,8 @@ import threading
 import redis
 
 from app import keys, status
-from app.job import now
+from app.broker import public_queue_url
+from app.job import now, queue_of
 from app.services import Services
 from app.store import LEASE_MS, Outcome
 from app.submission import ITEMS_STORED, follow
@@ -39,6 +40,9 @@ class Watchdog:
 
     def __init__(self, services: Services):
         self.services = services
+        # Jobs on another queue belong to another fleet sharing this Redis: what this process
+        # publishes goes to its own queue, where that fleet's workers would never see it.
+        self.queue_url = public_queue_url(services.settings)
         self._stopped = threading.Event()
 
     def sweep(self, at: float) -> list[str]:
@@ -53,7 +57,7 @@ class Watchdog:
     def _check(self, job_id: str, api_name: str, at: float) -> bool:
         store = self.services.store
         state = store.state(job_id, api_name, at)
-        if state is None or state["status"] not in status.IN_PROGRESS:
+        if state is None or state["status"] not in status.IN_PROGRESS or queue_of(state["spec"]) != self.queue_url:
             return False
         acted = self._recover_lost_messages(job_id, state["spec"], at)
         if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:

@@ -37,7 +37,7 @@ def released_but_never_published(services, config: dict, batches: int, workers: 
     never published (as if the releasing process died in between, when the caller publishes; or as
     if the broker lost them, when the store pushes them itself: a store that does not push here)."""
     api = services.registry.get("probe")
-    spec = build_spec(api, {"workers": workers, "config": config}, "redis://x/q", now())
+    spec = build_spec(api, {"workers": workers, "config": config}, services.submitter.queue_url, now())
     releasing = JobStore(services.redis, services.settings.stalled_seconds)  # publishes nothing itself
     releasing.create(spec, api, now())
     assert len(releasing.append(spec, [f"{i} [{i}]" for i in range(batches)], now()).released) == workers

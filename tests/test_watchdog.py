@@ -21,7 +21,7 @@ from tests.services import free_port, wait_for
 def stuck_job(services, api_name: str, config: dict, source: dict | None) -> dict:
     """A job stored as the API stores it, whose enqueuing never started (as if the API died)."""
     api = services.registry.get(api_name)
-    spec = build_spec(api, {"workers": 2, "config": config}, "redis://x/q", now())
+    spec = build_spec(api, {"workers": 2, "config": config}, services.submitter.queue_url, now())
     services.store.create(spec, api, now(), source)
     return spec
 
@@ -100,3 +100,14 @@ def test_with_redis_down_the_watchdog_warns_in_one_line_and_stops_when_told(capl
     record = caplog.records[0]
     assert record.getMessage().startswith("watchdog sweep skipped: the job store does not answer")
     assert record.exc_info is None  # no traceback each sweep for as long as Redis is down
+
+
+def test_jobs_on_another_queue_are_left_to_their_own_fleet(flask_app, probe_config):
+    """Another fleet sharing this Redis: what this watchdog publishes would go to the wrong queue."""
+    services = flask_app.extensions["batchery"]
+    api = services.registry.get("minimal")
+    spec = build_spec(api, {"workers": 2, "config": probe_config}, "redis://other-host/other-queue", now())
+    services.store.create(spec, api, now())  # enqueuing, its enqueuer lost: this fleet's would be acted on
+    assert spec["job_id"] not in Watchdog(services).sweep(now() + STALE_SECONDS + 1)
+    assert services.store.state(spec["job_id"], "minimal", now())["status"] == status.ENQUEUING
+    services.store.end(spec, status.STOPPED, "", now())
