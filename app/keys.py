@@ -82,9 +82,10 @@ def dead_letters(queue_name: str) -> str:
     return f"{PREFIX}:dlq:{queue_name}"
 
 
-def watchdog_lock() -> str:
-    """String with a TTL: held by the API process running the current watchdog sweep."""
-    return f"{PREFIX}:watchdog"
+def watchdog_lock(queue_url: str) -> str:
+    """String with a TTL: held by the API process of the fleet on `queue_url` (a job's queue, as
+    in `app.job.queue_of`) running that fleet's current watchdog sweep."""
+    return f"{PREFIX}:watchdog:{queue_url}"
 
 
 def api_statuses(name: str) -> str:

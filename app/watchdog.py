@@ -112,11 +112,21 @@ class Watchdog:
 
     def _loop(self, every: float) -> None:
         while not self._stopped.wait(every):
-            try:
-                if self.services.redis.set(keys.watchdog_lock(), "1", nx=True, px=int(every * 900)):
-                    self.sweep(now())
-            except redis.RedisError as err:
-                # One line, not a traceback every few seconds for as long as Redis is down.
-                log.warning("watchdog sweep skipped: the job store does not answer (%s)", err)
-            except Exception:
-                log.exception("watchdog sweep failed")
+            self.sweep_in_turn(every)
+
+    def sweep_in_turn(self, every: float) -> bool:
+        """Sweep unless another process of this fleet swept in the last `every` seconds; whether
+        this one did. Never raises: a failed sweep is logged, and the next one tries again."""
+        # The turn is the fleet's, not the Redis's: fleets on other queues mind only their own
+        # jobs, and one of them taking every turn would leave this fleet's jobs to no one.
+        turn = keys.watchdog_lock(self.queue_url)
+        try:
+            if self.services.redis.set(turn, "1", nx=True, px=int(every * 900)):
+                self.sweep(now())
+                return True
+        except redis.RedisError as err:
+            # One line, not a traceback every few seconds for as long as Redis is down.
+            log.warning("watchdog sweep skipped: the job store does not answer (%s)", err)
+        except Exception:
+            log.exception("watchdog sweep failed")
+        return False

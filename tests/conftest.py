@@ -18,6 +18,21 @@ from tests.services import ROOT, MotoServer, RedisServer, Worker, served, wait_f
 PREDICTORS = Path(__file__).parent / "predictors"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that ran on a worker shows the end of that worker's log: on CI, the only
+    account of what the worker was doing when a job did not end."""
+    outcome = yield
+    report = outcome.get_result()
+    worker = getattr(item, "funcargs", {}).get("worker")
+    if report.failed and isinstance(worker, Worker) and worker.log_path.exists():
+        lines = worker.log_path.read_text(errors="replace").splitlines()[-WORKER_LOG_LINES:]
+        report.sections.append((f"worker log (last {WORKER_LOG_LINES} lines)", "\n".join(lines)))
+
+
+WORKER_LOG_LINES = 150
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
@@ -109,7 +124,9 @@ def dead_letter_queue(broker, moto):
 
 @pytest.fixture(scope="session")
 def flask_app(settings):
-    return create_app({"SETTINGS": settings})
+    app = create_app({"SETTINGS": settings})
+    yield app
+    app.extensions["batchery_watchdog"].stop()  # not left sweeping beside the other broker's app
 
 
 @pytest.fixture(scope="session")
@@ -152,11 +169,17 @@ class Jobs:
         return response.get_json()["job_status"]
 
     def wait_final(self, api: str, job_id: str, timeout: float = 120) -> dict:
-        def final():
-            job = self.status(api, job_id)
-            return job if status.is_final(job["status"]) else None
+        """The job's status once final; failing, the last status seen says where it stuck."""
+        seen = {}
 
-        return wait_for(final, timeout=timeout, interval=0.1, what=f"job {job_id} to end")
+        def final():
+            seen["last"] = self.status(api, job_id)
+            return seen["last"] if status.is_final(seen["last"]["status"]) else None
+
+        try:
+            return wait_for(final, timeout=timeout, interval=0.1, what=f"job {job_id} to end")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; its last status: {json.dumps(seen.get('last'))}") from None
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import uuid
 
 import boto3
 
-from app import status
+from app import keys, status
 from app.config import Settings
 from app.job import build_spec, now
 from app.services import Services
@@ -111,3 +111,21 @@ def test_jobs_on_another_queue_are_left_to_their_own_fleet(flask_app, probe_conf
     assert spec["job_id"] not in Watchdog(services).sweep(now() + STALE_SECONDS + 1)
     assert services.store.state(spec["job_id"], "minimal", now())["status"] == status.ENQUEUING
     services.store.end(spec, status.STOPPED, "", now())
+
+
+def test_a_fleet_taking_its_sweep_turn_leaves_another_fleet_its_own(redis_server):
+    """One sweep per fleet at a time, not per Redis: two fleets whose watchdogs shared one turn
+    left one fleet's lost batches to a watchdog that never got it (a test app left running did)."""
+
+    def fleet() -> Services:
+        queue = f"fleet-{uuid.uuid4().hex[:8]}"
+        return Services.build(Settings(redis_url=redis_server.url, apis_file="", queue=queue, watchdog_seconds=0))
+
+    this_fleet, other_fleet = fleet(), fleet()
+    this, other = Watchdog(this_fleet), Watchdog(other_fleet)
+    try:
+        assert other.sweep_in_turn(60)  # the other fleet swept: its turn is held for 54 s
+        assert this.sweep_in_turn(60)  # ...and this fleet's watchdog sweeps all the same
+        assert not Watchdog(this_fleet).sweep_in_turn(60)  # a second process of this fleet waits its turn
+    finally:
+        this_fleet.redis.delete(keys.watchdog_lock(this.queue_url), keys.watchdog_lock(other.queue_url))
