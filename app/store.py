@@ -267,6 +267,21 @@ redis.call('HDEL', job, 'finalizer_published')
 return 1
 """
 
+# A finalizer message (token ARGV[3]) asks to run the job's finalizer, or its runner says it is
+# alive: 1 if it may (the job is in progress and no other finalizer beat its heartbeat after
+# ARGV[4]), which also renews the claim time RECLAIM looks at, so a long on_job_complete is not
+# taken for lost. The same token may take over its own stale run: a message whose worker died.
+FINALIZING = """
+if not in_progress() then return 0 end
+local holder = redis.call('HGET', job, 'finalizing')
+if holder then
+  local token, beat = string.match(holder, '^(%S+) (%S+)$')
+  if token ~= ARGV[3] and tonumber(beat) > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('HSET', job, 'finalizing', ARGV[3] .. ' ' .. ARGV[2], 'finalizer', ARGV[2])
+return 1
+"""
+
 # The caller published the messages of the batches ARGV[4..] (and of the finalizer, if ARGV[3] is
 # '1') that a call before asked it to publish: the watchdog need not publish them again soon.
 PUBLISHED = """
@@ -341,6 +356,7 @@ class JobStore:
                 "read": READ,
                 "republish": REPUBLISH,
                 "reclaim": RECLAIM,
+                "finalizing": FINALIZING,
                 "published": PUBLISHED,
             }.items()
         }
@@ -490,6 +506,13 @@ class JobStore:
         or its worker was lost); True: publish it again (then call `published`)."""
         args = (repr(claimed_before), repr(unpublished_before))
         return bool(self._call("reclaim", spec, spec["api_name"], *args, now=now))
+
+    def finalizing(self, spec: dict, token: str, beaten_before: float, now: float) -> bool:
+        """Take, or as its holder keep, the right to run a job's finalizer (`token`: the finalizer
+        message's id); False if the job ended, or another finalizer holds it and beat its heartbeat
+        after `beaten_before`. Each call is a heartbeat: it renews the finalizer's claim time,
+        so the watchdog does not take a long `on_job_complete` for a lost one."""
+        return bool(self._call("finalizing", spec, spec["api_name"], token, repr(beaten_before), now=now))
 
     def published(self, spec: dict, entries: list[str], finalizer: bool = False) -> None:
         """Say that the messages of released backlog entries (`"<batch_id> <body>"`), and of the

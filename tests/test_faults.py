@@ -169,6 +169,46 @@ def test_a_pool_process_killed_between_counting_its_batch_and_publishing_loses_n
     assert any("publishing" in line for line in published_again), published_again
 
 
+def test_one_finalizer_at_a_time_and_a_silent_one_is_taken_over(flask_app):
+    store = flask_app.extensions["batchery"].store
+    spec = released_but_never_published(flask_app.extensions["batchery"], {}, batches=2)
+    t = now()
+    assert store.finalizing(spec, "first", t - LOST, t)
+    assert not store.finalizing(spec, "second", t + 1 - LOST, t + 1)  # the first beats: it is alive
+    assert store.finalizing(spec, "first", t + 2 - LOST, t + 2)  # its heartbeat
+    assert not store.finalizing(spec, "second", t + 2 + LOST - 1 - LOST, t + 2 + LOST - 1)
+    assert store.finalizing(spec, "second", t + 3 + LOST - LOST, t + 3 + LOST)  # silent for LOST: taken over
+    assert not store.finalizing(spec, "first", t + 4 + LOST - LOST, t + 4 + LOST)  # ...and not given back
+    assert store.finalizing(spec, "second", t + 3 + 2 * LOST - LOST, t + 3 + 2 * LOST)  # a redelivery of its own
+    store.end(spec, status.SUCCEEDED, "", now())
+    assert not store.finalizing(spec, "second", now(), now())  # ended: nothing more to finalize
+
+
+@BOTH_BROKERS
+def test_an_on_job_complete_longer_than_the_lost_delay_runs_once(
+    settings, worker_env, broker, probe_config, r, tmp_path
+):
+    """Its heartbeat keeps the watchdog from taking it for a lost finalizer and running a second one
+    beside it (it did: the claim time was never renewed)."""
+    lost = 3
+    quick = dataclasses.replace(
+        settings, queue=f"slow-end-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
+    )
+    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
+    app = create_app({"SETTINGS": quick})
+    own = Worker(env, tmp_path, f"slow-end-{broker}", concurrency=2)
+    try:
+        jobs = Jobs(app.test_client())
+        config = {**probe_config, "complete_sleep": 4 * lost}
+        spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2], "batch_size": 1}})
+        job = jobs.wait_final("probe", spec["job_id"], timeout=120)
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        own.stop()
+    assert job["status"] == status.SUCCEEDED
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
+
+
 @BOTH_BROKERS
 def test_the_worker_running_on_job_complete_is_killed_and_the_finalizer_runs_again(jobs, worker, r, probe_config):
     config = {**probe_config, "complete_kills": True}

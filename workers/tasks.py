@@ -10,6 +10,7 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
+from functools import partial
 
 from app import status
 from app.broker import ENQUEUE_JOB
@@ -21,6 +22,7 @@ from app.sources.batches import payload
 from app.store import LEASE_MS, Outcome
 from app.submission import follow
 from workers.celery_app import celery, settings
+from workers.heartbeat import heartbeat
 from workers.runtime import PredictorCache, PredictorError, load_class
 from workers.visibility import kept_invisible
 
@@ -184,8 +186,22 @@ def finalize_job(self, job_id: str) -> None:
         log.warning("job %s: finalizer for no known job; dropped", job_id)
         return
     spec, api = found
+    token = self.request.id or uuid.uuid4().hex  # the same on each delivery of this message
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
-        _finalize(spec, api)
+        if not _still_finalizing(spec, token):
+            log.info("job %s: another finalizer runs it, or ran it; this one is dropped", job_id)
+            return
+        # An on_job_complete longer than BATCHERY_LOST_SECONDS must not be taken for a lost one,
+        # and finalized again beside itself: its heartbeat renews the claim the watchdog checks.
+        beat = partial(_still_finalizing, spec, token)
+        with heartbeat(beat, settings.lost_seconds / 4, f"finalizer-{job_id}"):
+            _finalize(spec, api)
+
+
+def _still_finalizing(spec: dict, token: str) -> bool:
+    """Take, or keep, the right to finalize the job; a finalizer silent for BATCHERY_LOST_SECONDS
+    (its worker died) loses it to the next finalizer message."""
+    return services().store.finalizing(spec, token, now() - settings.lost_seconds, now())
 
 
 def _finalize(spec: dict, api: dict) -> None:

@@ -9,13 +9,14 @@ Redis broker messages carry no SQS receipt, and this does nothing.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import boto3
 import botocore.exceptions
+
+from workers.heartbeat import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,12 @@ def kept_invisible(request, timeout: int) -> Iterator[None]:
     if found is None:
         yield
         return
-    done = threading.Event()
-    thread = threading.Thread(target=_extend, args=(*found, timeout, done), name="sqs-visibility", daemon=True)
-    thread.start()
-    try:
+    with heartbeat(partial(_extend, *found, timeout), timeout / 3, "sqs-visibility"):
         yield
-    finally:
-        done.set()
 
 
-def _extend(queue: str, receipt: str, timeout: int, done: threading.Event) -> None:
-    while not done.wait(timeout / 3):
-        try:
-            _sqs().change_message_visibility(QueueUrl=queue, ReceiptHandle=receipt, VisibilityTimeout=timeout)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-            log.warning("could not extend the visibility of an SQS message: %s", err)
+def _extend(queue: str, receipt: str, timeout: int) -> None:
+    try:
+        _sqs().change_message_visibility(QueueUrl=queue, ReceiptHandle=receipt, VisibilityTimeout=timeout)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        log.warning("could not extend the visibility of an SQS message: %s", err)

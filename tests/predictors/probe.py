@@ -73,6 +73,7 @@ class PythonPredictor:
 
     def on_job_complete(self):
         self.redis.rpush(f"{self.key}:complete", self.job_id)
+        time.sleep(self.config.get("complete_sleep", 0))
         if self.config.get("complete_kills") and self.redis.incr(f"{self.key}:complete_kills:{self.job_id}") == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.config.get("complete_raises"):
