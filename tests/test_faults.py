@@ -190,7 +190,7 @@ def test_an_on_job_complete_longer_than_the_lost_delay_runs_once(
 ):
     """Its heartbeat keeps the watchdog from taking it for a lost finalizer and running a second one
     beside it (it did: the claim time was never renewed)."""
-    lost = 3
+    lost = 4  # its heartbeat every 1 s: a flake would need the thread starved for 4 s
     quick = dataclasses.replace(
         settings, queue=f"slow-end-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
     )
@@ -199,7 +199,7 @@ def test_an_on_job_complete_longer_than_the_lost_delay_runs_once(
     own = Worker(env, tmp_path, f"slow-end-{broker}", concurrency=2)
     try:
         jobs = Jobs(app.test_client())
-        config = {**probe_config, "complete_sleep": 4 * lost}
+        config = {**probe_config, "complete_sleep": 3 * lost}
         spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2], "batch_size": 1}})
         job = jobs.wait_final("probe", spec["job_id"], timeout=120)
     finally:
