@@ -263,22 +263,22 @@ local cutoff = tonumber(ARGV[3])
 if not redis.call('HGET', job, 'finalizer_published') then cutoff = tonumber(ARGV[4]) end
 if claimed > cutoff then return 0 end
 redis.call('HSET', job, 'finalizer', ARGV[2])
-redis.call('HDEL', job, 'finalizer_published')
+redis.call('HDEL', job, 'finalizer_published', 'finalizing')  -- its holder fell silent
 return 1
 """
 
 # A finalizer message (token ARGV[3]) asks to run the job's finalizer, or its runner says it is
-# alive: 1 if it may (the job is in progress and no other finalizer beat its heartbeat after
-# ARGV[4]), which also renews the claim time RECLAIM looks at, so a long on_job_complete is not
-# taken for lost. The same token may take over its own stale run: a message whose worker died.
+# alive: 1 if it may (the job is in progress, and no other finalizer holds it with a claim time,
+# its last heartbeat, after ARGV[4]). Each call renews the claim time RECLAIM looks at, so a long
+# on_job_complete is not taken for lost. The same token may take over its own stale run: a
+# message whose worker died.
 FINALIZING = """
 if not in_progress() then return 0 end
 local holder = redis.call('HGET', job, 'finalizing')
-if holder then
-  local token, beat = string.match(holder, '^(%S+) (%S+)$')
-  if token ~= ARGV[3] and tonumber(beat) > tonumber(ARGV[4]) then return 0 end
+if holder and holder ~= ARGV[3] and tonumber(redis.call('HGET', job, 'finalizer')) > tonumber(ARGV[4]) then
+  return 0
 end
-redis.call('HSET', job, 'finalizing', ARGV[3] .. ' ' .. ARGV[2], 'finalizer', ARGV[2])
+redis.call('HSET', job, 'finalizing', ARGV[3], 'finalizer', ARGV[2])
 return 1
 """
 

@@ -201,7 +201,8 @@ def finalize_job(self, job_id: str) -> None:
 def _still_finalizing(spec: dict, token: str) -> bool:
     """Take, or keep, the right to finalize the job; a finalizer silent for BATCHERY_LOST_SECONDS
     (its worker died) loses it to the next finalizer message."""
-    return services().store.finalizing(spec, token, now() - settings.lost_seconds, now())
+    at = now()
+    return services().store.finalizing(spec, token, at - settings.lost_seconds, at)
 
 
 def _finalize(spec: dict, api: dict) -> None:
