@@ -146,6 +146,14 @@ if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} en
 -- the watchdog published this batch again (its message looked lost): only the newest message runs
 if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return {'skip', 'superseded'} end
 redis.call('HSET', job, 'last_delivery', ARGV[2])
+-- the latest release time of a message of the job delivered: since a queue is first in, first
+-- out, the watchdog takes a message released well before it and still undelivered for lost
+-- (+inf: the watchdog saw this batch delivered before)
+local released_at = redis.call('ZSCORE', released, id)
+if released_at and tonumber(released_at) < math.huge
+    and tonumber(released_at) > tonumber(redis.call('HGET', job, 'delivered_release') or '0') then
+  redis.call('HSET', job, 'delivered_release', released_at)
+end
 local started = redis.call('HINCRBY', deliveries, id, 1)
 local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')
 if started - 1 > recorded then
@@ -299,7 +307,7 @@ return {redis.call('HGETALL', job), redis.call('HGETALL', procs), redis.call('HL
 # An enqueuer silent this long is presumed dead; another one resumes from its cursor.
 LEASE_MS = int(float(os.environ.get("BATCHERY_ENQUEUE_LEASE", "30")) * 1000)
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
-TIMES = ("created", "start", "end", "deadline", "time_sum")
+TIMES = ("created", "start", "end", "deadline", "time_sum", "last_delivery", "delivered_release")
 
 
 @dataclass

@@ -7,12 +7,14 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
 - an item_list job still enqueuing long after its request ended (the API process died in the
   request) runs if all its batches were stored, else ends `status_enqueue_failed`, saying so;
 - a job's batches released more than `BATCHERY_UNPUBLISHED_SECONDS` ago whose releasing process
-  never said it published their messages (it died in between), or more than
-  `BATCHERY_LOST_SECONDS` ago and never delivered (the broker lost them), are published again,
-  each with a new generation so that only the newest message runs;
+  never said it published their messages (it died in between), or never delivered though the
+  fleet has since begun messages released `BATCHERY_LOST_SECONDS` after them (the broker lost
+  them; or nothing on the queue began for that long), are published again, each with a new
+  generation so that only the newest message runs;
 - a job whose batches have all ended and whose finalizer was claimed that long ago (the same two
-  delays) but that is still in progress (the finalizer's message was lost, or its worker) gets its
-  finalizer published again (at-least-once: `on_job_complete` may run twice, one status counts);
+  rules; a running finalizer renews its claim) but that is still in progress (the finalizer's
+  message was lost, or its worker) gets its finalizer published again (`on_job_complete` runs
+  once while its worker lives; at-least-once if that worker dies, one status counts);
 - reading each job's state also times out the jobs past their deadline.
 """
 
@@ -46,25 +48,51 @@ class Watchdog:
         self._stopped = threading.Event()
 
     def sweep(self, at: float) -> list[str]:
-        """One pass over the jobs in progress; returns the ids of the jobs it acted on."""
-        acted = []
-        for api_name in self.services.registry.names():
-            for job_id in self.services.redis.zrange(keys.api_active(api_name), 0, -1):
-                if self._check(job_id.decode(), api_name, at):
-                    acted.append(job_id.decode())
-        return acted
+        """One pass over this fleet's jobs in progress; returns the ids of the jobs it acted on."""
+        states = self._jobs_in_progress(at)
+        lost_before = self._lost_before(states, at)
+        return [state["spec"]["job_id"] for state in states if self._check(state, at, lost_before)]
 
-    def _check(self, job_id: str, api_name: str, at: float) -> bool:
-        store = self.services.store
-        state = store.state(job_id, api_name, at)
-        if state is None or state["status"] not in status.IN_PROGRESS or queue_of(state["spec"]) != self.queue_url:
-            return False
-        acted = self._recover_lost_messages(job_id, state["spec"], at)
+    def _jobs_in_progress(self, at: float) -> list[dict]:
+        """The states of the jobs in progress on this fleet's queue (reading them also times out
+        the jobs past their deadline)."""
+        names = [
+            (job_id.decode(), api_name)
+            for api_name in self.services.registry.names()
+            for job_id in self.services.redis.zrange(keys.api_active(api_name), 0, -1)
+        ]
+        states = self.services.store.states(names, at)
+        return [
+            state
+            for state in states
+            if state and state["status"] in status.IN_PROGRESS and queue_of(state["spec"]) == self.queue_url
+        ]
+
+    def _lost_before(self, states: list[dict], at: float) -> float:
+        """Messages released before this and never delivered were lost.
+
+        A message waits in the queue behind the fleet's work, for as long as that takes: its age
+        alone does not tell it from a lost one (taking waiting ones for lost republished them, and
+        again, for as long as the fleet was saturated). The queue is first in, first out, so one
+        released LOST seconds before a message that was already delivered is lost. If nothing on
+        the queue was delivered for LOST seconds (an idle fleet, or every message lost), a message
+        that old is.
+        """
+        lost = self.services.settings.lost_seconds
+        last_delivery = max((state["last_delivery"] for state in states), default=0.0)
+        if last_delivery < at - lost:
+            return at - lost
+        return min(at, max(state["delivered_release"] for state in states)) - lost
+
+    def _check(self, state: dict, at: float, lost_before: float) -> bool:
+        spec = state["spec"]
+        acted = self._recover_lost_messages(spec, at, lost_before)
         if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
             return acted
+        store, job_id = self.services.store, spec["job_id"]
         source, cursor = store.enqueue_state(job_id)
         if source is None:
-            return self._finish_item_list(state["spec"], cursor, at)
+            return self._finish_item_list(spec, cursor, at)
         if store.lease_held(job_id):
             return acted
         log.warning("job %s: no live enqueuer; publishing a new one", job_id)
@@ -82,11 +110,8 @@ class Watchdog:
         follow(self.services.dispatcher, store, spec, store.enqueued(spec, at))
         return True
 
-    def _recover_lost_messages(self, job_id: str, spec: dict, at: float) -> bool:
-        store, dispatcher = self.services.store, self.services.dispatcher
-        # Above the time a message may wait in the broker queue when the fleet is saturated: a
-        # message published again too early merely supersedes the original (and joins the queue's end).
-        lost_before = at - self.services.settings.lost_seconds
+    def _recover_lost_messages(self, spec: dict, at: float, lost_before: float) -> bool:
+        store, dispatcher, job_id = self.services.store, self.services.dispatcher, spec["job_id"]
         # A message its publisher never said it published was lost with that process much sooner.
         unpublished_before = at - self.services.settings.unpublished_seconds
         lost = store.republish(spec, lost_before, unpublished_before, at)
@@ -94,6 +119,7 @@ class Watchdog:
             log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
             dispatcher.republish_batches(job_id, lost)
             store.published(spec, [entry for _, entry in lost])
+        # a finalizer's message waits in the same queue; a running one renews its claim (heartbeat)
         if store.reclaim_finalizer(spec, lost_before, unpublished_before, at):
             log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
             follow(dispatcher, store, spec, Outcome(finalize=True))

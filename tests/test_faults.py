@@ -122,6 +122,52 @@ def test_a_finalizer_its_claimant_said_it_published_is_called_lost_only_after_th
     store.end(spec, status.SUCCEEDED, "", now())
 
 
+@pytest.fixture
+def unconsumed(redis_server, probe_config):
+    """The services of an app whose queue no worker consumes, its watchdog swept by hand."""
+    queue = f"nobody-consumes-{probe_config['tag']}"
+    settings = Settings(
+        redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue, watchdog_seconds=0
+    )
+    return create_app({"SETTINGS": settings}).extensions["batchery"]
+
+
+def test_a_message_is_called_lost_when_the_queue_delivered_one_released_lost_seconds_after_it(unconsumed):
+    """Not by its age: a saturated fleet delivers messages that waited longer than LOST. A queue is
+    first in, first out: one released LOST seconds after it delivered means it was lost."""
+    store, watchdog, t0 = unconsumed.store, Watchdog(unconsumed), now()
+    api = unconsumed.registry.get("probe")
+    spec = build_spec(api, {"workers": 3, "config": {}}, unconsumed.submitter.queue_url, t0)
+    store.create(spec, api, t0)
+    store.append(spec, [f"{i} [{i}]" for i in range(6)], t0)  # batches 0, 1, 2 released at t0
+    store.enqueued(spec, t0)
+    # the fleet is busy for 5 LOST: batch 0 is delivered only then; 1 and 2 wait behind it
+    assert store.begin(spec, "0", "p", t0 + 5 * LOST).action == "run"
+    assert spec["job_id"] not in watchdog.sweep(t0 + 5 * LOST + 1)
+    # batch 0 ends, releasing batch 3 (5 LOST after 1 and 2), which is delivered: 1 and 2 were lost
+    store.record(spec, "0", "ok", 0.1, "p", t0 + 5 * LOST + 2)  # (the store pushes it: a Redis broker)
+    assert spec["job_id"] not in watchdog.sweep(t0 + 5 * LOST + 3)
+    assert store.begin(spec, "3", "p", t0 + 5 * LOST + 4).action == "run"
+    assert spec["job_id"] in watchdog.sweep(t0 + 5 * LOST + 5)
+    assert store.begin(spec, "1", "p", t0 + 5 * LOST + 6).action == "skip"  # the lost original turns up
+    assert store.begin(spec, "1", "p", t0 + 5 * LOST + 6, generation=1).action == "run"
+    store.end(spec, status.STOPPED, "", now())
+
+
+def test_with_nothing_delivered_for_lost_seconds_a_message_that_old_is_called_lost(unconsumed):
+    """The last messages of the queue (none released after them to be delivered), or all of them."""
+    store, watchdog, t0 = unconsumed.store, Watchdog(unconsumed), now()
+    api = unconsumed.registry.get("probe")
+    spec = build_spec(api, {"workers": 2, "config": {}}, unconsumed.submitter.queue_url, t0)
+    store.create(spec, api, t0)
+    store.append(spec, ["0 [0]", "1 [1]"], t0)
+    store.enqueued(spec, t0)
+    assert store.begin(spec, "0", "p", t0 + 1).action == "run"
+    assert spec["job_id"] not in watchdog.sweep(t0 + LOST + 0.5)  # older than LOST, but a delivery since
+    assert spec["job_id"] in watchdog.sweep(t0 + LOST + 2)  # nothing delivered since t0 + 1
+    store.end(spec, status.STOPPED, "", now())
+
+
 @BOTH_BROKERS
 def test_batches_published_by_the_process_that_released_them_are_said_published(settings, probe_config):
     """Else the watchdog would publish every batch waiting in a busy queue again after 10 s."""
@@ -341,3 +387,34 @@ def test_pool_processes_sigkilled_while_a_job_runs_lose_no_batch(jobs, worker, b
     assert job["batches_in_queue"] == 0
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [job_id]
     assert worker.process.poll() is None
+
+
+@BOTH_BROKERS
+def test_a_queue_waiting_longer_than_the_lost_delay_is_not_taken_for_lost(
+    settings, worker_env, broker, probe_config, r, tmp_path, caplog
+):
+    """A fleet saturated for longer than LOST (8 messages queued before 1 process, 1 s batches,
+    LOST 3 s): waiting messages are not published again, so each batch runs once and the job ends.
+    It never ended: every waiting message was superseded by a copy at the queue's end, again and again."""
+    lost = 3
+    quick = dataclasses.replace(
+        settings, queue=f"saturated-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
+    )
+    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
+    app = create_app({"SETTINGS": quick})
+    own = Worker(env, tmp_path, f"saturated-{broker}", concurrency=1)
+    try:
+        jobs = Jobs(app.test_client())
+        config = {**probe_config, "sleep": 1}
+        items = list(range(16))
+        spec = jobs.submit("probe", {"workers": 8, "config": config, "item_list": {"items": items, "batch_size": 1}})
+        job = jobs.wait_final("probe", spec["job_id"], timeout=150)
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        own.stop()
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 16
+    deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
+    assert sorted(int(n) for n in deliveries.values()) == [1] * 16
+    # no message was published again (it was, every sweep: each waiting one got a copy at the queue's end)
+    assert not [record for record in caplog.records if "never delivered" in record.getMessage()]
