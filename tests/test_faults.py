@@ -393,10 +393,10 @@ def test_pool_processes_sigkilled_while_a_job_runs_lose_no_batch(jobs, worker, b
 def test_a_queue_waiting_longer_than_the_lost_delay_is_not_taken_for_lost(
     settings, worker_env, broker, probe_config, r, tmp_path, caplog
 ):
-    """A fleet saturated for longer than LOST (8 messages queued before 1 process, 1 s batches,
-    LOST 3 s): waiting messages are not published again, so each batch runs once and the job ends.
-    It never ended: every waiting message was superseded by a copy at the queue's end, again and again."""
-    lost = 3
+    """A fleet saturated for longer than LOST (10 messages queued before 1 process, 1 s batches,
+    LOST 5 s): waiting messages are not taken for lost. They were: each sweep published every one
+    older than LOST again (each batch still ran once: the originals were skipped as superseded)."""
+    lost = 5  # a delivery every second or so: a flake would need the worker starved for 5 s
     quick = dataclasses.replace(
         settings, queue=f"saturated-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
     )
@@ -407,7 +407,7 @@ def test_a_queue_waiting_longer_than_the_lost_delay_is_not_taken_for_lost(
         jobs = Jobs(app.test_client())
         config = {**probe_config, "sleep": 1}
         items = list(range(16))
-        spec = jobs.submit("probe", {"workers": 8, "config": config, "item_list": {"items": items, "batch_size": 1}})
+        spec = jobs.submit("probe", {"workers": 10, "config": config, "item_list": {"items": items, "batch_size": 1}})
         job = jobs.wait_final("probe", spec["job_id"], timeout=150)
     finally:
         app.extensions["batchery_watchdog"].stop()
