@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from app.auth import require_token
 from app.config import MAX_BODY_BYTES, Settings, redacted
@@ -55,8 +55,13 @@ def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
     return jsonify({"kind": "payload_too_large", "message": message}), 413
 
 
-def _http_error(err: HTTPException) -> tuple[Response, int]:
-    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": err.description}), err.code
+def _http_error(err: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:
+    message = err.description
+    if isinstance(err, MethodNotAllowed) and err.valid_methods:
+        message = f"{request.method} is not allowed for this URL; it takes {', '.join(sorted(err.valid_methods))}"
+    # werkzeug's headers but its HTML content type: a 405's Allow, which HTTP requires
+    headers = [(name, value) for name, value in err.get_headers() if name.lower() != "content-type"]
+    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": message}), err.code, headers
 
 
 def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:

@@ -67,9 +67,9 @@ def get_api(api_name: str) -> Response:
     Errors: 400 unknown query parameter, 404 unknown API or job, 503 job store unavailable.
     """
     api = services().registry.get(api_name)
-    job_id = _query("jobID").get("jobID")
-    if job_id is not None:
-        return jsonify(_job_status(api, job_id))
+    args = _query("jobID")
+    if "jobID" in args:
+        return jsonify(_job_status(api, _job_id(args)))
     store = services().store
     statuses = []
     for listed in store.job_ids(api_name, services().settings.recent_jobs):
@@ -167,7 +167,10 @@ def _state(api_name: str, job_id: str) -> dict:
 
 def _job_status(api: dict, job_id: str) -> dict:
     state = _state(api["name"], job_id)
-    return {"job_status": job.job_status(state), "endpoint": endpoint(api["name"]), "api_spec": public_spec(api)}
+    # the API the job runs (a redeploy since then does not change it), as Cortex answers with the
+    # spec of the job's api_id; jobs stored before the API was kept with them show today's
+    ran = state["api"] or api
+    return {"job_status": job.job_status(state), "endpoint": endpoint(api["name"]), "api_spec": public_spec(ran)}
 
 
 @bp.app_errorhandler(BatcheryError)

@@ -30,7 +30,11 @@ MAX_INT = 2**63 - 1
 
 def positive(**kwargs: Any) -> fields.Integer:
     """An integer field (JSON integers only: not strings, floats or booleans) from 1 to MAX_INT."""
-    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_INT), **kwargs)
+    in_range = [
+        validate.Range(min=1, error="must be at least {min}"),
+        validate.Range(max=MAX_INT, error="must be at most {max} (a 64-bit integer, as on Cortex)"),
+    ]
+    return fields.Integer(strict=True, validate=in_range, **kwargs)
 
 
 class DeadLetterQueueSchema(Schema):

@@ -591,6 +591,7 @@ def _pairs(flat: list) -> dict:
 def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: float) -> dict:
     state: dict = {
         "spec": json.loads(job_hash["spec"]),
+        "api": json.loads(job_hash["api"]) if job_hash.get("api") else None,  # as deployed at submission
         "status": job_hash["status"],
         "message": job_hash.get("message", ""),
         "oom_batch": job_hash.get("oom_batch", ""),  # the first batch that failed for good by OOM kills

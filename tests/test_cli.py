@@ -189,7 +189,7 @@ def test_api_errors_are_one_line_and_exit_1(cli, probe_config):
     )
     assert one_error_line(cli("get", "probe", "nosuchjob")) == "error: job nosuchjob does not exist for api probe"
     invalid = cli("submit", "probe", cli.job_file({"workers": 0, "item_list": {"items": [1], "batch_size": 1}}))
-    assert one_error_line(invalid).startswith("error: workers: must be greater than or equal to 1")
+    assert one_error_line(invalid).startswith("error: workers: must be at least 1")
 
 
 def test_a_job_file_that_is_not_a_json_object_is_one_error_line(cli, tmp_path):

@@ -91,7 +91,7 @@ def test_api_errors_carry_status_kind_and_a_one_line_message(api):
     with pytest.raises(BatcheryAPIError) as raised:
         api.submit("probe", {"workers": 0, "item_list": {"items": [], "batch_size": 1}})
     assert raised.value.status == 400 and raised.value.kind == "invalid_request"
-    assert "workers: must be greater than or equal to 1" in raised.value.message
+    assert "workers: must be at least 1" in raised.value.message
 
     with pytest.raises(BatcheryAPIError) as raised:  # an error of Flask's own routing is JSON too
         api._request("GET", "/nowhere")

@@ -13,6 +13,7 @@ import pytest
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.schemas import MAX_INT
 from app.submission import MAX_NESTING
+from tests.conftest import PREDICTORS
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
 S3_SOURCE = {"s3_paths": ["s3://bucket/images/"], "batch_size": 1}
@@ -176,8 +177,8 @@ def test_clients_polling_with_an_empty_post_get_a_400_every_time(client):
 # --- the job breaks a submission rule ---------------------------------------------------------------
 
 MISSING = "missing data for required field"
-AT_LEAST_1 = "must be greater than or equal to 1"
-AT_MOST_MAX = f"{AT_LEAST_1} and less than or equal to 9223372036854775807"  # Go ints, as in Cortex
+AT_LEAST_1 = "must be at least 1"
+AT_MOST_MAX = "must be at most 9223372036854775807 (a 64-bit integer, as on Cortex)"  # Go ints
 NOT_INT = "not a valid integer"
 UNKNOWN = "unknown field"
 
@@ -593,6 +594,7 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
         ("delete", "/batch/minimal?jobID=nope", 404, "job_not_found", "job nope does not exist for api minimal"),
         ("delete", "/batch/minimal", 400, "invalid_request", "jobID"),
         ("delete", "/batch/minimal?jobID=", 400, "invalid_request", "jobID"),
+        ("get", "/batch/minimal?jobID=", 400, "invalid_request", "the jobID query parameter is required"),
         ("get", "/no/such/route", 404, "not_found", "not found"),
         ("post", "/batch", 405, "method_not_allowed", "not allowed"),  # GET /batch lists the APIs
         ("put", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
@@ -608,6 +610,33 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
 def test_the_other_routes_answer_json_errors(client, method, url, status_code, kind, fragment):
     response = getattr(client, method)(url)
     assert_error(response, status_code, kind, fragment)
+
+
+def test_a_method_not_allowed_says_which_are_and_sends_allow(client):
+    """HTTP requires the Allow header on a 405; the message names the methods too."""
+    response = client.put("/batch/minimal")
+    message = assert_error(response, 405, "method_not_allowed", "PUT is not allowed for this URL; it takes")
+    assert set(response.headers["Allow"].split(", ")) == {"DELETE", "GET", "HEAD", "OPTIONS", "POST"}
+    assert all(method in message for method in ("DELETE", "GET", "POST"))
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_a_job_status_shows_the_api_the_job_runs_not_a_redeploy_since(client, probe_config, tmp_path):
+    """As Cortex answers with the spec of the job's api_id (it showed the API as deployed now)."""
+    registry = client.application.extensions["batchery"].registry
+    submitted = post(client, body_with(config=probe_config), api="probe").get_json()
+    redeployed = tmp_path / "cortex.yaml"
+    redeployed.write_text((PREDICTORS / "cortex.yaml").read_text().replace("sleep: 0", "sleep: 0.5"))
+    (tmp_path / "probe.py").write_text((PREDICTORS / "probe.py").read_text())
+    (tmp_path / "minimal.py").write_text((PREDICTORS / "minimal.py").read_text())
+    try:
+        registry.deploy_file(redeployed)
+        assert client.get("/batch/probe").get_json()["spec"]["api_id"] != submitted["api_id"]
+        answer = client.get(f"/batch/probe?jobID={submitted['job_id']}").get_json()
+        assert answer["api_spec"]["api_id"] == submitted["api_id"] == answer["job_status"]["api_id"]
+        assert answer["api_spec"]["predictor"]["config"]["sleep"] == 0
+    finally:
+        registry.deploy_file(PREDICTORS / "cortex.yaml")  # the other tests' API back
 
 
 def test_a_chunked_body_over_10_mib_is_a_413_not_a_truncated_job(client, r):
