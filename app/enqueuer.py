@@ -14,6 +14,7 @@ import time
 from app import status
 from app.dispatch import Dispatcher
 from app.job import now
+from app.joblog import flush_lines
 from app.sources.batches import START, SourceError, source_batches
 from app.sources.s3 import S3Error
 from app.store import JobStore, Outcome
@@ -50,6 +51,7 @@ class Enqueuer:
             return self._stream(spec, source, cursor or START, token)
         except (SourceError, S3Error) as err:
             log.warning("job %s: enqueuing failed: %s", job_id, err)
+            flush_lines()  # (in a worker, lines are written in the background) before the store's
             self.store.end(spec, status.ENQUEUE_FAILED, str(err), now())
             return "done"
 

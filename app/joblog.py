@@ -44,6 +44,9 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 return seq
 """
 
+# `extra=` of a record that stays out of the job's log (a line the job store already wrote there)
+NOT_IN_JOB_LOG = {"job_log": False}
+
 current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("batchery_job", default=None)
 # The job store the current job's log lines go to: the one of the app or worker running it (one
 # process may hold several apps, each on its own Redis, as the tests do).
@@ -62,8 +65,7 @@ def for_job(api_name: str, job_id: str, job_log: JobLog | None = None) -> Iterat
         current_job.reset(token)
         if log_token is not None:
             current_log.reset(log_token)
-        for writer in _own_writers():
-            writer.flush(FLUSH_SECONDS)
+        flush_lines()
 
 
 class JobLog:
@@ -176,6 +178,13 @@ class BackgroundWriter:
                 sys.stderr.write(f"job log: {len(taken)} lines not written: {redacted(str(err))}\n")
 
 
+def flush_lines() -> None:
+    """Write this process's queued job-log lines now: before a line written another way (the job
+    store's at a job's end), so that the log stays in order."""
+    for writer in _own_writers():
+        writer.flush(FLUSH_SECONDS)
+
+
 def run_with_lines(client: redis.Redis, call: Call) -> object:
     """Run a script call, with this process's queued job-log lines written in the same round trip
     (a worker counting a batch's outcome); its reply, or the error it raised."""
@@ -222,6 +231,8 @@ class JobLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         job = current_job.get()
         if job is None or record.name.startswith(("botocore", "urllib3", "kombu", "celery")):
+            return
+        if not getattr(record, "job_log", True):
             return
         try:
             job_log = current_log.get() or self.job_log

@@ -15,13 +15,15 @@ import redis
 
 from app import keys, status
 from app.job import deadline, retry_limits
+from app.joblog import MAX_LINES
 from app.ready_message import LUA_BATCH_MESSAGE
 from app.scripts import Call
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local broker_queue = KEYS[11]  -- set when the broker is this Redis: release pushes the messages
+local job_log, job_log_seq = KEYS[11], KEYS[12]
+local broker_queue = KEYS[13]  -- set when the broker is this Redis: release pushes the messages
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 -- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
@@ -35,6 +37,17 @@ local function in_progress()
   return st == 'status_enqueuing' or st == 'status_running'
 end
 
+-- The job's log says how it ended, whoever ended it (a stop, the timeout a reader noticed, a
+-- failed enqueue, the finalizer): a line as app/joblog.py writes them, from the same call.
+local function log_end(final, message)
+  local text = 'job ' .. job_id .. ' ended: ' .. final .. (message ~= '' and (' (' .. message .. ')') or '')
+  local seq = redis.call('INCR', job_log_seq)
+  redis.call('RPUSH', job_log, '{"seq":' .. seq .. ',"time":' .. ARGV[2] .. ',"level":"info","logger":"app.store"'
+    .. ',"message":' .. cjson.encode(text) .. ',"process":"job store","api_name":'
+    .. cjson.encode(redis.call('HGET', job, 'api_name')) .. ',"job_id":' .. cjson.encode(job_id) .. '}')
+  redis.call('LTRIM', job_log, -JOB_LOG_LINES, -1)
+end
+
 local function end_job(final, message)
   if not in_progress() then return 0 end
   move_status(redis.call('HGET', job, 'status'), final)
@@ -42,6 +55,7 @@ local function end_job(final, message)
   if message ~= '' then redis.call('HSET', job, 'message', message) end
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
+  log_end(final, message)
   return 1
 end
 
@@ -350,7 +364,9 @@ class JobStore:
         self.redis = client
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
-        common = LUA_BATCH_MESSAGE + LUA_COMMON.replace("LEASE_MS", str(LEASE_MS))
+        common = LUA_BATCH_MESSAGE + LUA_COMMON.replace("LEASE_MS", str(LEASE_MS)).replace(
+            "JOB_LOG_LINES", str(MAX_LINES)
+        )
         self._scripts = {
             name: client.register_script(common + body)
             for name, body in {
@@ -387,6 +403,8 @@ class JobStore:
             keys.api_statuses(api_name),
             keys.released(job_id),
             keys.unpublished(job_id),
+            keys.job_log(job_id),
+            keys.job_log_seq(job_id),
         ]
         if self.broker_queue:
             key_list.append(self.broker_queue)

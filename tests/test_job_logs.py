@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from app import joblog, status
+from app.job import build_spec, now
 from app.joblog import JobLog
 from tests.services import wait_for
 
@@ -34,6 +35,8 @@ def test_a_jobs_log_tells_its_story_and_follows_from_a_line(client, jobs, worker
         f"job {spec['job_id']} ended: status_completed_with_failures",
     ):
         assert expected in text, f"{expected!r} not in the log:\n{text}"
+    ended = [line for line in body["lines"] if " ended: " in line["message"]]
+    assert ended == [body["lines"][-1]]  # once, and after on_job_complete's lines
     failed = next(line for line in body["lines"] if line["message"].startswith("batch 1: failed"))
     assert "ValueError: probe failure on delivery 1" in failed["traceback"]
     assert all(line["job_id"] == spec["job_id"] and line["api_name"] == "probe" for line in body["lines"])
@@ -42,6 +45,29 @@ def test_a_jobs_log_tells_its_story_and_follows_from_a_line(client, jobs, worker
     later = client.get(f"/batch/probe/logs?jobID={spec['job_id']}&after={seqs[2]}").get_json()
     assert [line["seq"] for line in later["lines"]] == seqs[3:]
     assert later["status"] == status.COMPLETED_WITH_FAILURES
+
+
+def test_the_log_says_how_a_job_ended_whoever_ended_it(client, flask_app):
+    """A stop, a timeout noticed by a reader, an enqueue failure: not only the finalizer's end."""
+    services = flask_app.extensions["batchery"]
+    api = services.registry.get("minimal")
+    t0 = now()
+    ends = {
+        status.STOPPED: lambda spec: services.store.end(spec, status.STOPPED, "", t0),
+        status.TIMED_OUT: lambda spec: services.store.state(spec["job_id"], "minimal", t0 + 2),
+        status.ENQUEUE_FAILED: lambda spec: services.store.end(spec, status.ENQUEUE_FAILED, "item 3: bad JSON", t0),
+    }
+    for final, end in ends.items():
+        spec = build_spec(api, {"workers": 1, "timeout": 1, "config": {}}, services.submitter.queue_url, t0)
+        services.store.create(spec, api, t0)
+        end(spec)
+        end(spec)  # a second end, or read, changes nothing: one line
+        lines = client.get(f"/batch/minimal/logs?jobID={spec['job_id']}").get_json()["lines"]
+        assert len(lines) == 1, lines
+        assert lines[0]["message"].startswith(f"job {spec['job_id']} ended: {final}")
+        assert lines[0]["job_id"] == spec["job_id"] and lines[0]["api_name"] == "minimal"
+        assert lines[0]["time"] >= t0
+    assert lines[0]["message"].endswith("ended: status_enqueue_failed (item 3: bad JSON)")
 
 
 def test_logs_of_an_unknown_job_or_a_bad_after_are_4xx(client):

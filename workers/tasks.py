@@ -16,7 +16,7 @@ from app import status
 from app.broker import ENQUEUE_JOB
 from app.enqueuer import Enqueuer
 from app.job import now, retry_limits
-from app.joblog import for_job, run_with_lines
+from app.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.services import Services
 from app.sources.batches import payload
 from app.store import LEASE_MS, Outcome
@@ -138,6 +138,7 @@ class BatchRun:
             return predictor
         except PredictorError as err:
             log.error("job %s: %s", self.spec["job_id"], err)
+            flush_lines()  # the error before the store's line saying how the job ended
             self.store.end(self.spec, status.WORKER_ERROR, str(err), now())
             return None
 
@@ -229,9 +230,11 @@ def _finalize(spec: dict, api: dict) -> None:
         final, message = status.WORKER_ERROR, error
     elif error:  # the stronger status stays, and its message says what else went wrong
         message = f"{message}; {error}"
+    flush_lines()  # on_job_complete's lines before the store's line saying how the job ended
     store.end(spec, final, message, now())
     _predictors.evict(job_id)
-    log.info("job %s ended: %s%s", job_id, final, f" ({message})" if message else "")
+    # the process log's line; the job's own log got its line from the store, with the status
+    log.info("job %s ended: %s%s", job_id, final, f" ({message})" if message else "", extra=NOT_IN_JOB_LOG)
 
 
 def oom_message(batch_id: str, batches: int) -> str:
