@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from app.auth import require_token
 from app.config import MAX_BODY_BYTES, Settings, redacted
+from app.errors import PayloadTooLarge
 from app.health import Health
 from app.joblog import attach_job_log, configure_process_logging
 from app.services import Services
@@ -51,8 +52,7 @@ def create_app(config: dict | None = None) -> Flask:
 
 
 def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
-    message = "the request body is over 10 MiB: submit large inputs through S3 (file_path_lister or delimited_files)"
-    return jsonify({"kind": "payload_too_large", "message": message}), 413
+    return jsonify({"kind": PayloadTooLarge.kind, "message": PayloadTooLarge.MESSAGE}), PayloadTooLarge.status
 
 
 def _http_error(err: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:

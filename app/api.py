@@ -126,7 +126,7 @@ def _body() -> bytes:
     """
     raw = request.get_data(cache=False)
     if len(raw) >= MAX_BODY_BYTES and request.content_length is None and request.environ["wsgi.input"].read(1):
-        raise PayloadTooLarge("the request body is over 10 MiB: submit large inputs through S3")
+        raise PayloadTooLarge(PayloadTooLarge.MESSAGE)
     return raw
 
 
@@ -140,6 +140,9 @@ def _query(*known: str) -> dict[str, str]:
     if unknown:
         takes = ", ".join(known) if known else "no query parameters"
         raise InvalidRequest(f"unknown query parameter {unknown[0]!r}: this endpoint takes {takes}")
+    repeated = sorted(name for name in request.args if len(request.args.getlist(name)) > 1)
+    if repeated:  # which one was meant? (werkzeug would take the first)
+        raise InvalidRequest(f"the query parameter {repeated[0]!r} is given more than once: give it once")
     return request.args.to_dict()
 
 

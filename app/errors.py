@@ -23,6 +23,7 @@ class PayloadTooLarge(BatcheryError):
 
     status = 413
     kind = "payload_too_large"
+    MESSAGE = "the request body is over 10 MiB: submit large inputs through S3 (file_path_lister or delimited_files)"
 
 
 class ApiNotFound(BatcheryError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.errors import InvalidRequest
 
@@ -67,9 +67,21 @@ class S3SourceSchema(Schema):
         validate=validate.Length(min=1),
         metadata={"description": "s3://bucket/prefix paths, each listed as a prefix"},
     )
-    includes = fields.List(fields.String(), load_default=list, metadata={"description": "globs to keep (if any)"})
-    excludes = fields.List(fields.String(), load_default=list, metadata={"description": "globs to drop"})
+    includes = fields.List(
+        fields.String(), load_default=list, allow_none=True, metadata={"description": "globs to keep (if any)"}
+    )
+    excludes = fields.List(
+        fields.String(), load_default=list, allow_none=True, metadata={"description": "globs to drop"}
+    )
     batch_size = positive(required=True, metadata={"description": "paths, or JSON values, per batch"})
+
+    @post_load
+    def _null_is_no_globs(self, data: dict, **kwargs: Any) -> dict:
+        """`null` globs are none, as a Go nil slice is on Cortex (and as `null` is for the other optional fields)."""
+        for name in ("includes", "excludes"):
+            if data.get(name) is None:
+                data[name] = []
+        return data
 
 
 class JobSubmissionSchema(Schema):

@@ -52,6 +52,7 @@ def dry_run(client, lister: dict, kind: str = "file_path_lister"):
         ({"s3_paths": ["s3://{b}/images/"], "includes": ["**.jpg"]}, IMAGES[1:3]),
         ({"s3_paths": ["s3://{b}/images/"], "includes": ["**.jpg"], "excludes": ["**_3.jpg"]}, IMAGES[1:2]),
         ({"s3_paths": ["s3://{b}/images/"], "excludes": ["**.gif"]}, IMAGES[:3]),
+        ({"s3_paths": ["s3://{b}/images/"], "includes": None, "excludes": None}, IMAGES),  # null: none, as on Cortex
         # the rest of DESIGN.md's rules: * and ? stay in a segment, [...], [!...], {a,b}; duplicates once
         ({"s3_paths": ["s3://{b}/images/"], "includes": ["*.jpg"], "excludes": []}, None),
         ({"s3_paths": ["s3://{b}/"], "includes": ["s3://{b}/*/img_?.{png,gif}"]}, [IMAGES[0], IMAGES[3]]),

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
+from app.errors import PayloadTooLarge
 from app.schemas import MAX_INT
 from app.submission import MAX_NESTING
 from tests.conftest import PREDICTORS
@@ -402,7 +403,7 @@ def test_a_body_over_10_mib_is_a_413(client, r):
     snapshot = Snapshot(r)
     raw = json.dumps(VALID).encode().ljust(MAX_BODY_BYTES + 1)
     message = assert_error(post(client, raw, dry_run=True), 413, "payload_too_large", "10 MiB")
-    assert "S3" in message
+    assert message == PayloadTooLarge.MESSAGE
     snapshot.assert_nothing_created()
 
 
@@ -595,6 +596,8 @@ def test_an_unknown_api_is_a_404_saying_it_is_not_deployed(client, r):
         ("delete", "/batch/minimal", 400, "invalid_request", "jobID"),
         ("delete", "/batch/minimal?jobID=", 400, "invalid_request", "jobID"),
         ("get", "/batch/minimal?jobID=", 400, "invalid_request", "the jobID query parameter is required"),
+        ("get", "/batch/minimal?jobID=a&jobID=b", 400, "invalid_request", "'jobID' is given more than once"),
+        ("delete", "/batch/minimal?jobID=a&jobID=b", 400, "invalid_request", "'jobID' is given more than once"),
         ("get", "/no/such/route", 404, "not_found", "not found"),
         ("post", "/batch", 405, "method_not_allowed", "not allowed"),  # GET /batch lists the APIs
         ("put", "/batch/minimal", 405, "method_not_allowed", "not allowed"),
@@ -649,5 +652,6 @@ def test_a_chunked_body_over_10_mib_is_a_413_not_a_truncated_job(client, r):
         headers={"Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
-    assert_error(response, 413, "payload_too_large", "10 MiB")
+    message = assert_error(response, 413, "payload_too_large", "10 MiB")
+    assert message == PayloadTooLarge.MESSAGE  # as when the Content-Length says so
     snapshot.assert_nothing_created()
