@@ -62,6 +62,12 @@ def procs(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:procs"
 
 
+def proc_alive(proc: str) -> str:
+    """String with a TTL: a pool process (as named in `procs`) is alive while it exists; the
+    process renews it from a thread (workers/liveness.py)."""
+    return f"{PREFIX}:proc:{proc}:alive"
+
+
 def job_log(job_id: str) -> str:
     """List: the job's last log lines (JSON), oldest first."""
     return f"{PREFIX}:job:{job_id}:log"

@@ -68,6 +68,24 @@ local function past_deadline()
   return false
 end
 
+-- Whether the batch's current message (its generation) began a delivery (batches begun before
+-- deliveries noted their generation: whether any began).
+local function delivered(id)
+  local begun = redis.call('HGET', deliveries, id .. ':b')
+  if not begun then return redis.call('HEXISTS', deliveries, id) == 1 end
+  return begun == (redis.call('HGET', deliveries, id .. ':g') or '0')
+end
+
+-- Publish a batch again (its message was lost, or its delivery with its process): a new
+-- generation, so that only the newest message runs (BEGIN skips the others). Adds
+-- `"<generation> <batch_id> <body>"` to `out`, for the caller to publish and say so (PUBLISHED).
+local function publish_again(id, entry, out)
+  local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
+  redis.call('ZADD', released, now, id)
+  redis.call('ZADD', unpublished, now, id)
+  out[#out + 1] = generation .. ' ' .. entry
+end
+
 -- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
 -- Returns the entries the caller must publish (none when it pushed their messages itself).
 local function release()
@@ -169,6 +187,7 @@ if released_at and tonumber(released_at) < math.huge
   redis.call('HSET', job, 'delivered_release', released_at)
 end
 local started = redis.call('HINCRBY', deliveries, id, 1)
+redis.call('HSET', deliveries, id .. ':b', generation)  -- this generation's delivery began
 local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')
 if started - 1 > recorded then
   -- earlier deliveries that never reported an outcome died with their worker: failed attempts
@@ -248,16 +267,10 @@ REPUBLISH = """
 local cutoff, limit, unpublished_cutoff = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local out = {}
 if not in_progress() then return out end
-local function again(id, entry)
-  local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
-  redis.call('ZADD', released, now, id)
-  redis.call('ZADD', unpublished, now, id)
-  out[#out + 1] = generation .. ' ' .. entry
-end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', unpublished, '-inf', unpublished_cutoff, 'LIMIT', 0, limit)) do
   local entry = redis.call('HGET', inflight, id)
-  if entry and redis.call('HEXISTS', deliveries, id) == 0 then
-    again(id, entry)
+  if entry and not delivered(id) then
+    publish_again(id, entry, out)
   else
     redis.call('ZREM', unpublished, id)  -- delivered or ended: it was published after all
   end
@@ -266,12 +279,27 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', released, '-inf', cutoff, 'LIMIT
   local entry = redis.call('HGET', inflight, id)
   if not entry then
     redis.call('ZREM', released, id)
-  elseif redis.call('HEXISTS', deliveries, id) == 0 then
-    again(id, entry)
+  elseif not delivered(id) then
+    publish_again(id, entry, out)
   else
     redis.call('ZADD', released, '+inf', id)  -- delivered: the broker redelivers it if need be
   end
 end
+return out
+"""
+
+# The process ARGV[3] died (its liveness key expired) holding a delivery of the job: it no longer
+# counts as a worker, and the batch it was running, if that is still its newest message's
+# delivery, is published again (the next delivery's BEGIN counts the dead one as failed).
+REVIVE = """
+local out = {}
+if not in_progress() then return out end
+local holding = redis.call('HGET', procs, ARGV[3])
+if not holding then return out end
+redis.call('HDEL', procs, ARGV[3])
+local id = string.match(holding, ' (.*)$')
+local entry = redis.call('HGET', inflight, id)
+if entry and delivered(id) then publish_again(id, entry, out) end
 return out
 """
 
@@ -379,6 +407,7 @@ class JobStore:
                 "oom": OOM,
                 "read": READ,
                 "republish": REPUBLISH,
+                "revive": REVIVE,
                 "reclaim": RECLAIM,
                 "finalizing": FINALIZING,
                 "published": PUBLISHED,
@@ -512,6 +541,13 @@ class JobStore:
         """Give a job in progress its final status; False if it had one already."""
         return bool(self._call("end", spec, spec["api_name"], final_status, message, now=now))
 
+    def revive(self, spec: dict, proc: str, now: float) -> list[tuple[int, str]]:
+        """The process `proc` died: it no longer counts as the job's worker, and the batch it was
+        running is returned as `(generation, "<batch_id> <body>")` to publish again (then call
+        `published`); nothing if it held none of the job's batches."""
+        reply = self._call("revive", spec, spec["api_name"], proc, now=now)
+        return [_generation_entry(item) for item in reply]
+
     def republish(
         self, spec: dict, released_before: float, unpublished_before: float, now: float, limit: int = 1000
     ) -> list[tuple[int, str]]:
@@ -520,11 +556,7 @@ class JobStore:
         published, or released before `released_before` and never delivered."""
         args = (repr(released_before), limit, repr(unpublished_before))
         reply = self._call("republish", spec, spec["api_name"], *args, now=now)
-        found = []
-        for raw in reply:
-            generation, _, entry = raw.decode().partition(" ")
-            found.append((int(generation), entry))
-        return found
+        return [_generation_entry(item) for item in reply]
 
     def reclaim_finalizer(self, spec: dict, claimed_before: float, unpublished_before: float, now: float) -> bool:
         """Claim again the finalizer of a job still in progress whose finalizer was claimed before
@@ -606,8 +638,15 @@ def _pairs(flat: list) -> dict:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
+def _generation_entry(raw: bytes) -> tuple[int, str]:
+    """`b"<generation> <batch_id> <body>"` as `(generation, "<batch_id> <body>")`."""
+    generation, _, entry = raw.decode().partition(" ")
+    return int(generation), entry
+
+
 def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: float) -> dict:
     state: dict = {
+        "procs": procs,  # process name -> "running <batch_id>" or "initializing <batch_id>"
         "spec": json.loads(job_hash["spec"]),
         "api": json.loads(job_hash["api"]) if job_hash.get("api") else None,  # as deployed at submission
         "status": job_hash["status"],

@@ -11,6 +11,10 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   fleet has since begun messages released `BATCHERY_LOST_SECONDS` after them (the broker lost
   them; or nothing on the queue began for that long), are published again, each with a new
   generation so that only the newest message runs;
+- a job's batch running in a pool process that died with its whole worker (its liveness key,
+  renewed from a thread in each pool process, expired after `BATCHERY_LOST_SECONDS`) is published
+  again the same way, and the process no longer counts as running: no one else would requeue it
+  before the broker's visibility timeout (an hour on the Redis broker);
 - a job whose batches have all ended and whose finalizer was claimed that long ago (the same two
   rules; a running finalizer renews its claim) but that is still in progress (the finalizer's
   message was lost, or its worker) gets its finalizer published again (`on_job_complete` runs
@@ -51,7 +55,8 @@ class Watchdog:
         """One pass over this fleet's jobs in progress; returns the ids of the jobs it acted on."""
         states = self._jobs_in_progress(at)
         lost_before = self._lost_before(states, at)
-        return [state["spec"]["job_id"] for state in states if self._check(state, at, lost_before)]
+        dead = self._dead_processes(states)
+        return [state["spec"]["job_id"] for state in states if self._check(state, at, lost_before, dead)]
 
     def _jobs_in_progress(self, at: float) -> list[dict]:
         """The states of the jobs in progress on this fleet's queue (reading them also times out
@@ -84,9 +89,19 @@ class Watchdog:
             return at - lost
         return min(at, max(state["delivered_release"] for state in states)) - lost
 
-    def _check(self, state: dict, at: float, lost_before: float) -> bool:
+    def _dead_processes(self, states: list[dict]) -> set[str]:
+        """The processes named in the jobs' `procs` whose liveness key expired: they died, with
+        their whole worker, in the middle of a batch (workers/liveness.py)."""
+        names = sorted({name for state in states for name in state["procs"]})
+        pipe = self.services.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.proc_alive(name))
+        return {name for name, alive in zip(names, pipe.execute(), strict=True) if not alive}
+
+    def _check(self, state: dict, at: float, lost_before: float, dead: set[str]) -> bool:
         spec = state["spec"]
-        acted = self._recover_lost_messages(spec, at, lost_before)
+        acted = self._revive(spec, [name for name in state["procs"] if name in dead], at)
+        acted = self._recover_lost_messages(spec, at, lost_before) or acted
         if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
             return acted
         store, job_id = self.services.store, spec["job_id"]
@@ -109,6 +124,21 @@ class Watchdog:
         log.warning("job %s: its API process died after storing every batch; the job runs", spec["job_id"])
         follow(self.services.dispatcher, store, spec, store.enqueued(spec, at))
         return True
+
+    def _revive(self, spec: dict, dead: list[str], at: float) -> bool:
+        """Publish again the batches that were running in processes that died (no one else will
+        before the broker's visibility timeout)."""
+        store, job_id = self.services.store, spec["job_id"]
+        again = [found for name in dead for found in store.revive(spec, name, at)]
+        if again:
+            log.warning(
+                "job %s: %d batches were running in worker processes that died; publishing them again",
+                job_id,
+                len(again),
+            )
+            self.services.dispatcher.republish_batches(job_id, again)
+            store.published(spec, [entry for _, entry in again])
+        return bool(dead)
 
     def _recover_lost_messages(self, spec: dict, at: float, lost_before: float) -> bool:
         store, dispatcher, job_id = self.services.store, self.services.dispatcher, spec["job_id"]

@@ -141,6 +141,7 @@ def test_a_message_is_called_lost_when_the_queue_delivered_one_released_lost_sec
     store.create(spec, api, t0)
     store.append(spec, [f"{i} [{i}]" for i in range(6)], t0)  # batches 0, 1, 2 released at t0
     store.enqueued(spec, t0)
+    unconsumed.redis.set(keys.proc_alive("p"), "1")  # the process running them lives
     # the fleet is busy for 5 LOST: batch 0 is delivered only then; 1 and 2 wait behind it
     assert store.begin(spec, "0", "p", t0 + 5 * LOST).action == "run"
     assert spec["job_id"] not in watchdog.sweep(t0 + 5 * LOST + 1)
@@ -162,10 +163,71 @@ def test_with_nothing_delivered_for_lost_seconds_a_message_that_old_is_called_lo
     store.create(spec, api, t0)
     store.append(spec, ["0 [0]", "1 [1]"], t0)
     store.enqueued(spec, t0)
+    unconsumed.redis.set(keys.proc_alive("p"), "1")  # the process running batch 0 lives
     assert store.begin(spec, "0", "p", t0 + 1).action == "run"
     assert spec["job_id"] not in watchdog.sweep(t0 + LOST + 0.5)  # older than LOST, but a delivery since
     assert spec["job_id"] in watchdog.sweep(t0 + LOST + 2)  # nothing delivered since t0 + 1
     store.end(spec, status.STOPPED, "", now())
+
+
+def test_a_batch_running_in_a_process_that_died_is_published_again(unconsumed):
+    """A process whose liveness key expired held a delivery: nobody else would requeue it before
+    the broker's visibility timeout (an hour on Redis). A live process's batch is left alone."""
+    store, watchdog, t0 = unconsumed.store, Watchdog(unconsumed), now()
+    api = unconsumed.registry.get("probe")
+    spec = build_spec(api, {"workers": 2, "config": {}}, unconsumed.submitter.queue_url, t0)
+    store.create(spec, api, t0)
+    store.append(spec, ["0 [0]", "1 [1]", "2 [2]"], t0)
+    store.enqueued(spec, t0)
+    unconsumed.redis.set(keys.proc_alive("live:1:a"), "1")  # as workers/liveness.py keeps it
+    assert store.begin(spec, "0", "dead:2:b", t0 + 1).action == "run"
+    assert store.begin(spec, "1", "live:1:a", t0 + 1).action == "run"
+    assert spec["job_id"] in watchdog.sweep(t0 + 2)
+    state = store.state(spec["job_id"], "probe", t0 + 2)
+    assert list(state["procs"]) == ["live:1:a"]  # the dead one no longer counts as running
+    assert store.revive(spec, "dead:2:b", t0 + 3) == []  # once
+    assert store.begin(spec, "0", "live:1:a", t0 + 4).action == "skip"  # its old message, should it come back
+    assert store.begin(spec, "0", "live:1:a", t0 + 4, generation=1).action == "run"
+    assert store.state(spec["job_id"], "probe", t0 + 4)["failed"] == 1  # the delivery that died
+    store.end(spec, status.STOPPED, "", now())
+
+
+@BOTH_BROKERS
+def test_a_whole_worker_killed_mid_job_has_its_batches_run_again_soon(
+    settings, worker_env, broker, probe_config, r, tmp_path
+):
+    """SIGKILL of the worker's main process and its pool (a container's OOM kill, a lost machine):
+    no one requeues its messages, which the Redis broker restored only after its visibility
+    timeout (an hour), the job shown running meanwhile."""
+    lost = 4
+    quick = dataclasses.replace(
+        settings, queue=f"killed-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
+    )
+    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
+    app = create_app({"SETTINGS": quick})
+    first = Worker(env, tmp_path, f"killed-{broker}", concurrency=2)
+    second = None
+    try:
+        jobs = Jobs(app.test_client())
+        config = {**probe_config, "sleep": 0.5}
+        spec = jobs.submit(
+            "probe", {"workers": 2, "config": config, "item_list": {"items": list(range(12)), "batch_size": 1}}
+        )
+        running = f"probe:{probe_config['tag']}:running:{spec['job_id']}"
+        wait_for(lambda: int(r.get(running) or 0) >= 1, timeout=60, what="a batch to be running")
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait(30)
+        second = Worker(env, tmp_path, f"after-kill-{broker}", concurrency=2)
+        job = jobs.wait_final("probe", spec["job_id"], timeout=120)
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        first.stop()
+        if second:
+            second.stop()
+    assert job["status"] == status.SUCCEEDED
+    assert job["batch_metrics"]["succeeded"] == 12
+    assert job["batch_metrics"]["failed"] >= 1  # the deliveries that died with the worker
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
 
 
 @BOTH_BROKERS

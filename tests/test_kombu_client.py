@@ -44,11 +44,13 @@ def test_messages_are_noted_unacked_and_acked_through_the_kept_client(channel, r
         for n in range(3):
             queue.put({"n": n})
         received = [queue.get(timeout=5) for _ in range(3)]
-        unacked = redis_server.client.hlen(channel.unacked_key)
-        assert unacked == 3  # QoS.append wrote each one
+        # (the shared Redis's unacked hash may hold other tests' messages: a killed worker's)
+        noted = [redis_server.client.hexists(channel.unacked_key, m.delivery_tag) for m in received]
+        assert noted == [True] * 3  # QoS.append wrote each one
         for message in received:
             message.ack()
-        assert redis_server.client.hlen(channel.unacked_key) == 0  # QoS.ack removed each one
+        noted = [redis_server.client.hexists(channel.unacked_key, m.delivery_tag) for m in received]
+        assert noted == [False] * 3  # QoS.ack removed each one
         assert sorted(m.payload["n"] for m in received) == [0, 1, 2]
     finally:
         queue.close()

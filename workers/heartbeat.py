@@ -28,6 +28,13 @@ def heartbeat(beat: Callable[[], object], every: float, name: str) -> Iterator[N
         done.set()
 
 
+def beat_forever(beat: Callable[[], object], every: float, name: str) -> threading.Thread:
+    """Call `beat` every `every` seconds from a daemon thread, for as long as the process lives."""
+    thread = threading.Thread(target=_beat, args=(beat, every, threading.Event(), name), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def _beat(beat: Callable[[], object], every: float, done: threading.Event, name: str) -> None:
     while not done.wait(every):
         try:

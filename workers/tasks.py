@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import traceback
 import uuid
@@ -21,6 +20,7 @@ from app.services import Services
 from app.sources.batches import payload
 from app.store import LEASE_MS, Outcome
 from app.submission import follow
+from workers import liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
 from workers.runtime import PredictorCache, PredictorError, load_class
@@ -63,8 +63,8 @@ def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
 
 
 def process_id() -> str:
-    """This pool process, as counted in `worker_counts`."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This pool process, as counted in `worker_counts` (and said alive while it lives)."""
+    return liveness.this_process(services().redis, settings.lost_seconds)
 
 
 # Request: the worker's main process tells a pool process killed for memory from other SIGKILLs.
