@@ -11,6 +11,9 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# the project itself, editable and without dependencies (the pinned ones above), as `make install`
+# does: the `batchery` CLI in every container (`docker compose exec api batchery get`)
+RUN pip install --no-deps -e .
 # Not root (Celery warns about it); results/ exists in the image so the named volume mounted there
 # starts out owned by this user.
 RUN useradd --create-home --uid 1000 batchery && mkdir -p /app/results && chown batchery /app/results
