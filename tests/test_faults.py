@@ -3,6 +3,7 @@ brokers), a fleet that takes nothing. Every batch must end counted exactly once,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -122,6 +123,21 @@ def test_a_finalizer_its_claimant_said_it_published_is_called_lost_only_after_th
     store.end(spec, status.SUCCEEDED, "", now())
 
 
+@contextlib.contextmanager
+def own_fleet(settings, worker_env, tmp_path, name: str, lost: float, concurrency: int = 2):
+    """An API app and a worker of their own on the queue `name`, with BATCHERY_LOST_SECONDS `lost`
+    and the watchdog sweeping every 0.5 s: yields `(jobs, env, worker)`; stops both at the end."""
+    quick = dataclasses.replace(settings, queue=name, watchdog_seconds=0.5, lost_seconds=lost)
+    env = {**worker_env, "BATCHERY_QUEUE": name, "BATCHERY_LOST_SECONDS": str(lost)}
+    app = create_app({"SETTINGS": quick})
+    own = Worker(env, tmp_path, name, concurrency=concurrency)
+    try:
+        yield Jobs(app.test_client()), env, own
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        own.stop()
+
+
 @pytest.fixture
 def unconsumed(redis_server, probe_config):
     """The services of an app whose queue no worker consumes, its watchdog swept by hand."""
@@ -199,16 +215,8 @@ def test_a_whole_worker_killed_mid_job_has_its_batches_run_again_soon(
     """SIGKILL of the worker's main process and its pool (a container's OOM kill, a lost machine):
     no one requeues its messages, which the Redis broker restored only after its visibility
     timeout (an hour), the job shown running meanwhile."""
-    lost = 4
-    quick = dataclasses.replace(
-        settings, queue=f"killed-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
-    )
-    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
-    app = create_app({"SETTINGS": quick})
-    first = Worker(env, tmp_path, f"killed-{broker}", concurrency=2)
-    second = None
-    try:
-        jobs = Jobs(app.test_client())
+    with own_fleet(settings, worker_env, tmp_path, f"killed-{broker}-{probe_config['tag']}", lost=4) as fleet:
+        jobs, env, first = fleet
         config = {**probe_config, "sleep": 0.5}
         spec = jobs.submit(
             "probe", {"workers": 2, "config": config, "item_list": {"items": list(range(12)), "batch_size": 1}}
@@ -218,11 +226,9 @@ def test_a_whole_worker_killed_mid_job_has_its_batches_run_again_soon(
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait(30)
         second = Worker(env, tmp_path, f"after-kill-{broker}", concurrency=2)
-        job = jobs.wait_final("probe", spec["job_id"], timeout=120)
-    finally:
-        app.extensions["batchery_watchdog"].stop()
-        first.stop()
-        if second:
+        try:
+            job = jobs.wait_final("probe", spec["job_id"], timeout=120)
+        finally:
             second.stop()
     assert job["status"] == status.SUCCEEDED
     assert job["batch_metrics"]["succeeded"] == 12
@@ -299,20 +305,10 @@ def test_an_on_job_complete_longer_than_the_lost_delay_runs_once(
     """Its heartbeat keeps the watchdog from taking it for a lost finalizer and running a second one
     beside it (it did: the claim time was never renewed)."""
     lost = 4  # its heartbeat every 1 s: a flake would need the thread starved for 4 s
-    quick = dataclasses.replace(
-        settings, queue=f"slow-end-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
-    )
-    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
-    app = create_app({"SETTINGS": quick})
-    own = Worker(env, tmp_path, f"slow-end-{broker}", concurrency=2)
-    try:
-        jobs = Jobs(app.test_client())
+    with own_fleet(settings, worker_env, tmp_path, f"slow-end-{broker}-{probe_config['tag']}", lost) as (jobs, _, _):
         config = {**probe_config, "complete_sleep": 3 * lost}
         spec = jobs.submit("probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2], "batch_size": 1}})
         job = jobs.wait_final("probe", spec["job_id"], timeout=120)
-    finally:
-        app.extensions["batchery_watchdog"].stop()
-        own.stop()
     assert job["status"] == status.SUCCEEDED
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
 
@@ -459,21 +455,12 @@ def test_a_queue_waiting_longer_than_the_lost_delay_is_not_taken_for_lost(
     LOST 5 s): waiting messages are not taken for lost. They were: each sweep published every one
     older than LOST again (each batch still ran once: the originals were skipped as superseded)."""
     lost = 5  # a delivery every second or so: a flake would need the worker starved for 5 s
-    quick = dataclasses.replace(
-        settings, queue=f"saturated-{probe_config['tag']}", watchdog_seconds=0.5, lost_seconds=lost
-    )
-    env = {**worker_env, "BATCHERY_QUEUE": quick.queue, "BATCHERY_LOST_SECONDS": str(lost)}
-    app = create_app({"SETTINGS": quick})
-    own = Worker(env, tmp_path, f"saturated-{broker}", concurrency=1)
-    try:
-        jobs = Jobs(app.test_client())
+    name = f"saturated-{broker}-{probe_config['tag']}"
+    with own_fleet(settings, worker_env, tmp_path, name, lost, concurrency=1) as (jobs, _, _):
         config = {**probe_config, "sleep": 1}
         items = list(range(16))
         spec = jobs.submit("probe", {"workers": 10, "config": config, "item_list": {"items": items, "batch_size": 1}})
         job = jobs.wait_final("probe", spec["job_id"], timeout=150)
-    finally:
-        app.extensions["batchery_watchdog"].stop()
-        own.stop()
     assert job["status"] == status.SUCCEEDED
     assert job["batch_metrics"]["succeeded"] == 16
     deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
