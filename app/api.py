@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from app import job
@@ -172,7 +174,7 @@ def _job_status(api: dict, job_id: str) -> dict:
     state = _state(api["name"], job_id)
     # the API the job runs (a redeploy since then does not change it), as Cortex answers with the
     # spec of the job's api_id; jobs stored before the API was kept with them show today's
-    ran = state["api"] or api
+    ran = json.loads(state["api"]) if state["api"] else api
     return {"job_status": job.job_status(state), "endpoint": endpoint(api["name"]), "api_spec": public_spec(ran)}
 
 

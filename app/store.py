@@ -648,7 +648,7 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     state: dict = {
         "procs": procs,  # process name -> "running <batch_id>" or "initializing <batch_id>"
         "spec": json.loads(job_hash["spec"]),
-        "api": json.loads(job_hash["api"]) if job_hash.get("api") else None,  # as deployed at submission
+        "api": job_hash.get("api"),  # JSON of the API as deployed at submission (only a job's status parses it)
         "status": job_hash["status"],
         "message": job_hash.get("message", ""),
         "oom_batch": job_hash.get("oom_batch", ""),  # the first batch that failed for good by OOM kills
