@@ -136,9 +136,13 @@ class Watchdog:
                 job_id,
                 len(again),
             )
-            self.services.dispatcher.republish_batches(job_id, again)
-            store.published(spec, [entry for _, entry in again])
+            self._publish_again(spec, again)
         return bool(dead)
+
+    def _publish_again(self, spec: dict, found: list[tuple[int, str]]) -> None:
+        """Publish the `(generation, entry)` batches the store gave back, and say they were."""
+        self.services.dispatcher.republish_batches(spec["job_id"], found)
+        self.services.store.published(spec, [entry for _, entry in found])
 
     def _recover_lost_messages(self, spec: dict, at: float, lost_before: float) -> bool:
         store, dispatcher, job_id = self.services.store, self.services.dispatcher, spec["job_id"]
@@ -147,8 +151,7 @@ class Watchdog:
         lost = store.republish(spec, lost_before, unpublished_before, at)
         if lost:
             log.warning("job %s: %d batches released but never delivered; publishing them again", job_id, len(lost))
-            dispatcher.republish_batches(job_id, lost)
-            store.published(spec, [entry for _, entry in lost])
+            self._publish_again(spec, lost)
         # a finalizer's message waits in the same queue; a running one renews its claim (heartbeat)
         if store.reclaim_finalizer(spec, lost_before, unpublished_before, at):
             log.warning("job %s: its finalizer did not end the job; publishing it again", job_id)
