@@ -17,10 +17,12 @@ bp = Blueprint("batch", __name__)
 
 
 def services() -> Services:
+    """The app's services (settings, job store, broker)."""
     return current_app.extensions["batchery"]
 
 
 def endpoint(api_name: str) -> str:
+    """The absolute URL of an API's batch endpoint (`/batch/<api_name>`)."""
     return url_for("batch.get_api", api_name=api_name, _external=True)
 
 
@@ -180,4 +182,5 @@ def _job_status(api: dict, job_id: str) -> dict:
 
 @bp.app_errorhandler(BatcheryError)
 def batchery_error(err: BatcheryError) -> tuple[Response, int]:
+    """Answer a BatcheryError as `{"kind", "message"}` with its HTTP status."""
     return jsonify({"kind": err.kind, "message": err.message}), err.status

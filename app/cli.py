@@ -40,6 +40,7 @@ def default_url() -> str:
 
 
 def console(stderr: bool = False) -> Console:
+    """A console for tables and progress; a wide one when output is piped."""
     # Piped output gets a wide console, so that tables are not folded at 80 columns.
     probe = Console(stderr=stderr)
     return probe if probe.is_terminal else Console(stderr=stderr, width=200, soft_wrap=True)
@@ -60,6 +61,7 @@ class Context:
         self.token = token
 
     def client(self) -> Client:
+        """An HTTP client for this context's API server and token."""
         return Client(self.url, token=self.token)
 
     def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -94,6 +96,7 @@ def options(command: Callable) -> Callable:
 
 
 def context(url: str | None, output: str | None) -> Context:
+    """The command's context: its own --url/--output, else the group's."""
     parent = click.get_current_context().find_object(Context)
     token = click.get_current_context().meta.get("batchery_token")
     return Context(url or parent.url, output or parent.output, token or parent.token)
@@ -204,6 +207,7 @@ def get(api: str | None, job_id: str | None, watch: bool, interval: float, url: 
 
 
 def show_apis(ctx: Context) -> None:
+    """Print the deployed APIs (a table, or JSON); exits 1 on an HTTP error."""
     client = ctx.client()
     apis = ctx.call(client.list_apis)
     if ctx.output == "json":
@@ -222,6 +226,7 @@ def show_apis(ctx: Context) -> None:
 
 
 def show_jobs(ctx: Context, api: str) -> None:
+    """Print an API and its jobs (a table, or JSON); exits 1 on an HTTP error."""
     answer = ctx.call(ctx.client().get_api, api)
     if ctx.output == "json":
         click.echo(json.dumps(answer, indent=2))
@@ -246,6 +251,7 @@ def show_jobs(ctx: Context, api: str) -> None:
 
 
 def show_job(ctx: Context, api: str, job_id: str) -> None:
+    """Print one job's status (a table, or JSON); exits 1 on an HTTP error."""
     answer = ctx.call(ctx.client().get_job, api, job_id)
     if ctx.output == "json":
         click.echo(json.dumps(answer, indent=2))
@@ -381,10 +387,12 @@ def overall_rate(job: dict) -> float | None:
 
 
 def exit_code(job: dict) -> int:
+    """The exit code a command waiting for a job ends with: 0 only if it succeeded."""
     return 0 if job["status"] == status.SUCCEEDED else 1
 
 
 def total_of(job: dict) -> int:
+    """The job's number of batches, 0 while it is unknown (still enqueuing)."""
     return int(job.get("total_batch_count") or 0)
 
 
@@ -465,6 +473,7 @@ def log_line(line: dict) -> str:
 
 
 def new_table(*columns: str, title: str | None = None) -> Table:
+    """A borderless table whose columns do not wrap."""
     table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left", pad_edge=False)
     for column in table.columns:
         column.no_wrap = True
@@ -477,15 +486,18 @@ def readable(code: str | None) -> str:
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """A status's RFC 3339 time as a datetime, or None."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def clock(value: str | None) -> str:
+    """A status's time as `YYYY-MM-DD HH:MM:SS UTC`, or `-`."""
     moment = parse_time(value)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def duration(job: dict) -> str:
+    """How long the job has run (or ran, once ended), or `-` before it starts."""
     start = parse_time(job.get("start_time"))
     if start is None:
         return "-"

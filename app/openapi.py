@@ -31,6 +31,7 @@ API_NAME = {"name": "api_name", "in": "path", "required": True, "schema": {"type
 
 
 def job_id(required: bool, description: str) -> dict:
+    """The OpenAPI description of the `jobID` query parameter."""
     return {
         "name": "jobID",
         "in": "query",
@@ -41,6 +42,7 @@ def job_id(required: bool, description: str) -> dict:
 
 
 def json_answer(description: str, schema: str | dict) -> dict:
+    """An OpenAPI response with a JSON body of the given schema."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 

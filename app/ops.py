@@ -13,6 +13,7 @@ bp = Blueprint("ops", __name__)
 
 
 def services() -> Services:
+    """The app's services (settings, job store, broker)."""
     return current_app.extensions["batchery"]
 
 

@@ -10,10 +10,12 @@ from app.schemas import DeadLetterQueueSchema
 
 
 def text(description: str, **kwargs) -> fields.String:
+    """A string field of a documented answer."""
     return fields.String(metadata={"description": description}, **kwargs)
 
 
 def count(description: str, **kwargs) -> fields.Integer:
+    """An integer field of a documented answer."""
     return fields.Integer(metadata={"description": description}, **kwargs)
 
 

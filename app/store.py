@@ -361,6 +361,7 @@ class Outcome:
 
     @classmethod
     def parse(cls, reply: list) -> Outcome:
+        """An Outcome from RECORD's reply: the finalize flag, then the released batch entries."""
         return cls(released=[e.decode() for e in reply[1:]], finalize=bool(reply and reply[0] == 1))
 
 

@@ -92,6 +92,7 @@ class PredictorCache:
         return predictor
 
     def cached(self, job_id: str) -> bool:
+        """Whether this process holds the job's predictor."""
         return job_id in self._items
 
     def evict(self, job_id: str) -> None:

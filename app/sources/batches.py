@@ -93,6 +93,7 @@ class _RangeBatch:
         self.prefix = 0
 
     def add(self, prefix: int, obj: s3.S3Object, first: int, end: int) -> None:
+        """Add one value (bytes first..end of an object); a value of the same object extends the last range."""
         self.prefix = prefix
         if self.ranges and self.ranges[-1][:2] == [obj.bucket, obj.key]:
             self.ranges[-1][3] = end
