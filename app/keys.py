@@ -8,6 +8,11 @@ def api(name: str) -> str:
     return f"{PREFIX}:api:{name}"
 
 
+def api_code(api_id: str) -> str:
+    """Hash: the Python files deployed with an API, by path in its predictor's folder (app/code.py)."""
+    return f"{PREFIX}:code:{api_id}"
+
+
 def apis() -> str:
     """Set: names of the deployed APIs."""
     return f"{PREFIX}:apis"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import ast
+import datetime
 import hashlib
 import json
 import logging
+import math
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 import yaml
 
-from app import keys
+from app import code, keys
 from app.errors import ApiNotFound, DeployError
 
 log = logging.getLogger(__name__)
@@ -22,8 +25,21 @@ KNOWN_PREDICTOR_KEYS = {"type", "path", "config"}
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+class Deployment(NamedTuple):
+    """An API as a cortex.yaml declares it: its spec, and the Python files of its predictor's folder."""
+
+    spec: dict
+    code: dict[str, str]
+
+
 def read_cortex_yaml(path: str | Path) -> list[dict]:
-    """Parse and check a cortex.yaml; raises DeployError saying which API and field is wrong."""
+    """Parse and check a cortex.yaml: the specs of its APIs; raises DeployError saying which API
+    and field is wrong."""
+    return [deployment.spec for deployment in read_deployments(path)]
+
+
+def read_deployments(path: str | Path) -> list[Deployment]:
+    """Parse and check a cortex.yaml, and read its predictors' code; raises DeployError."""
     path = Path(path).resolve()
     try:
         documents = yaml.safe_load(path.read_text())
@@ -33,15 +49,15 @@ def read_cortex_yaml(path: str | Path) -> list[dict]:
         documents = [documents]
     if not isinstance(documents, list) or not documents:
         raise DeployError(f"{path.name} must hold a list of APIs")
-    specs = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
+    deployments = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
     names = [entry.get("name") for entry in documents if isinstance(entry, dict)]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise DeployError(f"{path.name} declares API {', '.join(twice)} more than once")
-    return [spec for spec in specs if spec is not None]
+    return [deployment for deployment in deployments if deployment is not None]
 
 
-def _api_spec(entry: object, base: Path, index: int) -> dict | None:
+def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise DeployError(f"API #{index + 1}: each API needs a `name`")
     name = entry["name"]
@@ -60,15 +76,46 @@ def _api_spec(entry: object, base: Path, index: int) -> dict | None:
     config = predictor.get("config") or {}
     if not isinstance(config, dict):
         raise DeployError(f"API {name}: predictor.config must be a mapping")
+    config = _json_value(config, f"API {name}: predictor.config")
     source = _predictor_file(name, base, predictor.get("path"))
+    try:
+        sources = code.collect(source.parent)
+    except DeployError as err:
+        raise DeployError(f"API {name}: {err}") from None
     spec = {
         "name": name,
         "kind": "BatchAPI",
         "predictor": {"type": "python", "path": predictor["path"], "config": config},
     }
-    spec["api_id"] = _api_id(spec, source.read_bytes())
+    spec["api_id"] = _api_id(spec, code.digest(sources))
     spec["predictor_file"] = str(source)
-    return spec
+    return Deployment(spec, sources)
+
+
+def _json_value(value: object, where: str) -> object:
+    """A YAML value as the JSON the predictor receives: dates become ISO strings, as Cortex passed
+    them (Go's YAML reads them as strings); raises DeployError for what JSON cannot carry."""
+    if isinstance(value, dict):
+        return {_json_key(key, where): _json_value(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DeployError(f"{where} is {value}, which JSON cannot carry: quote it to pass a string")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise DeployError(f"{where} is a {type(value).__name__}, which JSON cannot carry: use a string, number or list")
+
+
+def _json_key(key: object, where: str) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (datetime.date, datetime.datetime)):
+        return key.isoformat()
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)  # as json.dumps would write the key: true, 1, null
+    raise DeployError(f"{where} has a key {key!r}, which JSON cannot carry: use a string")
 
 
 def _warn_unknown(name: str, mapping: dict, known: set, prefix: str) -> None:
@@ -93,8 +140,8 @@ def _predictor_file(name: str, base: Path, path: object) -> Path:
     return source
 
 
-def _api_id(spec: dict, source: bytes) -> str:
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + source)
+def _api_id(spec: dict, code_digest: bytes) -> str:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + code_digest)
     return digest.hexdigest()[:20]
 
 
@@ -105,13 +152,17 @@ class Registry:
         self.redis = client
 
     def deploy_file(self, path: str | Path) -> list[dict]:
-        """Deploy every BatchAPI of a cortex.yaml; raises DeployError if any is invalid."""
-        specs = read_cortex_yaml(path)
+        """Deploy every BatchAPI of a cortex.yaml, with its predictor's code; raises DeployError
+        if any is invalid."""
+        deployments = read_deployments(path)
         pipe = self.redis.pipeline()
-        for spec in specs:
+        for spec, sources in deployments:
+            # the code first, under its api_id: a worker loading the API finds it (the same id, the same code)
+            pipe.hset(keys.api_code(spec["api_id"]), mapping=sources)
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
         pipe.execute()
+        specs = [deployment.spec for deployment in deployments]
         for spec in specs:
             log.info("deployed API %s (api_id %s)", spec["name"], spec["api_id"])
         return specs
@@ -127,6 +178,12 @@ class Registry:
     def names(self) -> list[str]:
         """Names of the deployed APIs."""
         return sorted(n.decode() for n in self.redis.smembers(keys.apis()))
+
+    def code(self, api_id: str) -> dict[str, str] | None:
+        """The Python files deployed with an API (by path in the predictor's folder); None for an
+        API deployed before Batchery kept them."""
+        stored = self.redis.hgetall(keys.api_code(api_id))
+        return {path.decode(): source.decode() for path, source in stored.items()} or None
 
 
 def public_spec(spec: dict) -> dict:

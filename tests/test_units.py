@@ -512,6 +512,14 @@ def test_read_cortex_yaml_refuses_an_api_declared_twice(tmp_path):
         read_cortex_yaml(path)
 
 
+def loaded(cls: type):
+    """A predictor class as load_class gives it, with an empty namespace of modules."""
+    from workers.namespace import Namespace
+    from workers.runtime import LoadedClass
+
+    return LoadedClass(cls, Namespace(".", {}))
+
+
 def test_predictor_is_called_with_the_arguments_its_methods_name():
     from workers.runtime import Predictor
 
@@ -529,8 +537,8 @@ def test_predictor_is_called_with_the_arguments_its_methods_name():
         def predict(self, **kwargs):
             return kwargs
 
-    assert Predictor(Named, {"k": 1}, {"job_id": "j"}).predict([1], "7") == ("named", [1], {"k": 1})
-    anything = Predictor(Anything, {"k": 1}, {"job_id": "j"})
+    assert Predictor(loaded(Named), {"k": 1}, {"job_id": "j"}).predict([1], "7") == ("named", [1], {"k": 1})
+    anything = Predictor(loaded(Anything), {"k": 1}, {"job_id": "j"})
     assert anything.instance.seen == {"config": {"k": 1}, "job_spec": {"job_id": "j"}}
     assert anything.predict([1], "7") == {"payload": [1], "batch_id": "7"}
 
@@ -543,7 +551,7 @@ def test_predictor_without_a_predict_method_is_a_predictor_error():
             pass
 
     with pytest.raises(PredictorError, match=r"PythonPredictor\.predict cannot be called"):
-        Predictor(NoPredict, {}, {})
+        Predictor(loaded(NoPredict), {}, {})
 
 
 def test_the_store_pushes_batch_messages_only_when_the_broker_is_its_own_redis():

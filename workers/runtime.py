@@ -5,32 +5,56 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from app import code
+from workers import namespace
 
 
 class PredictorError(Exception):
     """The predictor file could not be imported or its class could not be initialised."""
 
 
-def load_class(path: str, api_id: str) -> type:
-    """Import a predictor file and return its `PythonPredictor`; raises PredictorError."""
-    module_name = f"batchery_predictor_{api_id}"
-    if module_name in sys.modules:
-        return sys.modules[module_name].PythonPredictor
-    folder = str(Path(path).parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # so the predictor can import the modules beside it, as on Cortex
-    spec = importlib.util.spec_from_file_location(module_name, path)
+class LoadedClass:
+    """A predictor's `PythonPredictor` class and the namespace its modules live in."""
+
+    def __init__(self, cls: type, modules: namespace.Namespace):
+        self.cls, self.modules = cls, modules
+
+
+_loaded: dict[str, LoadedClass] = {}  # api_id -> its class, imported once per process
+
+
+def load_class(path: str, api_id: str, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
+    """Import a predictor file from the code deployed with it (`deployed(api_id)`; read from its
+    folder for an API deployed before Batchery kept its code) and return its `PythonPredictor`;
+    raises PredictorError."""
+    if api_id in _loaded:
+        return _loaded[api_id]
+    file = Path(path)
+    sources = deployed(api_id) or _read_folder(file.parent)
+    modules = namespace.Namespace(file.parent, sources)
+    namespace.install()
+    spec = modules.spec(f"batchery_predictor_{api_id}", file.name)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        with modules.active():
+            spec.loader.exec_module(module)
+        cls = module.PythonPredictor
     except Exception as err:
-        raise PredictorError(f"importing {Path(path).name} failed: {type(err).__name__}: {err}") from err
-    sys.modules[module_name] = module
-    return module.PythonPredictor
+        raise PredictorError(f"importing {file.name} failed: {type(err).__name__}: {err}") from err
+    _loaded[api_id] = LoadedClass(cls, modules)
+    return _loaded[api_id]
+
+
+def _read_folder(folder: Path) -> dict[str, str]:
+    try:
+        return code.collect(folder)
+    except Exception as err:
+        raise PredictorError(str(err)) from err
 
 
 def _accepted(func: Any) -> set[str] | None:
@@ -50,9 +74,12 @@ def _call_with(func: Any, available: dict, accepted: set[str] | None) -> Any:
 class Predictor:
     """A user's PythonPredictor instance, called with the Cortex signatures."""
 
-    def __init__(self, cls: type, config: dict, job_spec: dict):
+    def __init__(self, loaded: LoadedClass, config: dict, job_spec: dict):
+        self.modules = loaded.modules
+        cls = loaded.cls
         try:
-            self.instance = _call_with(cls, {"config": config, "job_spec": job_spec}, _accepted(cls))
+            with self.modules.active():
+                self.instance = _call_with(cls, {"config": config, "job_spec": job_spec}, _accepted(cls))
         except Exception as err:
             raise PredictorError(f"PythonPredictor.__init__ raised {type(err).__name__}: {err}") from err
         # read once: inspect.signature on every batch was ~5% of a pool process's CPU (bench/load.py)
@@ -63,18 +90,21 @@ class Predictor:
 
     def predict(self, payload: Any, batch_id: str) -> Any:
         """Run `predict` on one batch."""
-        return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id}, self._predict_accepts)
+        with self.modules.active():
+            return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id}, self._predict_accepts)
 
     def on_job_complete(self) -> None:
         """Run `on_job_complete`."""
-        self.instance.on_job_complete()
+        with self.modules.active():
+            self.instance.on_job_complete()
 
 
 class PredictorCache:
     """The predictors of the latest few jobs this process worked on (loading a model is slow)."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2, deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None):
         self.size = size
+        self.deployed = deployed  # api_id -> the code deployed with it (the registry's)
         self._items: OrderedDict[str, Predictor] = OrderedDict()
 
     def get(self, spec: dict, api: dict) -> Predictor:
@@ -83,9 +113,9 @@ class PredictorCache:
         if job_id in self._items:
             self._items.move_to_end(job_id)
             return self._items[job_id]
-        cls = load_class(api["predictor_file"], api["api_id"])
+        loaded = load_class(api["predictor_file"], api["api_id"], self.deployed)
         job_spec = copy.deepcopy(spec)  # the predictor's own: what it does to it stays with it
-        predictor = Predictor(cls, job_spec["config"], job_spec)
+        predictor = Predictor(loaded, job_spec["config"], job_spec)
         self._items[job_id] = predictor
         while len(self._items) > self.size:
             self._items.popitem(last=False)

@@ -29,7 +29,10 @@ from workers.visibility import kept_invisible
 log = logging.getLogger(__name__)
 
 _services: Services | None = None
-_predictors = PredictorCache(int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")))
+# the predictors' code is the code deployed with their API, kept in Redis (app/code.py)
+_predictors = PredictorCache(
+    int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")), deployed=lambda api_id: services().registry.code(api_id)
+)
 # A job's spec and API never change once it is stored, so a process reads them once per job, not
 # once per batch (the JSON of a spec with a large config is parsed once too).
 _specs: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
@@ -218,7 +221,8 @@ def _finalize(spec: dict, api: dict) -> None:
         final, message = status.WORKER_OOM, oom_message(state["oom_batch"], state["oom_batches"])
     error = ""
     try:
-        if callable(getattr(load_class(api["predictor_file"], api["api_id"]), "on_job_complete", None)):
+        predictor_class = load_class(api["predictor_file"], api["api_id"], _predictors.deployed).cls
+        if callable(getattr(predictor_class, "on_job_complete", None)):
             log.info("running on_job_complete")
             _predictors.get(spec, api).on_job_complete()
     except PredictorError as err:

@@ -1,0 +1,185 @@
+"""Each predictor imports its own modules, from the code deployed with it (app/code.py,
+workers/namespace.py). Pure logic: no services."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app import code
+from app.errors import DeployError
+from app.registry import read_cortex_yaml, read_deployments
+from workers.runtime import Predictor, PredictorError, load_class
+
+PREDICTOR = """
+import helpers
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.label = (Path(__file__).parent / "label.txt").read_text()
+
+    def predict(self, payload):
+        import late  # imported during a batch, not at import time
+        return helpers.WHO, late.WHO, self.label
+"""
+
+
+def project(folder: Path, who: str) -> Path:
+    """A predictor folder whose helper modules say `who` they are."""
+    folder.mkdir(parents=True)
+    (folder / "predictor.py").write_text("from pathlib import Path\n" + PREDICTOR)
+    (folder / "helpers.py").write_text(f"WHO = {who!r}\n")
+    (folder / "late.py").write_text(f"WHO = {who!r}\n")
+    (folder / "label.txt").write_text(f"label-{who}")
+    return folder / "predictor.py"
+
+
+def deployed_from_disk(path: Path):
+    """`deployed` for load_class: the folder's code as a deploy reads it now."""
+    sources = code.collect(path.parent)
+    return lambda api_id: sources
+
+
+def build(path: Path) -> Predictor:
+    api_id = uuid.uuid4().hex  # a module per API, as api_ids are
+    return Predictor(load_class(str(path), api_id, deployed_from_disk(path)), {}, {})
+
+
+def test_two_predictors_with_a_helper_of_the_same_name_each_get_their_own(tmp_path):
+    """Both folders hold helpers.py: one process used to give both APIs the first one imported."""
+    a = build(project(tmp_path / "a", "a"))
+    b = build(project(tmp_path / "b", "b"))
+    for _ in range(2):  # in turn, as a pool process takes two jobs' batches
+        assert a.predict([1], "0") == ("a", "a", "label-a")
+        assert b.predict([1], "0") == ("b", "b", "label-b")
+    assert "helpers" not in sys.modules and "late" not in sys.modules  # nothing left between calls
+
+
+def test_a_job_runs_the_code_deployed_not_the_files_edited_since(tmp_path):
+    """A fresh process of a running job imports the code of the job's api_id, not today's files."""
+    path = project(tmp_path / "a", "v1")
+    deployed = deployed_from_disk(path)
+    (path.parent / "helpers.py").write_text("WHO = 'edited'\n")
+    (path.parent / "late.py").write_text("WHO = 'edited'\n")
+    predictor = Predictor(load_class(str(path), uuid.uuid4().hex, deployed), {}, {})
+    assert predictor.predict([1], "0")[:2] == ("v1", "v1")
+
+
+def test_a_package_beside_the_predictor_imports_with_relative_imports(tmp_path):
+    folder = tmp_path / "pkgs"
+    (folder / "lib" / "inner").mkdir(parents=True)
+    (folder / "lib" / "__init__.py").write_text("from .inner.deep import VALUE\n")
+    (folder / "lib" / "inner" / "__init__.py").write_text("")
+    (folder / "lib" / "inner" / "deep.py").write_text("VALUE = 42\n")
+    (folder / "predictor.py").write_text(
+        "import lib\nclass PythonPredictor:\n    def predict(self, payload):\n        return lib.VALUE\n"
+    )
+    assert build(folder / "predictor.py").predict([], "0") == 42
+
+
+def test_a_module_imported_by_something_else_is_not_shadowed(tmp_path):
+    """A `json.py` beside the predictor did not replace the json module with the folder on
+    sys.path either (sys.modules answers first): Batchery's own imports stay intact."""
+    folder = tmp_path / "shadow"
+    folder.mkdir()
+    (folder / "json.py").write_text("FAKE = True\n")
+    (folder / "predictor.py").write_text(
+        "import json\nclass PythonPredictor:\n    def predict(self, payload):\n        return json.dumps(payload)\n"
+    )
+    assert build(folder / "predictor.py").predict([1], "0") == "[1]"
+    assert not hasattr(sys.modules["json"], "FAKE")
+
+
+def test_a_traceback_from_deployed_code_shows_its_lines(tmp_path):
+    folder = tmp_path / "raises"
+    folder.mkdir()
+    (folder / "predictor.py").write_text(
+        "class PythonPredictor:\n    def predict(self, payload):\n        raise ValueError('bad item')\n"
+    )
+    predictor = build(folder / "predictor.py")
+    with pytest.raises(ValueError) as raised:
+        predictor.predict([], "0")
+    text = "".join(traceback.format_exception(raised.value))
+    assert str(folder / "predictor.py") in text and "raise ValueError('bad item')" in text
+
+
+def test_a_helper_that_fails_to_import_is_a_predictor_error_and_can_be_fixed_by_a_redeploy(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "helpers.py").write_text("raise RuntimeError('no model')\n")
+    (folder / "predictor.py").write_text("import helpers\nclass PythonPredictor:\n    pass\n")
+    with pytest.raises(PredictorError, match=r"importing predictor\.py failed: RuntimeError: no model"):
+        load_class(str(folder / "predictor.py"), uuid.uuid4().hex, deployed_from_disk(folder / "predictor.py"))
+    assert "helpers" not in sys.modules
+    (folder / "helpers.py").write_text("WHO = 'fixed'\n")
+    (folder / "predictor.py").write_text(
+        "import helpers\nclass PythonPredictor:\n    def predict(self):\n        return helpers.WHO\n"
+    )
+    assert build(folder / "predictor.py").predict([], "0") == "fixed"
+
+
+# --- the deploy side: app/code.py and the registry -----------------------------------------------
+
+
+def write_yaml(folder: Path, config: str = "{}") -> Path:
+    path = folder / "cortex.yaml"
+    path.write_text(f"- name: api\n  kind: BatchAPI\n  predictor:\n    path: a/predictor.py\n    config: {config}\n")
+    return path
+
+
+def test_the_deploy_keeps_the_folders_python_files_and_skips_hidden_folders_and_virtualenvs(tmp_path):
+    project(tmp_path / "a", "a")
+    (tmp_path / "a" / "sub").mkdir()
+    (tmp_path / "a" / "sub" / "mod.py").write_text("X = 1\n")
+    for skipped in (".git", "__pycache__", "venv"):
+        (tmp_path / "a" / skipped).mkdir()
+        (tmp_path / "a" / skipped / "skipped.py").write_text("")
+    (tmp_path / "a" / "venv" / "pyvenv.cfg").write_text("")
+    ((deployment,),) = [read_deployments(write_yaml(tmp_path))]
+    assert set(deployment.code) == {"predictor.py", "helpers.py", "late.py", "sub/mod.py"}
+    assert deployment.code["helpers.py"] == "WHO = 'a'\n"
+
+
+def test_an_edited_helper_makes_a_new_api_id(tmp_path):
+    """So that a redeploy with a helper edited is a new API version, as an edited predictor was."""
+    project(tmp_path / "a", "a")
+    before = read_cortex_yaml(write_yaml(tmp_path))[0]["api_id"]
+    (tmp_path / "a" / "label.txt").write_text("data files are not code")
+    assert read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"] == before
+    (tmp_path / "a" / "helpers.py").write_text("WHO = 'b'\n")
+    assert read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"] != before
+
+
+def test_a_predictor_folder_with_too_much_python_is_refused_saying_why(tmp_path, monkeypatch):
+    project(tmp_path / "a", "a")
+    monkeypatch.setattr(code, "MAX_BYTES", 100)
+    with pytest.raises(DeployError, match=r"API api: the predictor's folder a/ holds more than .*folder of their own"):
+        read_cortex_yaml(write_yaml(tmp_path))
+
+
+def test_yaml_dates_in_a_config_reach_the_predictor_as_iso_strings(tmp_path):
+    """YAML reads 2021-01-01 as a date, which JSON cannot carry (the deploy raised a TypeError);
+    Cortex passed such values on as strings."""
+    project(tmp_path / "a", "a")
+    (spec,) = read_cortex_yaml(write_yaml(tmp_path, "{cutoff: 2021-01-01, at: 2021-01-01 10:00:00, 2021-02-03: k}"))
+    assert spec["predictor"]["config"] == {"cutoff": "2021-01-01", "at": "2021-01-01T10:00:00", "2021-02-03": "k"}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{ratio: .inf}", r"API api: predictor.config.ratio is inf, which JSON cannot carry: quote it"),
+        ("{deep: {x: [1, .nan]}}", r"API api: predictor.config.deep.x\[1\] is nan"),
+        ("{blob: !!binary aGVsbG8=}", r"API api: predictor.config.blob is a bytes, which JSON cannot carry"),
+    ],
+)
+def test_config_values_json_cannot_carry_are_refused_naming_them(tmp_path, config, message):
+    """An `.inf` used to be deployed, and every job status then held `Infinity` (not JSON)."""
+    project(tmp_path / "a", "a")
+    with pytest.raises(DeployError, match=message):
+        read_cortex_yaml(write_yaml(tmp_path, config))

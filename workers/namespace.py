@@ -1,0 +1,110 @@
+"""Each predictor imports its own modules, from the code deployed with it, in a namespace of its own.
+
+A worker process runs many APIs' predictors, and `sys.modules` is one per process: with each
+predictor's folder on `sys.path`, two APIs whose folders both hold a `helpers.py` shared whichever
+a process imported first (results silently wrong for the other API). So a predictor's modules are
+imported from its deployed files (app/code.py) by a finder that answers only while that predictor
+runs, and are kept in its namespace in between: `active()` puts them into `sys.modules` around
+each call into the predictor (import, `__init__`, `predict`, `on_job_complete`) and takes them out
+after. Calls into predictors never overlap in a pool process (one task at a time).
+
+A module already imported by something else (the standard library, a package from site-packages,
+Batchery itself) is not shadowed by a file of the same name beside the predictor, as it was not
+with the folder on `sys.path` either.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+
+class Namespace:
+    """One predictor's modules: its deployed files (by path in its folder) and what was imported
+    from them."""
+
+    def __init__(self, folder: str | Path, sources: dict[str, str]):
+        self.folder = Path(folder)
+        self.sources = sources
+        self.modules: dict[str, ModuleType] = {}
+
+    def file_of(self, fullname: str) -> tuple[str, bool] | None:
+        """The deployed file a module name imports, and whether it is a package; None if none."""
+        relative = fullname.replace(".", "/")
+        if f"{relative}/__init__.py" in self.sources:
+            return f"{relative}/__init__.py", True
+        if f"{relative}.py" in self.sources:
+            return f"{relative}.py", False
+        return None
+
+    def spec(self, fullname: str, relative: str, package: bool = False) -> ModuleSpec:
+        """The import spec of a deployed file, as module `fullname`."""
+        path = self.folder / relative
+        locations = [str(path.parent)] if package else None
+        loader = _DeployedLoader(self, fullname, str(path), self.sources[relative])
+        return importlib.util.spec_from_file_location(
+            fullname, str(path), loader=loader, submodule_search_locations=locations
+        )
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Run a call into the predictor with its modules importable, and only its."""
+        global _active
+        for name, module in self.modules.items():
+            sys.modules.setdefault(name, module)  # a module imported by something else keeps its name
+        _active = self
+        try:
+            yield
+        finally:
+            _active = None
+            for name, module in self.modules.items():
+                if sys.modules.get(name) is module:
+                    del sys.modules[name]
+
+
+class _DeployedLoader(importlib.abc.SourceLoader):
+    """Loads a module from its deployed source; tracebacks show its lines (`get_source`)."""
+
+    def __init__(self, namespace: Namespace, fullname: str, path: str, source: str):
+        self.namespace, self.fullname, self.path, self.source = namespace, fullname, path, source
+
+    def get_filename(self, fullname: str) -> str:
+        return self.path
+
+    def get_data(self, path: str) -> bytes:
+        if path != self.path:
+            raise OSError(f"{path} is not deployed code")  # e.g. a .pyc: never written, never read
+        return self.source.encode("utf-8")
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.namespace.modules[self.fullname] = module  # taken out of sys.modules when the call ends
+        try:
+            super().exec_module(module)
+        except BaseException:
+            del self.namespace.modules[self.fullname]  # as the import system forgets a failed import
+            raise
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds the active predictor's deployed modules, before the rest of `sys.meta_path`."""
+
+    def find_spec(self, fullname: str, path=None, target=None) -> ModuleSpec | None:
+        namespace = _active
+        found = namespace.file_of(fullname) if namespace is not None else None
+        return namespace.spec(fullname, *found) if found else None
+
+
+_active: Namespace | None = None
+_FINDER = _Finder()
+
+
+def install() -> None:
+    """Put the finder first in `sys.meta_path` (once per process)."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
