@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 import redis
 
@@ -272,20 +273,22 @@ def attach_job_log(job_log: JobLog, background: bool = False) -> None:
         root.setLevel(logging.INFO)
 
 
-def configure_process_logging(job_log: JobLog, level: str | int = "INFO", background: bool = False) -> None:
-    """Root logging for a worker or API process: JSON lines on stderr (BATCHERY_LOG_FORMAT=text for
-    plain text), and every record made for a job copied into the job's log (`background`: by a
-    writer thread)."""
+def configure_process_logging(
+    job_log: JobLog, level: str | int = "INFO", background: bool = False, stream: TextIO | None = None
+) -> None:
+    """Root logging for a worker or API process: JSON lines on `stream` (default stderr;
+    BATCHERY_LOG_FORMAT=text for plain text), and every record made for a job copied into the
+    job's log (`background`: by a writer thread)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "batchery", False):
             root.removeHandler(handler)
-    stream = logging.StreamHandler()
-    stream.batchery = True
+    lines = logging.StreamHandler(stream)
+    lines.batchery = True
     if os.environ.get("BATCHERY_LOG_FORMAT", "json") == "json":
-        stream.setFormatter(JsonFormatter())
+        lines.setFormatter(JsonFormatter())
     else:
-        stream.setFormatter(TextFormatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
-    root.addHandler(stream)
+        lines.setFormatter(TextFormatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+    root.addHandler(lines)
     attach_job_log(job_log, background=background)
     root.setLevel(level if isinstance(level, int) else level.upper())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from app import status
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
@@ -11,6 +14,14 @@ pytestmark = BOTH_BROKERS
 
 def dlq(arn: str, count: int) -> dict:
     return {"arn": arn, "max_receive_count": count}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def letters(flask_app, arn: str) -> list[dict]:
@@ -44,6 +55,32 @@ def test_batch_that_always_fails_is_delivered_max_receive_count_times_then_dead_
     assert letter["payload"] == [{"fail": "always"}]
     assert "probe failure on delivery 3" in letter["error"]
     assert "Traceback" in letter["traceback"]
+
+
+def test_sys_exit_in_predict_is_a_failed_attempt_not_a_dead_worker(
+    jobs, worker, flask_app, dead_letter_queue, r, probe_config
+):
+    """SystemExit ended the pool process: the batch was retried as a dead worker's delivery (3
+    failed attempts of one, a predictor loaded each time) and its message was lost."""
+    queue = dead_letter_queue(f"exit-{probe_config['tag']}")
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 1,
+            "sqs_dead_letter_queue": dlq(queue, 2),
+            "config": probe_config,
+            "item_list": {"items": [1, {"exit": "bad input"}, 3], "batch_size": 1},
+        },
+    )
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["failed"] == 2 and job["batch_metrics"]["succeeded"] == 2
+    (letter,) = letters(flask_app, queue)
+    assert letter["batch_id"] == "1"
+    assert letter["error"] == "workers.runtime.PredictorExit: sys.exit('bad input') was called"
+    assert 'sys.exit(item["exit"])' in letter["traceback"]  # where the predictor called it
+    inits = [json.loads(entry) for entry in r.lrange(f"probe:{probe_config['tag']}:inits", 0, -1)]
+    assert all(alive(init["pid"]) for init in inits)  # no process that ran the predictor ended
 
 
 def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(

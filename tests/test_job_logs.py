@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -96,6 +97,47 @@ def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_con
                 mine.append(line)
     assert any(line["message"].startswith("batch 0: succeeded") for line in mine)
     assert all(line["api_name"] == "probe" and line["level"] and line["time"].endswith("Z") for line in mine)
+
+
+def test_what_a_predictor_prints_is_in_its_job_log_and_the_process_log_stays_json(
+    client, jobs, worker, probe_config
+):
+    """print() went to the worker's output raw: not in the job's log, and not a JSON line."""
+    config = dict(probe_config, prints=True)
+    spec = jobs.submit("probe", {"workers": 1, "config": config, "item_list": {"items": [1, 2], "batch_size": 1}})
+    assert jobs.wait_final("probe", spec["job_id"])["status"] == status.SUCCEEDED
+    lines = client.get(f"/batch/probe/logs?jobID={spec['job_id']}").get_json()["lines"]
+    printed = sorted((line["logger"], line["level"], line["message"]) for line in lines if "probe" in line["message"])
+    assert [entry for entry in printed if entry[0] in ("stdout", "stderr")] == [
+        ("stderr", "warning", "probe warns on stderr"),
+        ("stderr", "warning", "probe warns on stderr"),
+        ("stdout", "info", "probe prints batch 0"),
+        ("stdout", "info", "probe prints batch 1"),
+    ]
+    raw = [text for text in worker.log_path.read_text().splitlines() if "probe prints" in text or "probe warns" in text]
+    assert raw and all(json.loads(text)["job_id"] == spec["job_id"] for text in raw)
+
+
+def test_logged_lines_log_each_line_once_it_ends(caplog):
+    from workers.stdio import LoggedLines
+
+    stream = LoggedLines(logging.getLogger("printed"), logging.INFO, io.StringIO())
+    with caplog.at_level(logging.INFO, logger="printed"):
+        print("a", "b", file=stream)  # four writes: a, the separator, b, the end
+        print("no end yet", end="", file=stream)
+        assert [record.getMessage() for record in caplog.records] == ["a b"]
+        print("; ended", file=stream)
+        print("\n\nthree\r\nlines\nin one", file=stream)  # blank lines are not logged; \r\n ends a line
+        stream.write("a progress bar 50%\r")
+        stream.flush()  # a line begun is logged when flushed
+    assert [record.getMessage() for record in caplog.records] == [
+        "a b",
+        "no end yet; ended",
+        "three",
+        "lines",
+        "in one",
+        "a progress bar 50%",
+    ]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import redis
 from celery import signals
@@ -11,7 +12,7 @@ from app import joblog
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
-from workers import kombu_client, oom, redis_restore, sqs_restore
+from workers import kombu_client, oom, redis_restore, sqs_restore, stdio
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
@@ -29,7 +30,8 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     # timeouts: a task writes its log lines at its end, and must not hang there on a hung Redis
     timeout = joblog.FLUSH_SECONDS
     job_log = JobLog(redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
-    configure_process_logging(job_log, loglevel or "INFO", background=True)
+    configure_process_logging(job_log, loglevel or "INFO", background=True, stream=stdio.unwrapped(sys.stderr))
+    stdio.redirect()  # print() becomes log lines too (Celery's own redirection is off with its logging)
     # Celery's INFO lines per task ("Task ... received", "... succeeded in ...", "... retry: ...")
     # say again what Batchery's own lines say with the batch id, and cost a JSON line per batch in
     # each process; warnings and errors from them (a task that raised) still show.

@@ -6,7 +6,8 @@ import copy
 import importlib.util
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,24 @@ from workers import namespace
 
 class PredictorError(Exception):
     """The predictor file could not be imported or its class could not be initialised."""
+
+
+class PredictorExit(Exception):
+    """The predictor called `sys.exit()`: an error of that call, like any other exception.
+
+    Left as SystemExit it ended the pool process: the batch counted as a dead worker's delivery,
+    was retried even without a dead-letter queue (Cortex counts one failed attempt), and its
+    message was lost."""
+
+
+@contextmanager
+def _calling(modules: namespace.Namespace) -> Iterator[None]:
+    """A call into the predictor: its modules importable, its sys.exit() an exception."""
+    with modules.active():
+        try:
+            yield
+        except SystemExit as exit_:
+            raise PredictorExit(f"sys.exit({exit_.code!r}) was called") from exit_
 
 
 class LoadedClass:
@@ -41,7 +60,7 @@ def load_class(path: str, api_id: str, deployed: Callable[[str], dict[str, str] 
     spec = modules.spec(f"batchery_predictor_{api_id}", file.name)
     module = importlib.util.module_from_spec(spec)
     try:
-        with modules.active():
+        with _calling(modules):
             spec.loader.exec_module(module)
         cls = module.PythonPredictor
     except Exception as err:
@@ -78,7 +97,7 @@ class Predictor:
         self.modules = loaded.modules
         cls = loaded.cls
         try:
-            with self.modules.active():
+            with _calling(self.modules):
                 self.instance = _call_with(cls, {"config": config, "job_spec": job_spec}, _accepted(cls))
         except Exception as err:
             raise PredictorError(f"PythonPredictor.__init__ raised {type(err).__name__}: {err}") from err
@@ -90,12 +109,12 @@ class Predictor:
 
     def predict(self, payload: Any, batch_id: str) -> Any:
         """Run `predict` on one batch."""
-        with self.modules.active():
+        with _calling(self.modules):
             return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id}, self._predict_accepts)
 
     def on_job_complete(self) -> None:
         """Run `on_job_complete`."""
-        with self.modules.active():
+        with _calling(self.modules):
             self.instance.on_job_complete()
 
 

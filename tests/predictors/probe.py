@@ -1,18 +1,20 @@
 """A test predictor that records what it sees in Redis, under `probe:<tag>:...`.
 
 Items steer it: an item {"fail": N} makes its batch raise on the first N deliveries ("always":
-every time); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
-sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default 1024 MiB) on the
-first N deliveries, touching every page, so that the kernel's OOM killer kills the pool process
-when it runs in a memory cgroup with a lower limit. config["sleep"] sleeps every batch; config["complete_raises"] makes
-on_job_complete raise; config["complete_kills"] SIGKILLs the pool process inside the first
-on_job_complete of the job (after recording the call).
+every time); {"exit": X} calls sys.exit(X); {"kill": N} SIGKILLs the pool process on the first N
+deliveries; {"sleep": S} sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default
+1024 MiB) on the first N deliveries, touching every page, so that the kernel's OOM killer kills the
+pool process when it runs in a memory cgroup with a lower limit. config["sleep"] sleeps every
+batch; config["prints"] prints a line to stdout and one to stderr in each batch;
+config["complete_raises"] makes on_job_complete raise; config["complete_kills"] SIGKILLs the pool
+process inside the first on_job_complete of the job (after recording the call).
 """
 
 import json
 import logging
 import os
 import signal
+import sys
 import time
 
 import redis
@@ -38,6 +40,10 @@ class PythonPredictor:
     def predict(self, payload, batch_id):
         started = time.time()
         logging.getLogger("probe").info("probe predicting batch %s", batch_id)
+        if self.config.get("prints"):
+            print("probe prints batch", batch_id)
+            print("probe warns", end="", file=sys.stderr)  # a line ended by a later write
+            print(" on stderr", file=sys.stderr)
         deliveries = self.redis.hincrby(f"{self.key}:deliveries:{self.job_id}", batch_id, 1)
         self.redis.eval(RUNNING_MAX, 2, f"{self.key}:running:{self.job_id}", f"{self.key}:max:{self.job_id}")
         try:
@@ -63,6 +69,8 @@ class PythonPredictor:
             self._hog(int(self.config.get("oom_mib", 1024)) << 20)
         if "fail" in item and (item["fail"] == "always" or deliveries <= item["fail"]):
             raise ValueError(f"probe failure on delivery {deliveries}")
+        if "exit" in item:
+            sys.exit(item["exit"])
 
     @staticmethod
     def _hog(size):
