@@ -28,7 +28,13 @@ class BrokerQueue:
 
     @property
     def sqs_name(self) -> str:
+        """The queue's name on SQS: kombu prefixes it (BATCHERY_SQS_QUEUE_PREFIX)."""
         return f"{self.settings.sqs_queue_prefix}{self.settings.queue}"
+
+    @property
+    def name(self) -> str:
+        """The queue's name on its broker, as an operator finds it there."""
+        return self.sqs_name if is_sqs(self.settings) else self.settings.queue
 
     @cached_property
     def redis(self) -> redis.Redis:

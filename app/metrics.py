@@ -101,7 +101,7 @@ class JobStoreCollector(Collector):
         gauge = GaugeMetricFamily(
             "batchery_broker_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
         )
-        gauge.add_metric([self.settings.queue], depth)
+        gauge.add_metric([self.queue.name], depth)
         return gauge
 
 

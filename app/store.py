@@ -48,10 +48,11 @@ local function log_end(final, message)
   redis.call('LTRIM', job_log, -JOB_LOG_LINES, -1)
 end
 
-local function end_job(final, message)
+-- `ended_at`: when the job ended, if not now (a timeout noticed late ended at its deadline).
+local function end_job(final, message, ended_at)
   if not in_progress() then return 0 end
   move_status(redis.call('HGET', job, 'status'), final)
-  redis.call('HSET', job, 'status', final, 'end', ARGV[2])
+  redis.call('HSET', job, 'status', final, 'end', ended_at or ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
@@ -60,9 +61,11 @@ local function end_job(final, message)
 end
 
 local function past_deadline()
-  local d = tonumber(redis.call('HGET', job, 'deadline') or '0')
+  local deadline = redis.call('HGET', job, 'deadline') or '0'
+  local d = tonumber(deadline)
   if d > 0 and now >= d then
-    end_job('status_timed_out', 'the job ran past its timeout of ' .. redis.call('HGET', job, 'timeout') .. ' seconds')
+    local timeout = redis.call('HGET', job, 'timeout')
+    end_job('status_timed_out', 'the job ran past its timeout of ' .. timeout .. ' seconds', deadline)
     return true
   end
   return false
@@ -610,17 +613,19 @@ class JobStore:
 
     def job_ids_by_api(self, api_names: list[str], recent: int, active_limit: int = 0) -> dict[str, list[str]]:
         """For each API, its jobs in progress (the newest `active_limit`, 0: all), then its `recent`
-        latest ones, newest first; one round trip."""
+        latest other ones, newest first; two round trips."""
         pipe = self.redis.pipeline(transaction=False)
         for api_name in api_names:
-            pipe.zrevrange(keys.api_active(api_name), 0, active_limit - 1)
-            pipe.zrevrange(keys.api_jobs(api_name), 0, recent - 1)
-        replies = pipe.execute()
+            pipe.zrevrange(keys.api_active(api_name), 0, -1)
+        in_progress = [[j.decode() for j in reply] for reply in pipe.execute()]
+        for api_name, active in zip(api_names, in_progress, strict=True):
+            # every job is in api_jobs, those in progress too: read past them for `recent` others
+            pipe.zrevrange(keys.api_jobs(api_name), 0, recent + len(active) - 1)
         found = {}
-        for i, api_name in enumerate(api_names):
-            active = [j.decode() for j in replies[2 * i]]
-            seen = set(active)
-            found[api_name] = active + [j.decode() for j in replies[2 * i + 1] if j.decode() not in seen]
+        for api_name, active, reply in zip(api_names, in_progress, pipe.execute(), strict=True):
+            running = set(active)
+            others = [job_id for job_id in (j.decode() for j in reply) if job_id not in running]
+            found[api_name] = active[: active_limit or None] + others[:recent]
         return found
 
     def status_counts(self, api_names: list[str]) -> dict[str, dict[str, int]]:

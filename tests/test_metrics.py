@@ -148,12 +148,13 @@ def test_sqs_broker_queue_depth_is_its_approximate_number_of_messages(redis_serv
         watchdog_seconds=0,
     )
     client = create_app({"SETTINGS": settings}).test_client()
-    assert value(scrape(client), "batchery_broker_queue_depth", queue=queue) == 0  # not created yet
+    # labelled with its name on SQS, prefix included
+    assert value(scrape(client), "batchery_broker_queue_depth", queue=f"test-{queue}") == 0  # not created yet
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"test-{queue}")["QueueUrl"]
     for n in range(2):
         sqs.send_message(QueueUrl=url, MessageBody=str(n))
-    assert value(scrape(client), "batchery_broker_queue_depth", queue=queue) == 2
+    assert value(scrape(client), "batchery_broker_queue_depth", queue=f"test-{queue}") == 2
 
 
 def test_metrics_is_a_503_when_redis_is_down():

@@ -130,3 +130,37 @@ def test_oom_kills_are_counted_only_for_batches_in_flight_and_make_the_dead_batc
     store.end(spec, status.STOPPED, "", 1005.0)
     assert not store.mark_oom(job_id, "1", 1006.0)  # the job ended: no key recreated
     assert not store.redis.exists(f"batchery:job:{job_id}:deliveries")
+
+
+def test_a_timeout_noticed_late_ended_the_job_at_its_deadline(store):
+    """Whoever notices it (a status read, the watchdog's sweep), the job ended at its deadline:
+    its end_time was the moment a reader came, up to a sweep (10 s) late."""
+    spec = build_spec(API, {"workers": 1, "timeout": 2, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    store.append(spec, ["0 [0]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    state = store.state(spec["job_id"], spec["api_name"], 1009.5)
+    assert state["status"] == status.TIMED_OUT
+    assert state["end"] == 1002.0
+    assert store.state(spec["job_id"], spec["api_name"], 1030.0)["end"] == 1002.0
+
+
+def test_a_listing_shows_every_job_in_progress_then_recent_finished_ones(store):
+    """`recent` counts finished jobs: newer jobs in progress took places from them (3 running, 47
+    finished listed for 50)."""
+
+    def job_at(t: float) -> dict:
+        spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", t)
+        store.create(spec, API, t)
+        store.append(spec, ["0 [0]"], t)
+        store.enqueued(spec, t)
+        return spec
+
+    oldest_running = job_at(1000.0)  # older than every finished job below: listed all the same
+    finished = [job_at(1001.0 + i) for i in range(6)]
+    for spec in finished:
+        assert store.end(spec, status.STOPPED, "", 1100.0)
+    newer_running = [job_at(1010.0), job_at(1011.0)]
+    listed = store.job_ids(API["name"], recent=4)
+    running = [spec["job_id"] for spec in (*reversed(newer_running), oldest_running)]
+    assert listed == running + [spec["job_id"] for spec in reversed(finished)][:4]
