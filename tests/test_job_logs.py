@@ -99,9 +99,7 @@ def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_con
     assert all(line["api_name"] == "probe" and line["level"] and line["time"].endswith("Z") for line in mine)
 
 
-def test_what_a_predictor_prints_is_in_its_job_log_and_the_process_log_stays_json(
-    client, jobs, worker, probe_config
-):
+def test_what_a_predictor_prints_is_in_its_job_log_and_the_process_log_stays_json(client, jobs, worker, probe_config):
     """print() went to the worker's output raw: not in the job's log, and not a JSON line."""
     config = dict(probe_config, prints=True)
     spec = jobs.submit("probe", {"workers": 1, "config": config, "item_list": {"items": [1, 2], "batch_size": 1}})
