@@ -159,6 +159,38 @@ def test_delimited_files_end_to_end_batches_span_files(jobs, worker, r, bucket, 
     ]
 
 
+def test_an_input_overwritten_during_its_job_fails_its_later_batches_saying_so(
+    jobs, worker, flask_app, r, bucket, dead_letter_queue, probe_config
+):
+    """A batch is byte ranges read when it runs: an overwritten object gave the later batches the
+    new file's bytes (mixed data, or values cut in two). They read the version listed (If-Match)
+    and fail with a message; a dead letter carries the batch's items, read back from S3."""
+    put(bucket, {"d/x.jsonl": ndjson([{"fail": "always"}, {"sleep": 1.5}, {"n": 2}, {"n": 3}])})
+    arn = dead_letter_queue(f"changed-{probe_config['tag']}")
+    spec = jobs.submit(
+        "probe",
+        {
+            "workers": 1,
+            "config": probe_config,
+            "sqs_dead_letter_queue": {"arn": arn, "max_receive_count": 1},
+            "delimited_files": {"s3_paths": [f"s3://{bucket}/d/x.jsonl"], "batch_size": 1},
+        },
+    )
+    starts = f"probe:{probe_config['tag']}:starts:{spec['job_id']}"
+    wait_for(lambda: any(json.loads(s)["batch"] == "1" for s in r.lrange(starts, 0, -1)), 60, what="batch 1")
+    put(bucket, {"d/x.jsonl": ndjson([{"n": "new"}] * 4)})
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert job["batch_metrics"]["succeeded"] == 1 and job["batch_metrics"]["failed"] == 3
+    letters = {letter["batch_id"]: letter for letter in flask_app.extensions["batchery"].dead_letters.read(arn)}
+    assert letters["0"]["payload"] == [{"fail": "always"}]  # the items, not where they were
+    for batch_id in ("2", "3"):
+        assert f"s3://{bucket}/d/x.jsonl changed since the job listed it" in letters[batch_id]["error"]
+        assert letters[batch_id]["payload"]["s3_ranges"][0][:2] == [bucket, "d/x.jsonl"]  # unreadable: where
+    started = {json.loads(s)["batch"] for s in r.lrange(starts, 0, -1)}
+    assert started == {"0", "1"}  # predict never saw the new file's items
+
+
 @pytest.mark.parametrize(
     ("files", "words"),
     [

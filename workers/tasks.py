@@ -166,13 +166,22 @@ class BatchRun:
                     "job_id": self.spec["job_id"],
                     "api_name": self.spec["api_name"],
                     "batch_id": self.batch_id,
-                    "payload": json.loads(self.body),  # as sent: a list, or the S3 ranges holding it
+                    "payload": self._items_for_letter(),
                     "error": error,
                     "traceback": trace,
                     "failed_time": now(),
                 },
             )
         self._record(outcome, 0.0)
+
+    def _items_for_letter(self) -> list | dict:
+        """The batch's items, for its dead letter to be replayed: a delimited_files batch's are read
+        again (of the version enqueued); its S3 ranges if they cannot be."""
+        try:
+            return payload(self.body)
+        except Exception as err:  # noqa: BLE001 - the letter is sent all the same
+            log.warning("batch %s: its dead letter holds its S3 ranges, not its items: %s", self.batch_id, err)
+            return json.loads(self.body)
 
     def _record(self, outcome: str, seconds: float) -> None:
         call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now())

@@ -1,9 +1,10 @@
 """Turning S3 inputs into batches, resumable from a cursor saved with every chunk of batches.
 
 A batch body is what the worker receives: for `file_path_lister` the JSON list of `s3://` paths
-(the payload itself); for `delimited_files` `{"s3_ranges": [[bucket, key, start, end], ...]}`,
-byte ranges of the objects that the worker reads back and parses into the payload. A cursor says
-where the next batch starts: `{"prefix": i, "key": k, "offset": o, "item": n, "batch": b}`.
+(the payload itself); for `delimited_files` `{"s3_ranges": [[bucket, key, start, end, etag], ...]}`,
+byte ranges of the objects that the worker reads back, of the version listed (its ETag), and
+parses into the payload. A cursor says where the next batch starts:
+`{"prefix": i, "key": k, "offset": o, "etag": e, "item": n, "batch": b}`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def objects_from(source: dict, cursor: dict) -> Iterator[tuple[int, s3.S3Object,
         bucket, prefix = prefixes[index]
         after = cursor["key"] if index == cursor["prefix"] else ""
         if after and cursor["offset"] is not None:  # resume inside the object the last batch ended in
-            yield index, s3.S3Object(bucket, after, -1), cursor["offset"]
+            yield index, s3.S3Object(bucket, after, -1, cursor.get("etag", "")), cursor["offset"]
         for obj in s3.list_objects(bucket, prefix, start_after=after):
             if selects(obj.url, source["includes"], source["excludes"]):
                 yield index, obj, 0
@@ -68,7 +69,7 @@ def delimited_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
     item, number = cursor["item"], cursor["batch"]
     for index, obj, start in objects_from(source, cursor):
         try:
-            for _, first, end in values(s3.stream(obj.bucket, obj.key, start), start):
+            for _, first, end in values(s3.stream(obj.bucket, obj.key, start, obj.etag), start):
                 if batch.count and batch.size + (end - first) + 1 >= MAX_BATCH_BYTES:
                     yield batch.close(item, number)  # full by size before batch_size: close it early
                     number += 1
@@ -98,16 +99,16 @@ class _RangeBatch:
         if self.ranges and self.ranges[-1][:2] == [obj.bucket, obj.key]:
             self.ranges[-1][3] = end
         else:
-            self.ranges.append([obj.bucket, obj.key, first, end])
+            self.ranges.append([obj.bucket, obj.key, first, end, obj.etag])
         self.count += 1
         self.size += end - first + 1
 
     def close(self, item: int, number: int) -> tuple[str, dict]:
         """The batch body, and the cursor just after its last value."""
-        _, key, _, end = self.ranges[-1]
+        _, key, _, end, etag = self.ranges[-1]
         body = json.dumps({"s3_ranges": self.ranges})
         self.ranges, self.count, self.size = [], 0, 2
-        return body, {"prefix": self.prefix, "key": key, "offset": end, "item": item, "batch": number + 1}
+        return body, {"prefix": self.prefix, "key": key, "offset": end, "etag": etag, "item": item, "batch": number + 1}
 
 
 def source_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
@@ -122,6 +123,6 @@ def payload(body: str) -> list:
     if isinstance(decoded, list):
         return decoded
     items: list = []
-    for bucket, key, start, end in decoded["s3_ranges"]:
-        items.extend(value for value, _, _ in values([s3.read_range(bucket, key, start, end)]))
+    for bucket, key, start, end, *etag in decoded["s3_ranges"]:  # (no ETag: enqueued by an older version)
+        items.extend(value for value, _, _ in values([s3.read_range(bucket, key, start, end, *etag)]))
     return items

@@ -31,6 +31,7 @@ class S3Object:
     bucket: str
     key: str
     size: int
+    etag: str = ""  # the version listed: reads of its bytes later ask for that one (If-Match)
 
     @property
     def url(self) -> str:
@@ -84,7 +85,7 @@ def list_objects(bucket: str, prefix: str, start_after: str = "") -> Iterator[S3
         for page in pages.paginate(**kwargs):
             for item in page.get("Contents", []):
                 if not item["Key"].endswith("/"):
-                    yield S3Object(bucket, item["Key"], item["Size"])
+                    yield S3Object(bucket, item["Key"], item["Size"], item.get("ETag", ""))
 
 
 def matching(paths: list[str], includes: list[str], excludes: list[str]) -> Iterator[tuple[int, S3Object]]:
@@ -95,19 +96,28 @@ def matching(paths: list[str], includes: list[str], excludes: list[str]) -> Iter
                 yield index, obj
 
 
-def read_range(bucket: str, key: str, start: int, end: int) -> bytes:
-    """Bytes [start, end) of an object."""
+def read_range(bucket: str, key: str, start: int, end: int, etag: str = "") -> bytes:
+    """Bytes [start, end) of an object, of the version `etag` if given; raises S3Error (one that
+    says the object changed if it no longer has that ETag)."""
     with translated_errors(f"s3://{bucket}/{key}"):
-        body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+        body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **_version(etag))["Body"]
         return body.read()
 
 
-def stream(bucket: str, key: str, start: int = 0, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """An object's bytes from `start` on, a chunk at a time (memory stays flat for any size)."""
+def stream(bucket: str, key: str, start: int = 0, etag: str = "", chunk: int = 1 << 20) -> Iterator[bytes]:
+    """An object's bytes from `start` on, a chunk at a time (memory stays flat for any size), of
+    the version `etag` if given; raises S3Error."""
     with translated_errors(f"s3://{bucket}/{key}"):
         kwargs = {"Range": f"bytes={start}-"} if start else {}
-        body = client().get_object(Bucket=bucket, Key=key, **kwargs)["Body"]
+        body = client().get_object(Bucket=bucket, Key=key, **kwargs, **_version(etag))["Body"]
         yield from body.iter_chunks(chunk)
+
+
+def _version(etag: str) -> dict:
+    # A batch of `delimited_files` is byte ranges, read again when it runs: an object overwritten
+    # in between gave the batch other items, or cut values (silently mixed data). S3 answers 412
+    # to a read whose If-Match is no longer the object's ETag.
+    return {"IfMatch": etag} if etag else {}
 
 
 @contextmanager
@@ -132,4 +142,9 @@ def _client_error(err: botocore.exceptions.ClientError, where: str) -> str:
         return f"access denied reading {where} ({code}): check the credentials and the bucket policy"
     if code in ("NoSuchKey", "404"):
         return f"{where} does not exist"
+    if code in ("PreconditionFailed", "412"):
+        return (
+            f"{where} changed since the job listed it: the items this batch held are no longer there "
+            "(submit a job again to read the new contents)"
+        )
     return f"cannot read {where}: {code} {err.response.get('Error', {}).get('Message', '')}".strip()
