@@ -134,7 +134,7 @@ def test_predictor_is_initialised_once_per_process_per_job(jobs, worker, r, prob
 
 def test_predictor_gets_merged_config_and_job_spec(jobs, worker, r, probe_config):
     config = dict(probe_config, nested={"override": "job", "new": 1}, job_level=True)
-    spec = jobs.submit("probe", {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "config": config})
+    spec = jobs.submit("probe", {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 2}, "config": config})
     assert spec["config"]["api_level"] == "from-api"
     assert spec["config"]["nested"] == {"keep": "api", "override": "job", "new": 1}
     jobs.wait_final("probe", spec["job_id"])
@@ -144,6 +144,9 @@ def test_predictor_gets_merged_config_and_job_spec(jobs, worker, r, probe_config
     assert job_spec["job_id"] == spec["job_id"]
     assert job_spec["workers"] == 1
     assert job_spec["api_name"] == "probe"
+    # the fields of Cortex's job_spec that the submission's answer has not (a KeyError before)
+    assert job_spec["total_batch_count"] == 2
+    assert job_spec["start_time"] == jobs.status("probe", spec["job_id"])["start_time"]
 
 
 def test_on_job_complete_runs_once_per_job_over_many_concurrent_jobs(jobs, worker, r, probe_config):

@@ -126,14 +126,15 @@ class PredictorCache:
         self.deployed = deployed  # api_id -> the code deployed with it (the registry's)
         self._items: OrderedDict[str, Predictor] = OrderedDict()
 
-    def get(self, spec: dict, api: dict) -> Predictor:
-        """The job's predictor, built on first use in this process; raises PredictorError."""
+    def get(self, spec: dict, api: dict, more: Callable[[], dict] = dict) -> Predictor:
+        """The job's predictor, built on first use in this process, its `job_spec` the job's spec
+        and the fields `more()` adds; raises PredictorError."""
         job_id = spec["job_id"]
         if job_id in self._items:
             self._items.move_to_end(job_id)
             return self._items[job_id]
         loaded = load_class(api["predictor_file"], api["api_id"], self.deployed)
-        job_spec = copy.deepcopy(spec)  # the predictor's own: what it does to it stays with it
+        job_spec = {**copy.deepcopy(spec), **more()}  # the predictor's own: what it does to it stays with it
         predictor = Predictor(loaded, job_spec["config"], job_spec)
         self._items[job_id] = predictor
         while len(self._items) > self.size:

@@ -14,7 +14,7 @@ from functools import partial
 from app import status
 from app.broker import ENQUEUE_JOB
 from app.enqueuer import Enqueuer
-from app.job import now, retry_limits
+from app.job import iso, now, retry_limits
 from app.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.services import Services
 from app.sources.batches import payload
@@ -68,6 +68,17 @@ def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
 def process_id() -> str:
     """This pool process, as counted in `worker_counts` (and said alive while it lives)."""
     return liveness.this_process(services().redis, settings.lost_seconds)
+
+
+def job_spec_fields(spec: dict) -> dict:
+    """The fields of Cortex's `job_spec` that the job's stored spec lacks, as they are when the
+    predictor is created: `total_batch_count` (None while an S3 input is still being enqueued:
+    batches start before the enqueuer has counted them all) and `start_time`."""
+    state = services().store.state(spec["job_id"], spec["api_name"], now())
+    if state is None:
+        return {}
+    total = None if state["status"] == status.ENQUEUING else state["total"]
+    return {"total_batch_count": total, "start_time": iso(state.get("start"))}
 
 
 # Request: the worker's main process tells a pool process killed for memory from other SIGKILLs.
@@ -136,7 +147,7 @@ class BatchRun:
             log.info("loading the predictor (%s)", self.api["predictor"]["path"])
         try:
             started = time.perf_counter()
-            predictor = _predictors.get(self.spec, self.api)
+            predictor = _predictors.get(self.spec, self.api, partial(job_spec_fields, self.spec))
             if loading:
                 log.info("predictor ready in %.1fs", time.perf_counter() - started)
             return predictor
@@ -234,7 +245,7 @@ def _finalize(spec: dict, api: dict) -> None:
         predictor_class = load_class(api["predictor_file"], api["api_id"], _predictors.deployed).cls
         if callable(getattr(predictor_class, "on_job_complete", None)):
             log.info("running on_job_complete")
-            _predictors.get(spec, api).on_job_complete()
+            _predictors.get(spec, api, partial(job_spec_fields, spec)).on_job_complete()
     except PredictorError as err:
         error = str(err)
     except Exception as err:
