@@ -21,7 +21,7 @@ from app.errors import ApiNotFound, DeployError
 log = logging.getLogger(__name__)
 
 KNOWN_API_KEYS = {"name", "kind", "predictor"}
-KNOWN_PREDICTOR_KEYS = {"type", "path", "config"}
+KNOWN_PREDICTOR_KEYS = {"type", "path", "config", "env"}
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -67,7 +67,19 @@ def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
         log.warning("skipping API %s: kind %r is not BatchAPI", name, entry.get("kind"))
         return None
     _warn_unknown(name, entry, KNOWN_API_KEYS, "")
-    predictor = entry.get("predictor")
+    predictor = _predictor(name, entry.get("predictor"))
+    source = _predictor_file(name, base, predictor["path"])
+    # Cortex's project is the folder of cortex.yaml: its files, its imports, the predictors' cwd
+    root = base if source.is_relative_to(base) else source.parent
+    sources, env = _project(name, root, predictor.pop("env"))
+    spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
+    spec["api_id"] = _api_id(spec, code.digest(sources) + json.dumps(env, sort_keys=True).encode())
+    spec.update(predictor_file=str(source), project_dir=str(root), env=env)  # kept out of public_spec
+    return Deployment(spec, sources)
+
+
+def _predictor(name: str, predictor: object) -> dict:
+    """The checked `predictor` section: type, path, config (as JSON) and env; raises DeployError."""
     if not isinstance(predictor, dict):
         raise DeployError(f"API {name}: `predictor` is required (type, path, config)")
     _warn_unknown(name, predictor, KNOWN_PREDICTOR_KEYS, "predictor.")
@@ -77,19 +89,35 @@ def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
     if not isinstance(config, dict):
         raise DeployError(f"API {name}: predictor.config must be a mapping")
     config = _json_value(config, f"API {name}: predictor.config")
-    source = _predictor_file(name, base, predictor.get("path"))
+    env = _env(name, predictor.get("env") or {})
+    return {"type": "python", "path": predictor.get("path"), "config": config, "env": env}
+
+
+def _env(name: str, env: object) -> dict[str, str]:
+    """`predictor.env` as Cortex takes it: names to string values; raises DeployError."""
+    if not isinstance(env, dict):
+        raise DeployError(f"API {name}: predictor.env must be a mapping of variable names to values")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise DeployError(f"API {name}: predictor.env has a bad variable name {key!r}")
+        if not isinstance(value, (str, int, float, bool)):
+            raise DeployError(f"API {name}: predictor.env.{key} must be a string (got {type(value).__name__})")
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in env.items()}
+
+
+def _project(name: str, root: Path, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The project's Python files and its predictors' environment (its `.env`, then
+    predictor.env); raises DeployError."""
     try:
-        sources = code.collect(source.parent)
+        sources = code.collect(root)
+        dotenv = code.read_dotenv(root)
     except DeployError as err:
         raise DeployError(f"API {name}: {err}") from None
-    spec = {
-        "name": name,
-        "kind": "BatchAPI",
-        "predictor": {"type": "python", "path": predictor["path"], "config": config},
-    }
-    spec["api_id"] = _api_id(spec, code.digest(sources))
-    spec["predictor_file"] = str(source)
-    return Deployment(spec, sources)
+    if (root / "requirements.txt").exists():
+        log.warning(
+            "API %s: requirements.txt is not installed by Batchery: install its packages where the workers run", name
+        )
+    return sources, {**dotenv, **env}
 
 
 def _json_value(value: object, where: str) -> object:
@@ -186,6 +214,10 @@ class Registry:
         return {path.decode(): source.decode() for path, source in stored.items()} or None
 
 
+HIDDEN = {"predictor_file", "project_dir", "env"}
+
+
 def public_spec(spec: dict) -> dict:
-    """An API spec as shown to users (without this machine's file paths)."""
-    return {k: v for k, v in spec.items() if k != "predictor_file"}
+    """An API spec as shown to users: without this machine's paths, nor the predictors'
+    environment (it may hold credentials)."""
+    return {k: v for k, v in spec.items() if k not in HIDDEN}

@@ -3,6 +3,9 @@ workers/namespace.py). Pure logic: no services."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sys
 import traceback
 import uuid
@@ -12,7 +15,7 @@ import pytest
 
 from app import code
 from app.errors import DeployError
-from app.registry import read_cortex_yaml, read_deployments
+from app.registry import public_spec, read_cortex_yaml, read_deployments
 from workers.runtime import Predictor, PredictorError, load_class
 
 PREDICTOR = """
@@ -39,15 +42,21 @@ def project(folder: Path, who: str) -> Path:
     return folder / "predictor.py"
 
 
-def deployed_from_disk(path: Path):
-    """`deployed` for load_class: the folder's code as a deploy reads it now."""
-    sources = code.collect(path.parent)
+def api_of(path: Path, root: Path | None = None, env: dict | None = None) -> dict:
+    """An API spec as the registry keeps it, for a predictor file in project folder `root`."""
+    root = root or path.parent
+    return {"api_id": uuid.uuid4().hex, "predictor_file": str(path), "project_dir": str(root), "env": env or {}}
+
+
+def deployed_from_disk(root: Path):
+    """`deployed` for load_class: the project's code as a deploy reads it now."""
+    sources = code.collect(root)
     return lambda api_id: sources
 
 
-def build(path: Path) -> Predictor:
-    api_id = uuid.uuid4().hex  # a module per API, as api_ids are
-    return Predictor(load_class(str(path), api_id, deployed_from_disk(path)), {}, {})
+def build(path: Path, root: Path | None = None, env: dict | None = None) -> Predictor:
+    api = api_of(path, root, env)
+    return Predictor(load_class(api, deployed_from_disk(root or path.parent)), {}, {})
 
 
 def test_two_predictors_with_a_helper_of_the_same_name_each_get_their_own(tmp_path):
@@ -63,10 +72,10 @@ def test_two_predictors_with_a_helper_of_the_same_name_each_get_their_own(tmp_pa
 def test_a_job_runs_the_code_deployed_not_the_files_edited_since(tmp_path):
     """A fresh process of a running job imports the code of the job's api_id, not today's files."""
     path = project(tmp_path / "a", "v1")
-    deployed = deployed_from_disk(path)
+    deployed = deployed_from_disk(path.parent)
     (path.parent / "helpers.py").write_text("WHO = 'edited'\n")
     (path.parent / "late.py").write_text("WHO = 'edited'\n")
-    predictor = Predictor(load_class(str(path), uuid.uuid4().hex, deployed), {}, {})
+    predictor = Predictor(load_class(api_of(path), deployed), {}, {})
     assert predictor.predict([1], "0")[:2] == ("v1", "v1")
 
 
@@ -114,7 +123,7 @@ def test_a_helper_that_fails_to_import_is_a_predictor_error_and_can_be_fixed_by_
     (folder / "helpers.py").write_text("raise RuntimeError('no model')\n")
     (folder / "predictor.py").write_text("import helpers\nclass PythonPredictor:\n    pass\n")
     with pytest.raises(PredictorError, match=r"importing predictor\.py failed: RuntimeError: no model"):
-        load_class(str(folder / "predictor.py"), uuid.uuid4().hex, deployed_from_disk(folder / "predictor.py"))
+        load_class(api_of(folder / "predictor.py"), deployed_from_disk(folder))
     assert "helpers" not in sys.modules
     (folder / "helpers.py").write_text("WHO = 'fixed'\n")
     (folder / "predictor.py").write_text(
@@ -141,8 +150,10 @@ def test_the_deploy_keeps_the_folders_python_files_and_skips_hidden_folders_and_
         (tmp_path / "a" / skipped / "skipped.py").write_text("")
     (tmp_path / "a" / "venv" / "pyvenv.cfg").write_text("")
     ((deployment,),) = [read_deployments(write_yaml(tmp_path))]
-    assert set(deployment.code) == {"predictor.py", "helpers.py", "late.py", "sub/mod.py"}
-    assert deployment.code["helpers.py"] == "WHO = 'a'\n"
+    # the project: the folder of cortex.yaml, as on Cortex
+    assert set(deployment.code) == {"a/predictor.py", "a/helpers.py", "a/late.py", "a/sub/mod.py"}
+    assert deployment.code["a/helpers.py"] == "WHO = 'a'\n"
+    assert deployment.spec["project_dir"] == str(tmp_path.resolve())
 
 
 def test_an_edited_helper_makes_a_new_api_id(tmp_path):
@@ -158,7 +169,7 @@ def test_an_edited_helper_makes_a_new_api_id(tmp_path):
 def test_a_predictor_folder_with_too_much_python_is_refused_saying_why(tmp_path, monkeypatch):
     project(tmp_path / "a", "a")
     monkeypatch.setattr(code, "MAX_BYTES", 100)
-    with pytest.raises(DeployError, match=r"API api: the predictor's folder a/ holds more than .*folder of their own"):
+    with pytest.raises(DeployError, match=r"API api: the project folder \S+/ holds more than .*folder of their own"):
         read_cortex_yaml(write_yaml(tmp_path))
 
 
@@ -183,3 +194,60 @@ def test_config_values_json_cannot_carry_are_refused_naming_them(tmp_path, confi
     project(tmp_path / "a", "a")
     with pytest.raises(DeployError, match=message):
         read_cortex_yaml(write_yaml(tmp_path, config))
+
+
+CORTEX_PROJECT_PREDICTOR = """
+import json
+import os
+
+import common
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        with open("values.json") as values:  # Cortex's own example: relative to the project
+            self.values = json.load(values)
+
+    def predict(self, payload):
+        variables = [os.environ.get(name) for name in ("MODEL_BUCKET", "RETRIES", "TOKEN")]
+        return common.NAME, self.values, variables, os.getcwd()
+"""
+
+
+def test_a_cortex_project_runs_unchanged(tmp_path, caplog):
+    """Cortex's conventions for a project (the folder of cortex.yaml): its root importable, its
+    files read relative to it, its `.env` and `predictor.env` in the environment."""
+    root = tmp_path / "proj"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "predictor.py").write_text(CORTEX_PROJECT_PREDICTOR)
+    (root / "common.py").write_text("NAME = 'common at the root'\n")
+    (root / "values.json").write_text('{"v": 1}')
+    (root / ".env").write_text("# secrets\nTOKEN='from dotenv'\nMODEL_BUCKET=overridden\n")
+    (root / "requirements.txt").write_text("pyfiglet\n")
+    (root / "cortex.yaml").write_text(
+        "- name: proj\n  kind: BatchAPI\n  predictor:\n    path: src/predictor.py\n"
+        "    env: {MODEL_BUCKET: models, RETRIES: 3}\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="app.registry"):
+        (deployment,) = read_deployments(root / "cortex.yaml")
+    assert "requirements.txt is not installed by Batchery" in caplog.text
+    cwd = os.getcwd()
+    predictor = Predictor(load_class(deployment.spec, lambda api_id: deployment.code), {}, {})
+    assert predictor.predict([], "0") == (
+        "common at the root",
+        {"v": 1},
+        ["models", "3", "from dotenv"],
+        str(root.resolve()),
+    )
+    assert os.getcwd() == cwd and "MODEL_BUCKET" not in os.environ  # both restored after each call
+    shown = json.dumps(public_spec(deployment.spec))
+    assert "from dotenv" not in shown and "MODEL_BUCKET" not in shown and str(root) not in shown
+
+
+def test_a_bad_predictor_env_is_refused_naming_it(tmp_path):
+    project(tmp_path / "a", "a")
+    with pytest.raises(DeployError, match=r"API api: predictor.env.X must be a string \(got list\)"):
+        (tmp_path / "cortex.yaml").write_text(
+            "- name: api\n  kind: BatchAPI\n  predictor:\n    path: a/predictor.py\n    env: {X: [1]}\n"
+        )
+        read_cortex_yaml(tmp_path / "cortex.yaml")

@@ -1,4 +1,5 @@
-"""Each predictor imports its own modules, from the code deployed with it, in a namespace of its own.
+"""Each predictor imports its own modules, from the code deployed with it, in a namespace of its own
+(and runs in its project folder, with its environment variables).
 
 A worker process runs many APIs' predictors, and `sys.modules` is one per process: with each
 predictor's folder on `sys.path`, two APIs whose folders both hold a `helpers.py` shared whichever
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,21 +28,29 @@ from types import ModuleType
 
 
 class Namespace:
-    """One predictor's modules: its deployed files (by path in its folder) and what was imported
-    from them."""
+    """One predictor's world while it runs: the modules of its deployed project files (by path in
+    the project folder) and what was imported from them, the project folder as the working
+    directory, and its environment variables."""
 
-    def __init__(self, folder: str | Path, sources: dict[str, str]):
+    def __init__(self, folder: str | Path, sources: dict[str, str], search: list[str] = (), env: dict | None = None):
         self.folder = Path(folder)
         self.sources = sources
+        # where module names are looked up: the predictor's folder (its siblings), then the
+        # project's root (Cortex's default python_path)
+        self.search = list(dict.fromkeys([*search, "."]))
+        self.env = env or {}
         self.modules: dict[str, ModuleType] = {}
+        self._folder_here = self.folder.is_dir()  # a worker without the project on disk keeps its cwd
 
     def file_of(self, fullname: str) -> tuple[str, bool] | None:
         """The deployed file a module name imports, and whether it is a package; None if none."""
-        relative = fullname.replace(".", "/")
-        if f"{relative}/__init__.py" in self.sources:
-            return f"{relative}/__init__.py", True
-        if f"{relative}.py" in self.sources:
-            return f"{relative}.py", False
+        name = fullname.replace(".", "/")
+        for base in self.search:
+            relative = name if base == "." else f"{base}/{name}"
+            if f"{relative}/__init__.py" in self.sources:
+                return f"{relative}/__init__.py", True
+            if f"{relative}.py" in self.sources:
+                return f"{relative}.py", False
         return None
 
     def spec(self, fullname: str, relative: str, package: bool = False) -> ModuleSpec:
@@ -54,18 +64,35 @@ class Namespace:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Run a call into the predictor with its modules importable, and only its."""
+        """Run a call into the predictor with its modules importable, and only its; in its project
+        folder (as Cortex ran it: `open('values.json')` reads the project's) and its environment."""
         global _active
         for name, module in self.modules.items():
             sys.modules.setdefault(name, module)  # a module imported by something else keeps its name
+        saved_env = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
+        saved_cwd = os.getcwd() if self._folder_here else None
+        if saved_cwd is not None:
+            os.chdir(self.folder)
         _active = self
         try:
             yield
         finally:
             _active = None
+            if saved_cwd is not None:
+                os.chdir(saved_cwd)
+            _restore(saved_env)
             for name, module in self.modules.items():
                 if sys.modules.get(name) is module:
                     del sys.modules[name]
+
+
+def _restore(saved_env: dict[str, str | None]) -> None:
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 class _DeployedLoader(importlib.abc.SourceLoader):

@@ -47,17 +47,20 @@ class LoadedClass:
 _loaded: dict[str, LoadedClass] = {}  # api_id -> its class, imported once per process
 
 
-def load_class(path: str, api_id: str, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
-    """Import a predictor file from the code deployed with it (`deployed(api_id)`; read from its
-    folder for an API deployed before Batchery kept its code) and return its `PythonPredictor`;
-    raises PredictorError."""
+def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
+    """Import an API's predictor from the code deployed with it (`deployed(api_id)`; read from its
+    project folder for an API deployed before Batchery kept its code) and return its
+    `PythonPredictor`; raises PredictorError."""
+    api_id = api["api_id"]
     if api_id in _loaded:
         return _loaded[api_id]
-    file = Path(path)
-    sources = deployed(api_id) or _read_folder(file.parent)
-    modules = namespace.Namespace(file.parent, sources)
+    file = Path(api["predictor_file"])
+    root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
+    relative = file.relative_to(root).as_posix()
+    sources = deployed(api_id) or _read_folder(root)
+    modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
     namespace.install()
-    spec = modules.spec(f"batchery_predictor_{api_id}", file.name)
+    spec = modules.spec(f"batchery_predictor_{api_id}", relative)
     module = importlib.util.module_from_spec(spec)
     try:
         with _calling(modules):
@@ -133,7 +136,7 @@ class PredictorCache:
         if job_id in self._items:
             self._items.move_to_end(job_id)
             return self._items[job_id]
-        loaded = load_class(api["predictor_file"], api["api_id"], self.deployed)
+        loaded = load_class(api, self.deployed)
         job_spec = {**copy.deepcopy(spec), **more()}  # the predictor's own: what it does to it stays with it
         predictor = Predictor(loaded, job_spec["config"], job_spec)
         self._items[job_id] = predictor

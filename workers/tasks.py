@@ -242,7 +242,7 @@ def _finalize(spec: dict, api: dict) -> None:
         final, message = status.WORKER_OOM, oom_message(state["oom_batch"], state["oom_batches"])
     error = ""
     try:
-        predictor_class = load_class(api["predictor_file"], api["api_id"], _predictors.deployed).cls
+        predictor_class = load_class(api, _predictors.deployed).cls
         if callable(getattr(predictor_class, "on_job_complete", None)):
             log.info("running on_job_complete")
             _predictors.get(spec, api, partial(job_spec_fields, spec)).on_job_complete()
