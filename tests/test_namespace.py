@@ -251,3 +251,17 @@ def test_a_bad_predictor_env_is_refused_naming_it(tmp_path):
             "- name: api\n  kind: BatchAPI\n  predictor:\n    path: a/predictor.py\n    env: {X: [1]}\n"
         )
         read_cortex_yaml(tmp_path / "cortex.yaml")
+
+
+def test_a_packages_data_file_reads_from_disk(tmp_path):
+    """pkgutil.get_data asks the module's loader: the deployed code's loader reads other files
+    from the project on disk, as Python's own loader did."""
+    folder = tmp_path / "data"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "lib" / "__init__.py").write_text("")
+    (folder / "lib" / "labels.txt").write_text("cat\ndog\n")
+    (folder / "predictor.py").write_text(
+        "import pkgutil\nclass PythonPredictor:\n    def predict(self):\n"
+        "        return pkgutil.get_data('lib', 'labels.txt').decode().split()\n"
+    )
+    assert build(folder / "predictor.py").predict([], "0") == ["cat", "dog"]

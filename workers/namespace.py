@@ -105,9 +105,10 @@ class _DeployedLoader(importlib.abc.SourceLoader):
         return self.path
 
     def get_data(self, path: str) -> bytes:
-        if path != self.path:
-            raise OSError(f"{path} is not deployed code")  # e.g. a .pyc: never written, never read
-        return self.source.encode("utf-8")
+        if path == self.path:
+            return self.source.encode("utf-8")
+        with open(path, "rb") as file:  # a package's data file (pkgutil.get_data), from disk as before
+            return file.read()
 
     def exec_module(self, module: ModuleType) -> None:
         self.namespace.modules[self.fullname] = module  # taken out of sys.modules when the call ends
