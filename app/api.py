@@ -6,7 +6,7 @@ import json
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from app import job
+from app import job, status
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
 from app.registry import public_spec
@@ -81,7 +81,15 @@ def get_api(api_name: str) -> Response:
         if state is not None:
             statuses.append(job.job_status(state))
     # Cortex's APIResponse shape for `cortex get <api>`
-    return jsonify({"spec": public_spec(api), "endpoint": endpoint(api_name), "batch_job_statuses": statuses})
+    return jsonify({"spec": public_spec(api), "endpoint": endpoint(api_name), "batch_job_statuses": _listed(statuses)})
+
+
+def _listed(statuses: list[dict]) -> list[dict]:
+    """Jobs in progress first, then the others newest first (job ids sort by creation): a job the
+    reading itself found past its timeout goes with the ended ones."""
+    running = [answer for answer in statuses if answer["status"] in status.IN_PROGRESS]
+    ended = [answer for answer in statuses if answer["status"] not in status.IN_PROGRESS]
+    return running + sorted(ended, key=lambda answer: answer["job_id"], reverse=True)
 
 
 @bp.delete("/batch/<api_name>")

@@ -655,3 +655,27 @@ def test_a_chunked_body_over_10_mib_is_a_413_not_a_truncated_job(client, r):
     message = assert_error(response, 413, "payload_too_large", "10 MiB")
     assert message == PayloadTooLarge.MESSAGE  # as when the Content-Length says so
     snapshot.assert_nothing_created()
+
+
+def test_a_job_the_listing_finds_past_its_timeout_is_listed_with_the_ended_ones(client):
+    """Reading it ends it `status_timed_out`: it was still listed among the jobs in progress."""
+    from app import status
+    from app.job import build_spec, now
+
+    services = client.application.extensions["batchery"]
+    api = services.registry.get("minimal")
+
+    def job(created: float, timeout: int | None) -> str:
+        submission = {"workers": 1, "config": {}, **({"timeout": timeout} if timeout else {})}
+        spec = build_spec(api, submission, services.submitter.queue_url, created)
+        services.store.create(spec, api, created)  # enqueuing: no batch reaches a worker
+        return spec["job_id"]
+
+    timed_out = job(now() - 5, timeout=1)  # newer than the running one, past its deadline
+    running = job(now() - 10, timeout=None)
+    listed = client.get("/batch/minimal").get_json()["batch_job_statuses"]
+    ids = [answer["job_id"] for answer in listed]
+    assert listed[ids.index(timed_out)]["status"] == status.TIMED_OUT
+    assert ids.index(running) < ids.index(timed_out)
+    assert all(answer["status"] in status.IN_PROGRESS for answer in listed[: ids.index(running) + 1])
+    client.delete(f"/batch/minimal?jobID={running}")
