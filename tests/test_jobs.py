@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app import status
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
@@ -216,3 +218,17 @@ def test_list_shows_jobs_in_progress_first_then_recent_newest_first(client, jobs
     assert ids.index(finished[1]["job_id"]) < ids.index(finished[0]["job_id"])
     assert listing["spec"]["name"] == "probe"
     assert client.delete(f"/batch/probe?jobID={running['job_id']}").status_code == 200
+
+
+@pytest.mark.parametrize(("start_method", "batches"), [("fork", 30), ("spawn", 4)])
+def test_a_predictor_can_start_processes_of_its_own(jobs, worker, r, probe_config, start_method, batches):
+    """A multiprocessing Pool in predict (torch's DataLoader, joblib): Celery's pool processes are
+    daemonic, and multiprocessing refused them children; spawn could not pickle billiard's process
+    key; and a forked pool's `with` block hung now and then (its workers kept the pool process's
+    SIGTERM handler: 30 batches hung every time)."""
+    config = dict(probe_config, pool=start_method)
+    body = {"workers": 2, "config": config, "item_list": {"items": items(batches), "batch_size": 1}}
+    spec = jobs.submit("probe", body)
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.SUCCEEDED, job
+    assert r.lrange(f"probe:{probe_config['tag']}:pool:{spec['job_id']}", 0, -1) == ["[1, 2]"] * batches

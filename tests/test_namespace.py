@@ -265,3 +265,91 @@ def test_a_packages_data_file_reads_from_disk(tmp_path):
         "        return pkgutil.get_data('lib', 'labels.txt').decode().split()\n"
     )
     assert build(folder / "predictor.py").predict([], "0") == ["cat", "dog"]
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    """Files of a project (path relative to `folder`: text); the folder."""
+    for relative, text in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    return folder
+
+
+def test_the_predictor_module_is_importable_while_it_runs_and_named_as_on_cortex(tmp_path):
+    """Dataclasses with string annotations (`from __future__ import annotations`) look their module
+    up in sys.modules while the class is made: the predictor failed to import. Pickles of its
+    classes name `cortex_predictor`, as on Cortex, whatever the api_id."""
+    folder = write(
+        tmp_path / "dc",
+        {
+            "predictor.py": "from __future__ import annotations\nimport pickle\nfrom dataclasses import dataclass\n"
+            "@dataclass\nclass Row:\n    text: str\n"
+            "class PythonPredictor:\n    def predict(self, payload):\n"
+            "        return pickle.loads(pickle.dumps(Row('x'))).text, Row.__module__\n"
+        },
+    )
+    assert build(folder / "predictor.py").predict([], "0") == ("x", "cortex_predictor")
+    assert "cortex_predictor" not in sys.modules
+
+
+def test_a_project_module_shadows_a_package_another_api_imported(tmp_path, monkeypatch):
+    """As on Cortex (the project on PYTHONPATH, ahead of site-packages): which module an API got
+    depended on whether another API had imported the installed package in that process before."""
+    site = write(tmp_path / "site", {"lib_like_xmltodict.py": "WHO = 'installed'\n"})
+    monkeypatch.syspath_prepend(str(site))
+    importer = "import lib_like_xmltodict\nclass PythonPredictor:\n    def predict(self):\n"
+    importer += "        import lib_like_xmltodict as again\n        return lib_like_xmltodict.WHO, again.WHO\n"
+    mine = write(tmp_path / "mine", {"predictor.py": importer, "lib_like_xmltodict.py": "WHO = 'project'\n"})
+    other = write(tmp_path / "other", {"predictor.py": importer})
+    uses_installed = build(other / "predictor.py")  # imports the installed one first
+    own = build(mine / "predictor.py")
+    for _ in range(2):
+        assert own.predict([], "0") == ("project", "project")
+        assert uses_installed.predict([], "0") == ("installed", "installed")
+
+
+def test_namespace_packages_and_folders_the_predictor_puts_on_sys_path_are_its_own(tmp_path):
+    """A folder without __init__.py imports (a namespace package); and a project folder put on
+    sys.path by the predictor serves each API its own files (two APIs' src/model.py met)."""
+    predictor = (
+        "import os, sys\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), 'src'))\n"
+        "import model\nfrom models import net\n"
+        "class PythonPredictor:\n    def predict(self):\n        return model.WHO, net.WHO\n"
+    )
+    apis = []
+    for who in ("s1", "s2"):
+        folder = write(
+            tmp_path / who,
+            {"predictor.py": predictor, "src/model.py": f"WHO = {who!r}\n", "models/net.py": f"WHO = {who!r}\n"},
+        )
+        apis.append(build(folder / "predictor.py"))
+    assert [api.predict([], "0") for api in apis] == [("s1", "s1"), ("s2", "s2")]
+
+
+def test_importlib_resources_reads_a_project_packages_files(tmp_path):
+    folder = write(
+        tmp_path / "res",
+        {
+            "pkg/__init__.py": "",
+            "pkg/data.txt": "hello",
+            "predictor.py": "import importlib.resources\nclass PythonPredictor:\n    def predict(self):\n"
+            "        return importlib.resources.files('pkg').joinpath('data.txt').read_text()\n",
+        },
+    )
+    assert build(folder / "predictor.py").predict([], "0") == "hello"
+
+
+def test_a_project_folder_named_like_a_worker_package_is_not_grafted_onto_it(tmp_path):
+    """`yaml/extra.py` in a project became `yaml.extra` of the installed PyYAML the worker uses."""
+    import yaml  # noqa: F401 - the worker's own
+
+    folder = write(
+        tmp_path / "graft",
+        {
+            "yaml/extra.py": "X = 1\n",
+            "predictor.py": "class PythonPredictor:\n    def predict(self):\n        import yaml.extra\n",
+        },
+    )
+    with pytest.raises(ModuleNotFoundError):
+        build(folder / "predictor.py").predict([], "0")
+    assert "yaml.extra" not in sys.modules

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import signal
 import sys
 
+import billiard.process
 import redis
 from celery import signals
 
@@ -37,3 +42,27 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     # each process; warnings and errors from them (a task that raised) still show.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@signals.worker_process_init.connect
+def _let_predictors_start_processes(**kwargs: object) -> None:
+    """A pool process may start processes of its own: a predictor's multiprocessing Pool, a torch
+    DataLoader's workers, joblib. Billiard makes pool processes daemonic, and multiprocessing
+    refuses children to a daemonic process ("daemonic processes are not allowed to have
+    children"); Cortex ran predictors in an ordinary process. The flag is not public: `_config` is
+    where both libraries keep it."""
+    for process in (multiprocessing.current_process(), billiard.process.current_process()):
+        process._config["daemon"] = False
+    # Billiard's process object stands for multiprocessing's too, its key of billiard's type, which
+    # multiprocessing's spawn refuses to pickle: the key as multiprocessing's own
+    process = multiprocessing.current_process()
+    process._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(process.authkey))
+    os.register_at_fork(after_in_child=_default_sigterm)
+
+
+def _default_sigterm() -> None:
+    # A child forked by a predictor kept the pool process's SIGTERM handler (Celery's), which does
+    # not end it: multiprocessing ends its Pool's workers with SIGTERM, and `with Pool()` waited
+    # forever now and then for one that lived on (a worker blocked on the pool's queue lock).
+    with contextlib.suppress(ValueError):  # forked from another thread than the main one: none to reset
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

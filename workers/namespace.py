@@ -9,21 +9,23 @@ runs, and are kept in its namespace in between: `active()` puts them into `sys.m
 each call into the predictor (import, `__init__`, `predict`, `on_job_complete`) and takes them out
 after. Calls into predictors never overlap in a pool process (one task at a time).
 
-A module already imported by something else (the standard library, a package from site-packages,
-Batchery itself) is not shadowed by a file of the same name beside the predictor, as it was not
-with the folder on `sys.path` either.
+Names resolve as on Cortex, where the project was on PYTHONPATH, ahead of site-packages: a project
+module shadows a package of the same name another API imported (it is set aside during the call),
+but not a module the worker itself had imported before any predictor (the standard library,
+Batchery, Celery): replacing those under the worker would break it.
 """
 
 from __future__ import annotations
 
 import importlib.abc
+import importlib.readers
 import importlib.util
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 
 
@@ -36,21 +38,52 @@ class Namespace:
         self.folder = Path(folder)
         self.sources = sources
         # where module names are looked up: the predictor's folder (its siblings), then the
-        # project's root (Cortex's default python_path)
+        # project's root (Cortex's default python_path); folders of the project that the predictor
+        # puts on sys.path itself come first (`_bases`)
         self.search = list(dict.fromkeys([*search, "."]))
         self.env = env or {}
         self.modules: dict[str, ModuleType] = {}
+        self._folders = {str(parent) for path in sources for parent in PurePosixPath(path).parents}
+        self._tops = {top for base in self.search for top in self._top_level_names(base)}
         self._folder_here = self.folder.is_dir()  # a worker without the project on disk keeps its cwd
 
-    def file_of(self, fullname: str) -> tuple[str, bool] | None:
-        """The deployed file a module name imports, and whether it is a package; None if none."""
-        name = fullname.replace(".", "/")
-        for base in self.search:
-            relative = name if base == "." else f"{base}/{name}"
+    def _top_level_names(self, base: str) -> Iterator[str]:
+        """The names importable from a folder of the project: its modules, packages and folders."""
+        prefix = "" if base == "." else f"{base}/"
+        for relative in self.sources:
+            if relative.startswith(prefix):
+                yield relative[len(prefix) :].split("/")[0].removesuffix(".py")
+
+    def find(self, fullname: str, path: list[str] | None) -> ModuleSpec | None:
+        """The spec of a deployed module or package; None if the project has none by that name."""
+        last = fullname.rpartition(".")[2]
+        if path is None:
+            folders = self._bases()
+        else:  # a submodule: only of a package of this project (its __path__ lies in the folder)
+            folders = [folder for folder in map(self._relative, path) if folder is not None]
+        for folder in folders:
+            relative = last if folder == "." else f"{folder}/{last}"
             if f"{relative}/__init__.py" in self.sources:
-                return f"{relative}/__init__.py", True
+                return self.spec(fullname, f"{relative}/__init__.py", package=True)
             if f"{relative}.py" in self.sources:
-                return f"{relative}.py", False
+                return self.spec(fullname, f"{relative}.py")
+        for folder in folders:  # a folder without __init__.py: a namespace package, as on disk
+            relative = last if folder == "." else f"{folder}/{last}"
+            if relative in self._folders:
+                return self._namespace_spec(fullname, relative)
+        return None
+
+    def _bases(self) -> list[str]:
+        added = [folder for folder in map(self._relative, sys.path) if folder is not None]
+        return list(dict.fromkeys([*added, *self.search]))
+
+    def _relative(self, entry: str) -> str | None:
+        """A path as a folder of the project (`.` for its root), or None if outside it."""
+        root = str(self.folder)
+        if entry == root:
+            return "."
+        if entry.startswith(root + os.sep):
+            return PurePosixPath(*Path(entry[len(root) + 1 :]).parts).as_posix()
         return None
 
     def spec(self, fullname: str, relative: str, package: bool = False) -> ModuleSpec:
@@ -62,13 +95,32 @@ class Namespace:
             fullname, str(path), loader=loader, submodule_search_locations=locations
         )
 
+    def _namespace_spec(self, fullname: str, relative: str) -> ModuleSpec:
+        spec = ModuleSpec(fullname, _NamespaceLoader(self, fullname), is_package=True)
+        spec.submodule_search_locations = [str(self.folder / relative)]
+        return spec
+
+    def load(self, fullname: str, relative: str) -> ModuleType:
+        """Import a deployed file as module `fullname`, as the import system would (in sys.modules
+        while it runs: dataclasses and pickle look it up there); call inside `active()`."""
+        spec = self.spec(fullname, relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[fullname] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(fullname, None)
+            raise
+        return module
+
     @contextmanager
     def active(self) -> Iterator[None]:
         """Run a call into the predictor with its modules importable, and only its; in its project
         folder (as Cortex ran it: `open('values.json')` reads the project's) and its environment."""
         global _active
+        set_aside = self._set_aside_others()
         for name, module in self.modules.items():
-            sys.modules.setdefault(name, module)  # a module imported by something else keeps its name
+            sys.modules.setdefault(name, module)  # the worker's own module of that name stays
         saved_env = {name: os.environ.get(name) for name in self.env}
         os.environ.update(self.env)
         saved_cwd = os.getcwd() if self._folder_here else None
@@ -85,6 +137,20 @@ class Namespace:
             for name, module in self.modules.items():
                 if sys.modules.get(name) is module:
                     del sys.modules[name]
+            for name, module in set_aside.items():
+                sys.modules.setdefault(name, module)
+
+    def _set_aside_others(self) -> dict[str, ModuleType]:
+        """Take out of sys.modules the modules named like this project's that neither it nor the
+        worker imported (another API's packages): kept to be put back after the call."""
+        taken = {}
+        for top in self._tops:
+            module = sys.modules.get(top)
+            if module is None or top in _worker_modules or module is self.modules.get(top):
+                continue
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                taken[name] = sys.modules.pop(name)
+        return taken
 
 
 def _restore(saved_env: dict[str, str | None]) -> None:
@@ -96,7 +162,7 @@ def _restore(saved_env: dict[str, str | None]) -> None:
 
 
 class _DeployedLoader(importlib.abc.SourceLoader):
-    """Loads a module from its deployed source; tracebacks show its lines (`get_source`)."""
+    """Loads a module from its deployed source."""
 
     def __init__(self, namespace: Namespace, fullname: str, path: str, source: str):
         self.namespace, self.fullname, self.path, self.source = namespace, fullname, path, source
@@ -110,6 +176,10 @@ class _DeployedLoader(importlib.abc.SourceLoader):
         with open(path, "rb") as file:  # a package's data file (pkgutil.get_data), from disk as before
             return file.read()
 
+    def get_resource_reader(self, fullname: str):
+        """importlib.resources reads a package's data files from its folder on disk."""
+        return importlib.readers.FileReader(self) if self.is_package(fullname) else None
+
     def exec_module(self, module: ModuleType) -> None:
         self.namespace.modules[self.fullname] = module  # taken out of sys.modules when the call ends
         try:
@@ -119,20 +189,35 @@ class _DeployedLoader(importlib.abc.SourceLoader):
             raise
 
 
+class _NamespaceLoader(importlib.abc.Loader):
+    """A project folder without `__init__.py`: a namespace package, kept in the namespace too."""
+
+    def __init__(self, namespace: Namespace, fullname: str):
+        self.namespace, self.fullname = namespace, fullname
+
+    def create_module(self, spec: ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.namespace.modules[self.fullname] = module
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     """Finds the active predictor's deployed modules, before the rest of `sys.meta_path`."""
 
     def find_spec(self, fullname: str, path=None, target=None) -> ModuleSpec | None:
         namespace = _active
-        found = namespace.file_of(fullname) if namespace is not None else None
-        return namespace.spec(fullname, *found) if found else None
+        return namespace.find(fullname, path) if namespace is not None else None
 
 
 _active: Namespace | None = None
 _FINDER = _Finder()
+_worker_modules: frozenset[str] = frozenset()  # imported by the worker before any predictor
 
 
 def install() -> None:
-    """Put the finder first in `sys.meta_path` (once per process)."""
+    """Put the finder first in `sys.meta_path`, and note the worker's own modules (once per process)."""
+    global _worker_modules
     if _FINDER not in sys.meta_path:
+        _worker_modules = frozenset(sys.modules)
         sys.meta_path.insert(0, _FINDER)

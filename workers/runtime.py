@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -60,11 +59,10 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     sources = deployed(api_id) or _read_folder(root)
     modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
     namespace.install()
-    spec = modules.spec(f"batchery_predictor_{api_id}", relative)
-    module = importlib.util.module_from_spec(spec)
     try:
         with _calling(modules):
-            spec.loader.exec_module(module)
+            # Cortex's name for it: what a pickle of a class defined there names, whatever the version
+            module = modules.load("cortex_predictor", relative)
         cls = module.PythonPredictor
     except Exception as err:
         raise PredictorError(f"importing {file.name} failed: {type(err).__name__}: {err}") from err

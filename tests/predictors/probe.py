@@ -1,17 +1,18 @@
-"""A test predictor that records what it sees in Redis, under `probe:<tag>:...`.
-
-Items steer it: an item {"fail": N} makes its batch raise on the first N deliveries ("always":
-every time); {"exit": X} calls sys.exit(X); {"kill": N} SIGKILLs the pool process on the first N
-deliveries; {"sleep": S} sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default
-1024 MiB) on the first N deliveries, touching every page, so that the kernel's OOM killer kills the
-pool process when it runs in a memory cgroup with a lower limit. config["sleep"] sleeps every
-batch; config["prints"] prints a line to stdout and one to stderr in each batch;
-config["complete_raises"] makes on_job_complete raise; config["complete_kills"] SIGKILLs the pool
-process inside the first on_job_complete of the job (after recording the call).
+"""A test predictor that records what it sees in Redis, under `probe:<tag>:...`. Items steer it: an
+item {"fail": N} makes its batch raise on the first N deliveries ("always": every time); {"exit":
+X} calls sys.exit(X); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
+sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default 1024 MiB) on the first N
+deliveries, touching every page, so that the kernel's OOM killer kills the pool process when it
+runs in a memory cgroup with a lower limit. config["sleep"] sleeps every batch; config["pool"] maps
+over a multiprocessing Pool ("fork" or "spawn"); config["prints"] prints a line to stdout and one
+to stderr in each batch; config["complete_raises"] makes on_job_complete raise;
+config["complete_kills"] SIGKILLs the pool process inside the first on_job_complete of the job
+(after recording the call).
 """
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -40,6 +41,9 @@ class PythonPredictor:
     def predict(self, payload, batch_id):
         started = time.time()
         logging.getLogger("probe").info("probe predicting batch %s", batch_id)
+        if self.config.get("pool"):  # a process pool of its own: "fork" or "spawn"
+            with multiprocessing.get_context(self.config["pool"]).Pool(2) as pool:
+                self.redis.rpush(f"{self.key}:pool:{self.job_id}", json.dumps(pool.map(abs, [-1, -2])))
         if self.config.get("prints"):
             print("probe prints batch", batch_id)
             print("probe warns", end="", file=sys.stderr)  # a line ended by a later write
