@@ -54,19 +54,45 @@ current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.Contex
 current_log: contextvars.ContextVar[JobLog | None] = contextvars.ContextVar("batchery_job_log", default=None)
 
 
+# The job a worker process runs now, for the records of threads its task started (a new thread
+# does not inherit context variables): a worker runs one task at a time (`adopt_threads`).
+_task_job: tuple[str, str] | None = None
+_adopt_threads = False
+OWN_LOGGERS = ("app.", "workers.", "botocore", "urllib3", "kombu", "celery")
+
+
 @contextmanager
 def for_job(api_name: str, job_id: str, job_log: JobLog | None = None) -> Iterator[None]:
     """Attribute the log records made inside the block to a job (written to `job_log`); the lines
     written in the background are in Redis when the block ends."""
+    global _task_job
     token = current_job.set((api_name, job_id))
     log_token = current_log.set(job_log) if job_log is not None else None
+    outer, _task_job = _task_job, (api_name, job_id)
     try:
         yield
     finally:
+        _task_job = outer
         current_job.reset(token)
         if log_token is not None:
             current_log.reset(log_token)
         flush_lines()
+
+
+def adopt_task_threads() -> None:
+    """In this process (a worker's pool process), records of the user's code in threads a task
+    started belong to the task's job: one task runs at a time."""
+    global _adopt_threads
+    _adopt_threads = True
+
+
+def job_of(record: logging.LogRecord) -> tuple[str, str] | None:
+    """The (api_name, job_id) a record was made for: the context's, or in a worker the running
+    task's for a record of the user's code in a thread the task started."""
+    job = current_job.get()
+    if job is None and _adopt_threads and not record.name.startswith(OWN_LOGGERS):
+        return _task_job
+    return job
 
 
 class JobLog:
@@ -230,19 +256,38 @@ class JobLogHandler(logging.Handler):
         self.background = background  # workers: lines are written by a thread, off the batch's path
 
     def emit(self, record: logging.LogRecord) -> None:
-        job = current_job.get()
+        job = job_of(record)
         if job is None or record.name.startswith(("botocore", "urllib3", "kombu", "celery")):
             return
         if not getattr(record, "job_log", True):
             return
         try:
             job_log = current_log.get() or self.job_log
+            line = _capped(_line(record, job))
             if self.background:
-                job_log.write_soon(job[1], _line(record, job))
+                job_log.write_soon(job[1], line)
             else:
-                job_log.write(job[1], _line(record, job))
+                job_log.write(job[1], line)
         except Exception:  # noqa: BLE001 - a log line must never fail the batch
             self.handleError(record)
+
+
+# A job's log lives in the shared Redis, up to MAX_LINES lines: a `print(payload)` of 256 KiB
+# batches would put gigabytes there. The process log keeps lines whole.
+MAX_MESSAGE_CHARS = 8 * 1024
+MAX_TRACEBACK_CHARS = 32 * 1024
+
+
+def _capped(line: dict) -> dict:
+    message = line["message"]
+    if len(message) > MAX_MESSAGE_CHARS:
+        cut = len(message) - MAX_MESSAGE_CHARS
+        line["message"] = f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters in the worker's process log)"
+    trace = line.get("traceback", "")
+    if len(trace) > MAX_TRACEBACK_CHARS:  # its end says what was raised, and where
+        cut = len(trace) - MAX_TRACEBACK_CHARS
+        line["traceback"] = f"({cut} characters cut) ...{trace[-MAX_TRACEBACK_CHARS:]}"
+    return line
 
 
 class TextFormatter(logging.Formatter):
@@ -256,7 +301,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line, with `api_name` and `job_id` while a job's task runs."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = _line(record, current_job.get())
+        line = _line(record, job_of(record))
         line["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         return json.dumps(line)
 

@@ -8,9 +8,10 @@ def api(name: str) -> str:
     return f"{PREFIX}:api:{name}"
 
 
-def api_code(api_id: str) -> str:
-    """Hash: the Python files deployed with an API, by path in its predictor's folder (app/code.py)."""
-    return f"{PREFIX}:code:{api_id}"
+def code(code_id: str) -> str:
+    """Hash: the Python files of a deployed project, by path in its folder (app/code.py); one per
+    distinct code, whichever APIs and versions run it."""
+    return f"{PREFIX}:code:{code_id}"
 
 
 def apis() -> str:

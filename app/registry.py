@@ -42,19 +42,41 @@ def read_deployments(path: str | Path) -> list[Deployment]:
     """Parse and check a cortex.yaml, and read its predictors' code; raises DeployError."""
     path = Path(path).resolve()
     try:
-        documents = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        documents, as_written = yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader)
     except (OSError, yaml.YAMLError) as err:
         raise DeployError(f"cannot read {path.name}: {err}") from None
     if isinstance(documents, dict):
-        documents = [documents]
+        documents, as_written = [documents], [as_written]
     if not isinstance(documents, list) or not documents:
         raise DeployError(f"{path.name} must hold a list of APIs")
+    for entry, written in zip(documents, as_written, strict=True):
+        _env_as_written(entry, written)
     deployments = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
     names = [entry.get("name") for entry in documents if isinstance(entry, dict)]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise DeployError(f"{path.name} declares API {', '.join(twice)} more than once")
     return [deployment for deployment in deployments if deployment is not None]
+
+
+def _env_as_written(entry: object, written: object) -> None:
+    """`predictor.env`'s values as written in the file (Cortex read them as text): YAML made
+    `1.10` a float 1.1, `yes` true and `0755` the number 493. Other values are left for `_env`
+    to refuse."""
+    try:
+        env, text = entry["predictor"]["env"], written["predictor"]["env"]
+    except (KeyError, TypeError):
+        return
+    if isinstance(env, dict) and isinstance(text, dict):
+        entry["predictor"]["env"] = {
+            text_key if isinstance(key, str) else key: text_value if _scalar(value) else value
+            for (key, value), (text_key, text_value) in zip(env.items(), text.items(), strict=True)
+        }
+
+
+def _scalar(value: object) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
 
 
 def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
@@ -73,8 +95,10 @@ def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
     root = base if source.is_relative_to(base) else source.parent
     sources, env = _project(name, root, predictor.pop("env"))
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
-    spec["api_id"] = _api_id(spec, code.digest(sources) + json.dumps(env, sort_keys=True).encode())
-    spec.update(predictor_file=str(source), project_dir=str(root), env=env)  # kept out of public_spec
+    code_digest = code.digest(sources)
+    spec["api_id"] = _api_id(spec, code_digest + json.dumps(env, sort_keys=True).encode())
+    # kept out of public_spec:
+    spec.update(predictor_file=str(source), project_dir=str(root), env=env, code_id=code_digest.hex()[:32])
     return Deployment(spec, sources)
 
 
@@ -100,9 +124,9 @@ def _env(name: str, env: object) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not key or "=" in key:
             raise DeployError(f"API {name}: predictor.env has a bad variable name {key!r}")
-        if not isinstance(value, (str, int, float, bool)):
+        if not isinstance(value, str):
             raise DeployError(f"API {name}: predictor.env.{key} must be a string (got {type(value).__name__})")
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in env.items()}
+    return dict(env)
 
 
 def _project(name: str, root: Path, env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -185,8 +209,8 @@ class Registry:
         deployments = read_deployments(path)
         pipe = self.redis.pipeline()
         for spec, sources in deployments:
-            # the code first, under its api_id: a worker loading the API finds it (the same id, the same code)
-            pipe.hset(keys.api_code(spec["api_id"]), mapping=sources)
+            # the code first: a worker loading the API finds it (the same id, the same code)
+            pipe.hset(keys.code(spec["code_id"]), mapping=sources)
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
         pipe.execute()
@@ -207,14 +231,13 @@ class Registry:
         """Names of the deployed APIs."""
         return sorted(n.decode() for n in self.redis.smembers(keys.apis()))
 
-    def code(self, api_id: str) -> dict[str, str] | None:
-        """The Python files deployed with an API (by path in the predictor's folder); None for an
-        API deployed before Batchery kept them."""
-        stored = self.redis.hgetall(keys.api_code(api_id))
+    def code(self, code_id: str) -> dict[str, str] | None:
+        """The Python files of a deployed project (by path in its folder); None if not kept."""
+        stored = self.redis.hgetall(keys.code(code_id))
         return {path.decode(): source.decode() for path, source in stored.items()} or None
 
 
-HIDDEN = {"predictor_file", "project_dir", "env"}
+HIDDEN = {"predictor_file", "project_dir", "env", "code_id"}
 
 
 def public_spec(spec: dict) -> dict:

@@ -169,3 +169,45 @@ def test_a_line_logged_while_a_long_task_runs_reaches_redis_before_the_task_ends
         # the task is still running: the writer thread, not the task's end, wrote it
         lines = wait_for(lambda: log.read("long-job"), timeout=10, what="the line to reach Redis")
         assert [line["message"] for line in lines] == ["still loading the model"]
+
+
+def test_a_huge_line_is_cut_in_the_job_log(background_log):
+    """A print(payload) of 256 KiB batches put whole lines into the shared Redis, up to 10,000 a job."""
+    log, logger = background_log
+    with joblog.for_job("api", "huge-line-job"):
+        logger.info("x" * 100_000)
+        try:
+            raise ValueError("y" * 100_000)
+        except ValueError:
+            logger.exception("failed")
+    short, failed = log.read("huge-line-job")
+    assert (
+        short["message"]
+        == "x" * joblog.MAX_MESSAGE_CHARS
+        + f"... ({100_000 - joblog.MAX_MESSAGE_CHARS} more characters in the worker's process log)"
+    )
+    assert len(failed["traceback"]) < joblog.MAX_TRACEBACK_CHARS + 100
+    assert failed["traceback"].rstrip().endswith("y" * 100)  # its end: what was raised
+
+
+def test_lines_of_threads_a_task_started_are_in_its_job_log_in_a_worker(background_log, monkeypatch):
+    """A new thread does not inherit the task's context: its lines were in no job's log."""
+    import threading
+
+    log, logger = background_log
+    monkeypatch.setattr(joblog, "_adopt_threads", True)  # as in a worker's pool process (workers/celery_app.py)
+    with joblog.for_job("api", "thread-job"):
+        thread = threading.Thread(target=lambda: logger.warning("from a thread of the predictor"))
+        thread.start()
+        thread.join()
+    assert [line["message"] for line in log.read("thread-job")] == ["from a thread of the predictor"]
+
+
+def test_logged_lines_hand_raw_bytes_and_reconfigure_to_the_original_stream():
+    from workers.stdio import LoggedLines
+
+    original = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stream = LoggedLines(logging.getLogger("printed"), logging.INFO, original)
+    stream.buffer.write(b"raw bytes")
+    stream.reconfigure(line_buffering=True)  # libraries call it on sys.stdout: no AttributeError
+    assert original.buffer.getvalue() == b"raw bytes"

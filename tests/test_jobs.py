@@ -191,7 +191,7 @@ def test_on_job_complete_error_makes_worker_error_with_its_message(jobs, worker,
     assert job["batch_metrics"]["succeeded"] == 2
 
 
-def test_predictor_init_error_makes_worker_error(jobs, worker, probe_config):
+def test_predictor_init_error_makes_worker_error_with_its_traceback_in_the_log(client, jobs, worker, probe_config):
     spec = jobs.submit(
         "probe",
         {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "config": {"tag": "x", "redis_url": "not-a-url"}},
@@ -199,6 +199,9 @@ def test_predictor_init_error_makes_worker_error(jobs, worker, probe_config):
     job = jobs.wait_final("probe", spec["job_id"])
     assert job["status"] == status.WORKER_ERROR
     assert "PythonPredictor.__init__ raised" in job["message"]
+    lines = client.get(f"/batch/probe/logs?jobID={spec['job_id']}").get_json()["lines"]
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert 'probe.py", line' in error["traceback"]  # where in the predictor (the message alone said little)
 
 
 def test_list_shows_jobs_in_progress_first_then_recent_newest_first(client, jobs, worker, probe_config):

@@ -45,7 +45,13 @@ def project(folder: Path, who: str) -> Path:
 def api_of(path: Path, root: Path | None = None, env: dict | None = None) -> dict:
     """An API spec as the registry keeps it, for a predictor file in project folder `root`."""
     root = root or path.parent
-    return {"api_id": uuid.uuid4().hex, "predictor_file": str(path), "project_dir": str(root), "env": env or {}}
+    return {
+        "api_id": uuid.uuid4().hex,
+        "predictor_file": str(path),
+        "project_dir": str(root),
+        "env": env or {},
+        "code_id": "deployed",
+    }
 
 
 def deployed_from_disk(root: Path):
@@ -353,3 +359,32 @@ def test_a_project_folder_named_like_a_worker_package_is_not_grafted_onto_it(tmp
     with pytest.raises(ModuleNotFoundError):
         build(folder / "predictor.py").predict([], "0")
     assert "yaml.extra" not in sys.modules
+
+
+def test_a_process_keeps_the_classes_of_the_latest_few_apis_only(tmp_path, monkeypatch):
+    """Each redeploy is a new api_id: a process kept every version's modules (and the models
+    they hold) for its whole life."""
+    from workers import runtime
+
+    monkeypatch.setattr(runtime, "LOADED_APIS", 2)
+    for n in range(4):
+        build(project(tmp_path / f"v{n}", f"v{n}"))
+    assert len(runtime._loaded) == 2
+
+
+def test_predictor_env_values_are_the_text_written_in_the_yaml(tmp_path):
+    """YAML read `1.10` as 1.1, `yes` as true, `0755` as 493: Cortex passed the text as written."""
+    project(tmp_path / "a", "a")
+    env = "{VERSION: 1.10, ENABLED: yes, PERMS: 0755, AT: 12:30, NAME: 'quoted', RETRIES: 3}"
+    (tmp_path / "cortex.yaml").write_text(
+        f"- name: api\n  kind: BatchAPI\n  predictor:\n    path: a/predictor.py\n    env: {env}\n"
+    )
+    (spec,) = read_cortex_yaml(tmp_path / "cortex.yaml")
+    assert spec["env"] == {
+        "VERSION": "1.10",
+        "ENABLED": "yes",
+        "PERMS": "0755",
+        "AT": "12:30",
+        "NAME": "quoted",
+        "RETRIES": "3",
+    }

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app, status
-from tests.conftest import Jobs
+from tests.conftest import ROOT, Jobs
 from tests.services import Worker, stop_process, wait_for
 
 PREDICTOR = """
@@ -128,3 +128,18 @@ def test_a_redeploy_does_not_change_the_code_a_running_job_runs_in_a_fresh_proce
     new_job = run(jobs, api, dict(config, key=f"seen:{tag}:new", sleep=0), 2)
     assert jobs.wait_final(api, new_job)["status"] == status.SUCCEEDED
     assert {entry["who"] for entry in seen(r, f"seen:{tag}:new")} == {"v2"}
+
+
+def test_apis_of_one_project_keep_one_copy_of_its_code(redis_server, r):
+    """The code is kept by its content: the examples' two APIs (one project) stored it twice, and
+    every redeploy of an API once more."""
+    from app.registry import Registry
+
+    registry = Registry(redis_server.client)
+    first = {spec["name"]: spec for spec in registry.deploy_file(ROOT / "examples" / "cortex.yaml")}
+    again = registry.deploy_file(ROOT / "examples" / "cortex.yaml")
+    code_ids = {spec["code_id"] for spec in [*first.values(), *again]}
+    assert len(code_ids) == 1
+    (code_id,) = code_ids
+    assert set(registry.code(code_id)) == {"sum/predictor.py", "text/predictor.py"}
+    assert first["sum"]["api_id"] != first["text-stats"]["api_id"]

@@ -323,7 +323,7 @@ def test_read_cortex_yaml_ignores_unknown_keys_with_a_warning(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="app.registry"):
         (spec,) = read_cortex_yaml(path)
-    assert set(spec) == {"name", "kind", "predictor", "api_id", "predictor_file", "project_dir", "env"}
+    assert set(spec) == {"name", "kind", "predictor", "api_id", "predictor_file", "project_dir", "env", "code_id"}
     assert set(spec["predictor"]) == {"type", "path", "config"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for key in ("compute", "networking", "predictor.image"):

@@ -37,6 +37,7 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     job_log = JobLog(redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
     configure_process_logging(job_log, loglevel or "INFO", background=True, stream=stdio.unwrapped(sys.stderr))
     stdio.redirect()  # print() becomes log lines too (Celery's own redirection is off with its logging)
+    joblog.adopt_task_threads()
     # Celery's INFO lines per task ("Task ... received", "... succeeded in ...", "... retry: ...")
     # say again what Batchery's own lines say with the batch id, and cost a JSON line per batch in
     # each process; warnings and errors from them (a task that raised) still show.

@@ -43,20 +43,24 @@ class LoadedClass:
         self.cls, self.modules = cls, modules
 
 
-_loaded: dict[str, LoadedClass] = {}  # api_id -> its class, imported once per process
+# api_id -> its class, imported once per process; the latest few (each redeploy is a new api_id,
+# and a module may hold a model: the predictors cached hold their own)
+_loaded: OrderedDict[str, LoadedClass] = OrderedDict()
+LOADED_APIS = 8
 
 
 def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
-    """Import an API's predictor from the code deployed with it (`deployed(api_id)`; read from its
+    """Import an API's predictor from the code deployed with it (`deployed(code_id)`; read from its
     project folder for an API deployed before Batchery kept its code) and return its
     `PythonPredictor`; raises PredictorError."""
     api_id = api["api_id"]
     if api_id in _loaded:
+        _loaded.move_to_end(api_id)
         return _loaded[api_id]
     file = Path(api["predictor_file"])
     root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
     relative = file.relative_to(root).as_posix()
-    sources = deployed(api_id) or _read_folder(root)
+    sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
     modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
     namespace.install()
     try:
@@ -67,6 +71,8 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     except Exception as err:
         raise PredictorError(f"importing {file.name} failed: {type(err).__name__}: {err}") from err
     _loaded[api_id] = LoadedClass(cls, modules)
+    while len(_loaded) > LOADED_APIS:
+        _loaded.popitem(last=False)
     return _loaded[api_id]
 
 
@@ -124,7 +130,7 @@ class PredictorCache:
 
     def __init__(self, size: int = 2, deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None):
         self.size = size
-        self.deployed = deployed  # api_id -> the code deployed with it (the registry's)
+        self.deployed = deployed  # code_id -> the code deployed (the registry's)
         self._items: OrderedDict[str, Predictor] = OrderedDict()
 
     def get(self, spec: dict, api: dict, more: Callable[[], dict] = dict) -> Predictor:

@@ -33,6 +33,14 @@ class LoggedLines(io.TextIOBase):
     def fileno(self) -> int:
         return self.original.fileno()  # who writes to the descriptor (faulthandler) writes raw
 
+    @property
+    def buffer(self):
+        """The original stream's bytes: written raw, as to the descriptor."""
+        return self.original.buffer
+
+    def reconfigure(self, **options: object) -> None:
+        """Accepted and ignored (encoding, line buffering): lines are logged as text."""
+
     def write(self, text: str) -> int:
         """Buffer `text`, and log each line it completes."""
         state = self._thread

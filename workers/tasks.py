@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _services: Services | None = None
 # the predictors' code is the code deployed with their API, kept in Redis (app/code.py)
 _predictors = PredictorCache(
-    int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")), deployed=lambda api_id: services().registry.code(api_id)
+    int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")), deployed=lambda code_id: services().registry.code(code_id)
 )
 # A job's spec and API never change once it is stored, so a process reads them once per job, not
 # once per batch (the JSON of a spec with a large config is parsed once too).
@@ -152,7 +152,7 @@ class BatchRun:
                 log.info("predictor ready in %.1fs", time.perf_counter() - started)
             return predictor
         except PredictorError as err:
-            log.error("job %s: %s", self.spec["job_id"], err)
+            log.error("job %s: %s", self.spec["job_id"], err, exc_info=err)  # where in the user's code
             flush_lines()  # the error before the store's line saying how the job ended
             self.store.end(self.spec, status.WORKER_ERROR, str(err), now())
             return None
@@ -247,6 +247,7 @@ def _finalize(spec: dict, api: dict) -> None:
             log.info("running on_job_complete")
             _predictors.get(spec, api, partial(job_spec_fields, spec)).on_job_complete()
     except PredictorError as err:
+        log.error("job %s: %s", job_id, err, exc_info=err)
         error = str(err)
     except Exception as err:
         log.exception("job %s: on_job_complete raised", job_id)
