@@ -11,7 +11,8 @@ S3_PORT (9000), LOCAL_S3 (0: start no S3), AWS_ENDPOINT_URL_S3 (set: use that S3
 BATCHERY_APIS (examples/cortex.yaml), WORKER_CONCURRENCY (2), BATCHERY_UP_TIMEOUT (60 s).
 The local S3 is a `moto_server` (in memory: its buckets go away with `down`); the API, worker and
 Flower get AWS_ENDPOINT_URL_S3 pointing at it, and dummy credentials unless AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY or AWS_DEFAULT_REGION are set.
+AWS_SECRET_ACCESS_KEY or AWS_DEFAULT_REGION are set, or the broker is SQS (BROKER_URL=sqs://: the
+credentials and region are then boto3's usual chain, for SQS and the local S3 alike).
 BATCHERY_API_TOKEN and FLOWER_BASIC_AUTH (`user:password`) pass through to the API and Flower; with a
 token set, the demo sends it (`Authorization: Bearer`), and /healthz, which `up` waits on, stays open.
 Only the standard library is used (the demo's S3 uploads import boto3), so `down` works without
@@ -25,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -49,6 +51,11 @@ LOCAL_S3_CREDENTIALS = {  # dummy: the local S3 accepts any
     "AWS_SECRET_ACCESS_KEY": "local",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def masked(url: str) -> str:
+    """A URL without its credentials (`redis://***@host`), as Batchery's own lines show them."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 class StackError(Exception):
@@ -77,8 +84,11 @@ class Config:
         self.s3_settings: dict[str, str] = {}  # what the stack sets for the local S3 (dummy values only)
         if self.local_s3:
             self.s3_settings["AWS_ENDPOINT_URL_S3"] = self.s3_url
+            # On the SQS broker the AWS credentials and region are the user's (a profile, a role):
+            # variables set here would come first in boto3's chain, for SQS too.
+            sqs = (env.get("BROKER_URL") or "").startswith("sqs")
             for name, value in LOCAL_S3_CREDENTIALS.items():
-                if not env.get(name):  # the user's own credentials win
+                if not env.get(name) and not sqs:  # the user's own credentials win
                     self.s3_settings[name] = value
             env.update(self.s3_settings)
         bin_dir = str(Path(sys.prefix) / "bin")
@@ -340,7 +350,7 @@ class Stack:
         if config.local_s3:  # started first, waited for last: nothing needs it to start
             self._start("s3", [moto_server_binary(), "-H", "127.0.0.1", "-p", str(config.s3_port)])
         if config.external_redis:
-            print(f"using the Redis at {config.redis_url}")
+            print(f"using the Redis at {masked(config.redis_url)}")
         else:
             self._start(
                 "redis",

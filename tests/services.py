@@ -224,10 +224,10 @@ def stop_process(process: subprocess.Popen, group: bool = False, grace: float = 
 class MotoServer:
     """A real `moto_server` process: S3 (and SQS) over HTTP on localhost."""
 
-    def __init__(self, logdir: Path):
-        self.port = free_port()
+    def __init__(self, logdir: Path, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (logdir / "moto.log").open("w")
+        self.log = (logdir / "moto.log").open("a")
         self.process = subprocess.Popen(
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self.log,

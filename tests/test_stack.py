@@ -169,6 +169,19 @@ def test_stack_keeps_the_users_credentials_for_the_local_s3(stack_module):
     assert config.s3_settings == {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"}  # all that the banner prints
 
 
+def test_stack_sets_no_aws_credentials_on_the_sqs_broker(stack_module):
+    """Variables come first in boto3's chain: the dummy ones hid the user's profile or role from SQS."""
+    config = stack_module.Config({"BROKER_URL": "sqs://"})
+    assert config.local_s3 and config.env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} & set(config.env)
+
+
+def test_stack_masks_the_credentials_of_a_redis_url_it_prints(stack_module):
+    assert stack_module.masked("redis://:S3cret@10.0.0.5:6379/0") == "redis://***@10.0.0.5:6379/0"
+    assert stack_module.masked("rediss://user:pw@host/1") == "rediss://***@host/1"
+    assert stack_module.masked("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
 @pytest.mark.parametrize(
     "env", [{"AWS_ENDPOINT_URL_S3": "http://minio.internal:9000"}, {"LOCAL_S3": "0"}], ids=["user-s3", "no-s3"]
 )

@@ -17,12 +17,13 @@ from app import joblog
 from app.broker import is_sqs, make_celery
 from app.config import Settings
 from app.joblog import JobLog, configure_process_logging
-from workers import kombu_client, oom, redis_restore, sqs_restore, stdio
+from workers import kombu_client, oom, redis_restore, sqs_receive, sqs_restore, stdio
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
 if is_sqs(settings):
     sqs_restore.install()
+    sqs_receive.install()
 else:
     redis_restore.install()
     kombu_client.install()
