@@ -224,7 +224,9 @@ RECORD = """
 local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local live = in_progress()
 if live then
-  redis.call('HDEL', procs, proc)
+  -- the process no longer runs it (an outcome recorded late: unless it has moved on to another)
+  local holding = redis.call('HGET', procs, proc)
+  if holding and string.sub(holding, -#id - 1) == ' ' .. id then redis.call('HDEL', procs, proc) end
   if outcome ~= 'dead' and outcome ~= 'oom' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
 end
 if outcome == 'retry' then

@@ -411,6 +411,34 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
     assert worker.process.poll() is None
 
 
+def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_when_it_is_back(
+    persistent_redis, settings, worker_env, tmp_path, r, probe_config
+):
+    """A Redis outage longer than BATCHERY_STORE_OUTAGE_SECONDS failed the tasks whose batches
+    ended in it: their outcomes were lost, and the job stayed running, its batches in flight."""
+    queue = f"outage-{probe_config['tag']}"
+    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_STORE_OUTAGE_SECONDS="0")
+    worker = Worker(env, tmp_path, "outage", concurrency=2)
+    own = dataclasses.replace(settings, redis_url=persistent_redis.url, queue=queue, watchdog_seconds=1, lost_seconds=5)
+    app = create_app({"SETTINGS": own})
+    try:
+        jobs = Jobs(app.test_client())
+        config = {**probe_config, "sleep": 1.5}  # the probe records in the tests' own Redis, not stopped
+        spec = jobs.submit(
+            "probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2, 3, 4], "batch_size": 1}}
+        )
+        starts = f"probe:{probe_config['tag']}:starts:{spec['job_id']}"
+        wait_for(lambda: r.llen(starts) == 2, what="two batches inside predict")
+        persistent_redis.restart(down=5)  # they end while it is down; their outcomes cannot be recorded
+        job = wait_for(lambda: _final_or_none(jobs, spec["job_id"]), timeout=90, interval=0.2, what="the job to end")
+        assert job["status"] == status.SUCCEEDED, job
+        assert job["batch_metrics"]["succeeded"] == 4 and job["batches_in_queue"] == 0
+        assert "recorded once it does" in worker.log_path.read_text()  # the store was down as the batches ended
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        worker.stop()
+
+
 def _final_or_none(jobs, job_id):
     try:
         job = jobs.status("probe", job_id)

@@ -20,7 +20,7 @@ from app.services import Services
 from app.sources.batches import payload
 from app.store import LEASE_MS, Outcome
 from app.submission import follow
-from workers import liveness
+from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
 from workers.runtime import PredictorCache, PredictorError, load_class
@@ -197,10 +197,19 @@ class BatchRun:
     def _record(self, outcome: str, seconds: float) -> None:
         call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now())
         # the batch's log lines go in the same round trip (one fewer a batch: bench/load.py)
-        reply = run_with_lines(self.store.redis, call)
+        try:
+            reply = run_with_lines(self.store.redis, call)
+        except late_outcomes.UNANSWERED:
+            if outcome != "retry":  # (a retry is not kept: its new message is published with it)
+                late_outcomes.keep(partial(self._record_late, outcome, seconds), f"batch {self.batch_id}")
+            raise
         if isinstance(reply, Exception):
             raise reply
         follow(services().dispatcher, self.store, self.spec, Outcome.parse(reply))
+
+    def _record_late(self, outcome: str, seconds: float) -> None:
+        reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
+        follow(services().dispatcher, self.store, self.spec, reply)
 
 
 @celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
