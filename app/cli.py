@@ -138,16 +138,17 @@ def main(ctx: click.Context, url: str, output: str, token: str | None) -> None:
 @click.option(
     "--redis-url",
     envvar="REDIS_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default="$REDIS_URL",
+    # as `make up` starts it: on REDIS_PORT (as the other commands follow PORT)
+    default=lambda: f"redis://127.0.0.1:{os.environ.get('REDIS_PORT') or 6379}/0",
+    show_default="$REDIS_URL, else redis://127.0.0.1:$REDIS_PORT/0",
     help="the job store the API and workers use",
 )
 @options
 def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None) -> None:
     """Deploy the BatchAPIs of CORTEX_YAML into the job store at REDIS_URL.
 
-    The predictor files are recorded by their absolute path: that path must be valid on every
-    worker (the same checkout, or a shared volume).
+    The project's Python files are kept in the job store; its other files (models, data) are read
+    from its absolute path, which must be valid on every worker (the same checkout, or a volume).
     """
     import redis
 

@@ -242,6 +242,23 @@ def test_deploy_errors_are_one_line(cli, tmp_path):
     assert line.startswith(f"error: cannot reach the job store at {unreachable}: ")
 
 
+def test_deploy_without_redis_url_follows_redis_port_as_make_up_does(cli, tmp_path):
+    """`REDIS_PORT=... make up` put Redis elsewhere, and deploy still went to 6379 (another stack's)."""
+    (tmp_path / "ok.py").write_text("class PythonPredictor:\n    pass\n")
+    (tmp_path / "ok.yaml").write_text("- name: ok\n  kind: BatchAPI\n  predictor:\n    path: ok.py\n")
+    port = free_port()  # nothing listens: the error names where it went
+    env = {name: value for name, value in cli.env.items() if name != "REDIS_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "deploy", str(tmp_path / "ok.yaml")],
+        cwd=ROOT,
+        env=dict(env, REDIS_PORT=str(port)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one_error_line(done).startswith(f"error: cannot reach the job store at redis://127.0.0.1:{port}/0: ")
+
+
 def test_watch_needs_a_job(cli):
     assert one_error_line(cli("get", "probe", "--watch")).startswith("error: --watch needs an API and a JOB")
 
