@@ -63,8 +63,7 @@ def _let_predictors_start_processes(**kwargs: object) -> None:
 
 
 def _default_sigterm() -> None:
-    # A child forked by a predictor kept the pool process's SIGTERM handler (Celery's), which does
-    # not end it: multiprocessing ends its Pool's workers with SIGTERM, and `with Pool()` waited
-    # forever now and then for one that lived on (a worker blocked on the pool's queue lock).
+    # A child forked outside a predictor call (from a thread it started) gets SIGTERM's default
+    # back as early as Python lets it (workers/runtime.py `_calling` covers forks during calls).
     with contextlib.suppress(ValueError):  # forked from another thread than the main one: none to reset
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import billiard.common
 
 from app import code
 from workers import namespace
@@ -28,12 +31,37 @@ class PredictorExit(Exception):
 
 @contextmanager
 def _calling(modules: namespace.Namespace) -> Iterator[None]:
-    """A call into the predictor: its modules importable, its sys.exit() an exception."""
-    with modules.active():
+    """A call into the predictor: its modules importable, its sys.exit() an exception, SIGTERM's
+    default action."""
+    with modules.active(), _default_sigterm():
         try:
             yield
         except SystemExit as exit_:
+            if billiard.common.terminate_handler_fired():
+                raise  # billiard's own: the pool process was told to end (SIGTERM), and it does
             raise PredictorExit(f"sys.exit({exit_.code!r}) was called") from exit_
+
+
+@contextmanager
+def _default_sigterm() -> Iterator[None]:
+    """SIGTERM's default action while the predictor runs, where it can start processes.
+
+    A pool process handles SIGTERM in Python (billiard's `_shutdown_cleanup`), and a child forked
+    from it inherits that. multiprocessing ends its Pool's workers with SIGTERM, sometimes before
+    a worker has run a line: CPython drops a signal caught between fork and the child's first
+    line, and the worker lived on, blocked on the pool's queue lock, `with Pool()` waiting for it
+    forever (one hang in ~3 runs of 30 forking batches on a busy machine, even with the child
+    resetting the handler at fork). With the default action in the kernel, SIGTERM ends it. A
+    SIGTERM to the pool process in a call ends it too, as billiard's handler did (unwinding)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread (tests calling predictors from threads): leave it be
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class LoadedClass:
