@@ -43,8 +43,10 @@ class JobStoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         api_names = sorted(name.decode() for name in self.store.redis.smembers(keys.apis()))
+        # the jobs' states first: reading one past its timeout ends it, and the counts then say so
+        per_job = list(self._per_job(api_names))
         yield self._jobs_per_status(api_names)
-        yield from self._per_job(api_names)
+        yield from per_job
         depth = self._broker_depth()
         if depth is not None:
             yield depth

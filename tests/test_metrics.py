@@ -164,3 +164,17 @@ def test_metrics_is_a_503_when_redis_is_down():
     response = client.get("/metrics")
     assert response.status_code == 503
     assert response.get_json()["kind"] == "store_unavailable"
+
+
+def test_a_job_past_its_timeout_counts_as_timed_out_at_the_next_scrape(client, api):
+    """It counted as running until a status read or the watchdog's sweep noticed its deadline."""
+    from app.job import build_spec, now
+
+    services = client.application.extensions["batchery"]
+    deployed = services.registry.get(api)
+    created = now() - 5
+    spec = build_spec(deployed, {"workers": 1, "timeout": 1, "config": {}}, services.submitter.queue_url, created)
+    services.store.create(spec, deployed, created)  # enqueuing: no batch reaches a worker
+    samples = scrape(client)
+    assert value(samples, "batchery_jobs", api=api, status=status.TIMED_OUT) == 1
+    assert ("batchery_jobs", (("api", api), ("status", status.ENQUEUING))) not in samples
