@@ -54,7 +54,10 @@ LOCAL_S3_CREDENTIALS = {  # dummy: the local S3 accepts any
 
 
 def masked(url: str) -> str:
-    """A URL without its credentials (`redis://***@host`), as Batchery's own lines show them."""
+    """A URL without its credentials (`redis://***@host`), as Batchery's own lines show them.
+
+    app.config.redacted does the same, but importing `app` imports Flask: this script keeps to the
+    standard library (see the module's docstring)."""
     return re.sub(r"//[^@/]*@", "//***@", url)
 
 
