@@ -58,7 +58,8 @@ current_log: contextvars.ContextVar[JobLog | None] = contextvars.ContextVar("bat
 # does not inherit context variables): a worker runs one task at a time (`adopt_threads`).
 _task_job: tuple[str, str] | None = None
 _adopt_threads = False
-OWN_LOGGERS = ("app.", "workers.", "botocore", "urllib3", "kombu", "celery")
+LIBRARY_LOGGERS = ("botocore", "urllib3", "kombu", "celery")  # never in a job's log
+OWN_LOGGERS = ("app.", "workers.", *LIBRARY_LOGGERS)  # never adopted from a task's threads
 
 
 @contextmanager
@@ -257,7 +258,7 @@ class JobLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         job = job_of(record)
-        if job is None or record.name.startswith(("botocore", "urllib3", "kombu", "celery")):
+        if job is None or record.name.startswith(LIBRARY_LOGGERS):
             return
         if not getattr(record, "job_log", True):
             return
