@@ -54,7 +54,7 @@ def list_apis() -> Response:
 def submit(api_name: str) -> Response:
     """Submit a job; `?dryRun=true` only validates.
 
-    Errors: 400 invalid job, unknown query parameter or dryRun not true/false; 404 unknown API;
+    Errors: 400 invalid job, unknown query parameter or dryRun not true/false/1/0; 404 unknown API;
     413 body over 10 MiB; 503 broker or job store unavailable.
     """
     dry_run = _dry_run(_query("dryRun"))
@@ -158,12 +158,17 @@ def _query(*known: str) -> dict[str, str]:
     return request.args.to_dict()
 
 
+# What Cortex's dryRun took (Go's strconv.ParseBool), in any case. Cortex ran a real job for any
+# other value; here it is refused, as a dry run mistaken for a job is not undone.
+DRY_RUN_VALUES = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
+
+
 def _dry_run(args: dict[str, str]) -> bool:
-    """`?dryRun=true|false` (any case); raises InvalidRequest for another value."""
+    """`?dryRun=true|false` (also t/f, 1/0; any case); raises InvalidRequest for another value."""
     value = args.get("dryRun", "false").lower()
-    if value not in ("true", "false"):
-        raise InvalidRequest(f"dryRun must be true or false, not {args['dryRun']!r}")
-    return value == "true"
+    if value not in DRY_RUN_VALUES:
+        raise InvalidRequest(f"dryRun must be true or false (or 1 or 0), not {args['dryRun']!r}")
+    return DRY_RUN_VALUES[value]
 
 
 def _job_id(args: dict[str, str]) -> str:

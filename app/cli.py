@@ -295,7 +295,7 @@ def show_job(ctx: Context, api: str, job_id: str) -> None:
     spec = {
         key: job[key]
         for key in ("workers", "timeout", "sqs_dead_letter_queue", "config", "api_id", "sqs_url")
-        if key in job
+        if job.get(key) is not None
     }
     out.print("\njob spec:")
     out.print_json(data=spec)
@@ -398,7 +398,10 @@ def total_of(job: dict) -> int:
 
 
 def done_of(job: dict) -> int:
-    """Batches finished, succeeded or failed for good."""
+    """Batches finished, succeeded or failed for good; for a job that ended before its last batch
+    (stopped, timed out...), the batches that succeeded (its `batches_in_queue` is 0 then)."""
+    if status.is_final(job["status"]) and job["status"] not in (status.SUCCEEDED, status.COMPLETED_WITH_FAILURES):
+        return int(job["batch_metrics"]["succeeded"])
     return total_of(job) - int(job.get("batches_in_queue") or 0)
 
 

@@ -40,6 +40,7 @@ def iso(timestamp: float | None) -> str | None:
 def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
     """The job spec returned on submission and given to the predictor as `job_spec`."""
     job_id = new_job_id(now)
+    dead_letter_queue = submission.get("sqs_dead_letter_queue")
     spec = {
         "job_id": job_id,
         "api_name": api["name"],
@@ -48,12 +49,11 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         "config": deep_merge(api["predictor"]["config"], submission["config"]),
         "api_id": api["api_id"],
         "sqs_url": f"{queue_url}#job={job_id}",
+        # null when not given, never left out: Cortex sent both keys always (clients read job["timeout"])
+        "timeout": submission.get("timeout") or None,
+        "sqs_dead_letter_queue": dict(dead_letter_queue) if dead_letter_queue else None,
         "created_time": iso(now),
     }
-    if submission.get("timeout"):
-        spec["timeout"] = submission["timeout"]
-    if submission.get("sqs_dead_letter_queue"):
-        spec["sqs_dead_letter_queue"] = dict(submission["sqs_dead_letter_queue"])
     return spec
 
 
@@ -71,25 +71,47 @@ def retry_limits(spec: dict) -> tuple[int, int]:
 
 
 def job_status(state: dict) -> dict:
-    """The `job_status` object of the reference page, from a job's stored state."""
+    """The `job_status` object of the reference page, from a job's stored state.
+
+    Keys Cortex always sent are always here, `null` when there is no value (`timeout`,
+    `sqs_dead_letter_queue`, `start_time` before any batch started); the ones the reference page
+    calls optional are left out instead (`end_time`, `worker_counts` once the job ended).
+    """
     spec = state["spec"]
-    view = dict(spec)
+    view = {"timeout": None, "sqs_dead_letter_queue": None, **spec}  # jobs stored before both were kept
     view["status"] = state["status"]
     if state.get("message"):
         view["message"] = state["message"]
     view["total_batch_count"] = state["total"]
-    view["batches_in_queue"] = max(0, state["total"] - state["succeeded"] - state["failed_batches"])
-    metrics = {"succeeded": state["succeeded"], "failed": state["failed"]}
-    if state["succeeded"]:
-        metrics["avg_time_per_batch"] = state["time_sum"] / state["succeeded"]
-    view["batch_metrics"] = metrics
+    view["batches_in_queue"] = batches_in_queue(state)
+    view["batch_metrics"] = batch_metrics(state)
     if state["status"] in status.IN_PROGRESS:
         view["worker_counts"] = state["worker_counts"]
     view["created_time"] = spec["created_time"]
     view["start_time"] = iso(state.get("start"))
     if state.get("end"):
         view["end_time"] = iso(state["end"])
-    return {k: v for k, v in view.items() if v is not None}
+    return view
+
+
+def batches_in_queue(state: dict) -> int:
+    """Batches not finished yet; 0 once the job ended, as on Cortex (the queue of an ended job is
+    gone: a stopped job's remaining batches never run, and a script waiting for 0 must not spin)."""
+    if state["status"] not in status.IN_PROGRESS:
+        return 0
+    return max(0, state["total"] - state["succeeded"] - state["failed_batches"])
+
+
+def batch_metrics(state: dict) -> dict:
+    """`batch_metrics`: `avg_time_per_batch` as the reference page names it (absent until a batch
+    succeeded), and the same figure as `average_time_per_batch`, the name (and `null`) a running
+    Cortex 0.28 cluster sent, for scripts written against one."""
+    average = state["time_sum"] / state["succeeded"] if state["succeeded"] else None
+    metrics = {"succeeded": state["succeeded"], "failed": state["failed"]}
+    if average is not None:
+        metrics["avg_time_per_batch"] = average
+    metrics["average_time_per_batch"] = average
+    return metrics
 
 
 def deadline(spec: dict, created: float) -> float:

@@ -69,7 +69,9 @@ class JobStoreCollector(Collector):
         seconds = SummaryMetricFamily(
             "batchery_batch_seconds", "Time in predict of successful attempts (sum) and their count.", labels=JOB
         )
-        in_queue = GaugeMetricFamily("batchery_batches_in_queue", "Batches not yet finished.", labels=JOB)
+        in_queue = GaugeMetricFamily(
+            "batchery_batches_in_queue", "Batches not yet finished (0 once the job ended).", labels=JOB
+        )
         total = GaugeMetricFamily("batchery_batches", "Batches of the job enqueued so far.", labels=JOB)
         workers = GaugeMetricFamily(
             "batchery_workers",
@@ -87,7 +89,7 @@ class JobStoreCollector(Collector):
             attempts.add_metric(labels, state["failed"])
             failed.add_metric(labels, state["failed_batches"])
             seconds.add_metric(labels, count_value=state["succeeded"], sum_value=state["time_sum"])
-            in_queue.add_metric(labels, max(0, state["total"] - state["succeeded"] - state["failed_batches"]))
+            in_queue.add_metric(labels, job.batches_in_queue(state))
             total.add_metric(labels, state["total"])
             if not status.is_final(state["status"]):
                 for name in WORKER_STATES:

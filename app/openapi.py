@@ -72,7 +72,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                 "`validations passed`",
                 "content": {
                     "application/json": {"schema": "JobSpec"},
-                    "text/plain": {"schema": {"type": "string"}, "example": "s3://bucket/a.json\nvalidations passed\n"},
+                    "text/plain": {"schema": {"type": "string"}, "example": "s3://bucket/a.json\nvalidations passed"},
                 },
             }
         },

@@ -32,8 +32,14 @@ class JobSpecSchema(Schema):
     api_id = text("the API as deployed when the job was submitted", required=True)
     sqs_url = text("the broker queue the job's batches go through (no credentials)", required=True)
     created_time = text("RFC 3339, UTC", required=True)
-    timeout = count("seconds from submission after which the job stops with status_timed_out")
-    sqs_dead_letter_queue = fields.Nested(DeadLetterQueueSchema)
+    timeout = count(
+        "seconds from submission after which the job stops with status_timed_out; null for none",
+        required=True,
+        allow_none=True,
+    )
+    sqs_dead_letter_queue = fields.Nested(
+        DeadLetterQueueSchema, required=True, allow_none=True, metadata={"description": "null for none"}
+    )
 
 
 class BatchMetricsSchema(Schema):
@@ -43,6 +49,11 @@ class BatchMetricsSchema(Schema):
     failed = count("failed attempts (a batch that fails 3 times counts 3)", required=True)
     avg_time_per_batch = fields.Float(
         metadata={"description": "seconds in predict, averaged over successful attempts; absent until one succeeds"}
+    )
+    average_time_per_batch = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the same figure under the name a Cortex 0.28 cluster sent; null until one succeeds"},
     )
 
 
@@ -67,10 +78,10 @@ class JobStatusSchema(JobSpecSchema):
     status = text("the job's status code", required=True, validate=validate.OneOf(status.PRECEDENCE))
     message = text("why the job ended as it did, when there is more to say than the status")
     total_batch_count = count("batches enqueued so far", required=True)
-    batches_in_queue = count("batches not finished yet", required=True)
+    batches_in_queue = count("batches not finished yet; 0 once the job ended", required=True)
     batch_metrics = fields.Nested(BatchMetricsSchema, required=True)
     worker_counts = fields.Nested(WorkerCountsSchema, metadata={"description": "only while the job is in progress"})
-    start_time = text("RFC 3339, UTC: when its first batch was released")
+    start_time = text("RFC 3339, UTC: when its first batch was released; null before", required=True, allow_none=True)
     end_time = text("RFC 3339, UTC: when it ended")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from app.errors import InvalidRequest
 
@@ -95,15 +95,30 @@ class JobSubmissionSchema(Schema):
         load_default=None,
         metadata={"description": "retry failed batches, then send them here (without it, no retry)"},
     )
-    item_list = fields.Nested(ItemListSchema, metadata={"description": "one of the three inputs: the items"})
-    file_path_lister = fields.Nested(S3SourceSchema, metadata={"description": "or: batches of S3 file paths"})
-    delimited_files = fields.Nested(S3SourceSchema, metadata={"description": "or: JSON values read from S3 files"})
+    # allow_none documents that null is taken (as not given: `_null_source_is_none`)
+    item_list = fields.Nested(
+        ItemListSchema, allow_none=True, metadata={"description": "one of the three inputs: the items"}
+    )
+    file_path_lister = fields.Nested(
+        S3SourceSchema, allow_none=True, metadata={"description": "or: batches of S3 file paths"}
+    )
+    delimited_files = fields.Nested(
+        S3SourceSchema, allow_none=True, metadata={"description": "or: JSON values read from S3 files"}
+    )
     config = fields.Dict(
         keys=fields.String(),
         allow_none=True,
         load_default=dict,
         metadata={"description": "deep-merged over the API's predictor config"},
     )
+
+    @pre_load
+    def _null_source_is_none(self, data: Any, **kwargs: Any) -> Any:
+        """An input given as `null` is not given, as a nil pointer is on Cortex (clients that send
+        every key, the unused ones null)."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if not (key in SOURCES and value is None)}
+        return data
 
     @validates_schema
     def exactly_one_source(self, data: dict, **kwargs: Any) -> None:

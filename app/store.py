@@ -455,7 +455,7 @@ class JobStore:
             "api_name": spec["api_name"],
             "status": status.ENQUEUING,
             "workers": spec["workers"],
-            "timeout": spec.get("timeout", 0),
+            "timeout": spec.get("timeout") or 0,
             "max_deliveries": max_deliveries,
             "created": repr(now),
             "deadline": repr(deadline(spec, now)),

@@ -72,7 +72,7 @@ def test_stop_job_then_stopping_again_is_an_api_error(api, probe_config):
 
 def test_dry_run_answers_text_and_creates_no_job(api, probe_config):
     before = [job["job_id"] for job in api.list_jobs("probe")]
-    assert api.submit("probe", job_body(probe_config, [1]), dry_run=True) == "validations passed\n"
+    assert api.submit("probe", job_body(probe_config, [1]), dry_run=True) == "validations passed"
     assert [job["job_id"] for job in api.list_jobs("probe")] == before
 
 

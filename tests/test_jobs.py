@@ -67,6 +67,9 @@ def test_status_has_every_field_of_the_reference_page_while_running_and_after(jo
     assert done["status"] == status.SUCCEEDED
     assert done["batch_metrics"]["succeeded"] == 6
     assert 0.3 <= done["batch_metrics"]["avg_time_per_batch"] < 5
+    # the name a Cortex 0.28 cluster sent, for scripts written against one
+    assert done["batch_metrics"]["average_time_per_batch"] == done["batch_metrics"]["avg_time_per_batch"]
+    assert (done["timeout"], done["sqs_dead_letter_queue"]) == (600, None)
     assert done["end_time"] >= done["start_time"] >= done["created_time"]
     assert "worker_counts" not in done  # Cortex shows worker counts only while a job runs
 

@@ -16,7 +16,7 @@ from app.batching import entry, item_batches
 from app.config import MAX_BATCH_BYTES, Settings
 from app.dead_letters import queue_name
 from app.errors import DeployError, InvalidRequest
-from app.job import DELIVERIES_WITHOUT_DLQ, deep_merge, new_job_id, retry_limits
+from app.job import DELIVERIES_WITHOUT_DLQ, build_spec, deep_merge, job_status, new_job_id, retry_limits
 from app.registry import read_cortex_yaml
 from app.schemas import describe
 from app.submission import MAX_NESTING, decode_body
@@ -206,6 +206,46 @@ def test_retry_limits_without_a_dead_letter_queue_never_retry_a_raising_predict(
     assert retry_limits({}) == (DELIVERIES_WITHOUT_DLQ, 1)
     assert retry_limits({"sqs_dead_letter_queue": None}) == (DELIVERIES_WITHOUT_DLQ, 1)
     assert DELIVERIES_WITHOUT_DLQ >= 2  # a delivery lost with its worker is delivered again
+
+
+def stored_state(job_status_code: str, **counts) -> dict:
+    """A job's state as the store reads it: 4 batches, none done, unless `counts` says otherwise."""
+    api = {"name": "sum", "api_id": "a1", "predictor": {"config": {}}}
+    spec = build_spec(api, {"workers": 2, "config": {}}, "redis://host:6379/0/batchery", 1_700_000_000.0)
+    state = {"spec": spec, "status": job_status_code, "total": 4, "succeeded": 0, "failed": 0, "failed_batches": 0}
+    worker_counts = dict.fromkeys(("pending", "initializing", "running", "succeeded", "failed", "stalled"), 0)
+    return {**state, "time_sum": 0.0, "worker_counts": worker_counts, "start": None, "end": None, **counts}
+
+
+def test_a_job_status_has_null_for_what_cortex_always_sent_and_has_no_value_yet():
+    view = job_status(stored_state(status.ENQUEUING))
+    assert {key: view[key] for key in ("timeout", "sqs_dead_letter_queue", "start_time")} == dict.fromkeys(
+        ("timeout", "sqs_dead_letter_queue", "start_time")
+    )
+    assert view["batch_metrics"] == {"succeeded": 0, "failed": 0, "average_time_per_batch": None}
+    assert "end_time" not in view  # the reference page's optional ones are left out
+
+
+def test_a_job_status_of_a_job_stored_before_timeout_was_kept_still_has_it():
+    state = stored_state(status.RUNNING, start=1_700_000_001.0)
+    del state["spec"]["timeout"], state["spec"]["sqs_dead_letter_queue"]
+    view = job_status(state)
+    assert (view["timeout"], view["sqs_dead_letter_queue"], view["start_time"]) == (
+        None,
+        None,
+        "2023-11-14T22:13:21Z",
+    )
+
+
+def test_the_average_time_per_batch_has_both_names_once_a_batch_succeeded():
+    metrics = job_status(stored_state(status.RUNNING, succeeded=2, time_sum=3.0))["batch_metrics"]
+    assert metrics == {"succeeded": 2, "failed": 0, "avg_time_per_batch": 1.5, "average_time_per_batch": 1.5}
+
+
+@pytest.mark.parametrize("code", [status.STOPPED, status.TIMED_OUT, status.WORKER_ERROR, status.ENQUEUE_FAILED])
+def test_an_ended_job_has_no_batches_in_queue_as_on_cortex(code):
+    assert job_status(stored_state(code, succeeded=1, end=1_700_000_009.0))["batches_in_queue"] == 0
+    assert job_status(stored_state(status.RUNNING, succeeded=1))["batches_in_queue"] == 3
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,11 @@ VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_s
 S3_SOURCE = {"s3_paths": ["s3://bucket/images/"], "batch_size": 1}
 JOB_KEYS = "batchery:job:*"
 MINIMAL_JOBS = "batchery:api:minimal:jobs"
-SPEC_KEYS = {"job_id", "api_name", "kind", "workers", "config", "api_id", "sqs_url", "created_time"}
+# The reference page's RESPONSE: every key always (Cortex sent timeout and sqs_dead_letter_queue as null).
+SPEC_KEYS = {
+    "job_id", "api_name", "kind", "workers", "config", "api_id", "sqs_url", "timeout", "sqs_dead_letter_queue",
+    "created_time",
+}
 
 
 def body_with(**changes) -> dict:
@@ -216,7 +220,12 @@ BAD_JOBS = [
         ["exactly one of", "(found: item_list, file_path_lister, delimited_files)"],
         id="three-sources",
     ),
-    pytest.param(body_with(item_list=None), ["item_list: field may not be null"], id="item-list-null"),
+    pytest.param(  # null is not given, as on Cortex: then no input is given
+        body_with(item_list=None), ["exactly one of", "is required (found: none)"], id="item-list-null"
+    ),
+    pytest.param(
+        body_with(item_list=None, delimited_files=None), ["(found: none)"], id="item-list-and-delimited-files-null"
+    ),
     pytest.param(body_with(item_list=[1, 2]), ["item_list: invalid input type"], id="item-list-a-list"),
     pytest.param(body_with(item_list="items"), ["item_list: invalid input type"], id="item-list-a-string"),
     # item_list.items
@@ -355,6 +364,8 @@ def test_a_job_that_breaks_a_submission_rule_is_a_400_naming_the_field(client, r
         pytest.param(body_with(sqs_dead_letter_queue=None), id="dlq-null"),
         pytest.param(body_with(sqs_dead_letter_queue=dead_letter_queue(max_receive_count=1)), id="dlq-1"),
         pytest.param(body_with(config=None), id="config-null"),
+        # clients that send every key of the submission, the inputs they don't use as null
+        pytest.param(body_with(file_path_lister=None, delimited_files=None), id="other-inputs-null"),
         pytest.param(body_with(config={"nested": {"deep": [1, None]}}), id="config-nested"),
         pytest.param(body_with(item_list=item_list(batch_size=10**6)), id="batch-size-over-item-count"),
         pytest.param(body_with(item_list=item_list(items=[None, [], {}, "é 🐍", 1.5, -0.0])), id="any-json-items"),
@@ -375,24 +386,32 @@ def test_dry_run_answers_text_and_creates_nothing(client, r):
     response = post(client, VALID, dry_run=True)
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
-    assert response.get_data(as_text=True).splitlines() == ["validations passed"]
+    assert response.get_data() == b"validations passed"  # no newline after it, byte for byte as Cortex
     snapshot.assert_nothing_created()
 
 
-@pytest.mark.parametrize("flag", ["True", "TRUE"])
-def test_dry_run_flag_is_case_insensitive(client, r, flag):
+# Go's strconv.ParseBool, which Cortex's dryRun went through, takes these (and the false forms).
+@pytest.mark.parametrize("flag", ["True", "TRUE", "true", "1", "t", "T"])
+def test_dry_run_flag_takes_what_cortex_took(client, r, flag):
     snapshot = Snapshot(r)
     response = client.post(f"/batch/minimal?dryRun={flag}", data=json.dumps(VALID))
     assert response.status_code == 200
-    assert response.get_data(as_text=True).strip() == "validations passed"
+    assert response.get_data(as_text=True) == "validations passed"
     snapshot.assert_nothing_created()
 
 
-@pytest.mark.parametrize("flag", ["yes", "1", ""])
+@pytest.mark.parametrize("flag", ["0", "f", "False"])
+def test_a_false_dry_run_flag_submits_the_job(client, r, flag):
+    response = client.post(f"/batch/minimal?dryRun={flag}", data=json.dumps(VALID))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert r.zscore(MINIMAL_JOBS, response.get_json()["job_id"]) is not None
+
+
+@pytest.mark.parametrize("flag", ["yes", "2", ""])
 def test_a_dry_run_flag_that_is_not_true_or_false_is_a_400_not_a_real_job(client, r, flag):
     snapshot = Snapshot(r)
     response = client.post(f"/batch/minimal?dryRun={flag}", data=json.dumps(VALID))
-    assert_error(response, 400, "invalid_request", f"dryRun must be true or false, not '{flag}'")
+    assert_error(response, 400, "invalid_request", f"dryRun must be true or false (or 1 or 0), not '{flag}'")
     snapshot.assert_nothing_created()
 
 
@@ -488,7 +507,8 @@ def test_a_valid_submission_answers_the_job_spec_and_creates_the_job(client, r, 
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     spec = response.get_json()
-    assert set(spec) == SPEC_KEYS  # no timeout nor sqs_dead_letter_queue when not given
+    assert set(spec) == SPEC_KEYS
+    assert (spec["timeout"], spec["sqs_dead_letter_queue"]) == (None, None)  # not given: null, as Cortex sent
     assert re.fullmatch(r"[0-9a-f]{16}", spec["job_id"])
     assert spec["api_name"] == "minimal"
     assert spec["kind"] == "BatchAPI"
@@ -505,7 +525,12 @@ def test_a_valid_submission_answers_the_job_spec_and_creates_the_job(client, r, 
     assert r.zscore(MINIMAL_JOBS, spec["job_id"]) is not None
     status = client.get(f"/batch/minimal?jobID={spec['job_id']}")
     assert status.status_code == 200
-    assert status.get_json()["job_status"]["job_id"] == spec["job_id"]
+    job_status = status.get_json()["job_status"]
+    assert job_status["job_id"] == spec["job_id"]
+    assert {key: job_status[key] for key in ("timeout", "sqs_dead_letter_queue")} == {
+        "timeout": None,
+        "sqs_dead_letter_queue": None,
+    }
 
 
 def test_the_job_config_is_deep_merged_over_the_api_config_and_optional_fields_are_echoed(client, probe_config):
@@ -515,7 +540,7 @@ def test_the_job_config_is_deep_merged_over_the_api_config_and_optional_fields_a
     response = post(client, body, api="probe")
     assert response.status_code == 200, response.get_data(as_text=True)
     spec = response.get_json()
-    assert set(spec) == SPEC_KEYS | {"timeout", "sqs_dead_letter_queue"}
+    assert set(spec) == SPEC_KEYS
     assert spec["api_name"] == "probe"
     assert spec["workers"] == 2
     assert spec["timeout"] == 600
