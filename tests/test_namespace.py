@@ -388,3 +388,52 @@ def test_predictor_env_values_are_the_text_written_in_the_yaml(tmp_path):
         "NAME": "quoted",
         "RETRIES": "3",
     }
+
+
+ENV_PREDICTOR = """
+import os
+
+os.environ["{name}"] = "{who}"  # at import, as ML code sets TOKENIZERS_PARALLELISM or OMP_NUM_THREADS
+os.environ.pop("{gone}", None)
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        if payload == ["set"]:
+            os.environ["{name}_LATER"] = "{who}"
+        return os.environ.get("{name}"), os.environ.get("{name}_LATER"), os.environ.get("{gone}")
+"""
+
+PLAIN_PREDICTOR = """
+import os
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        return os.environ.get("{name}"), os.environ.get("{name}_LATER"), os.environ.get("{gone}")
+"""
+
+
+def test_what_a_predictor_sets_in_os_environ_stays_its_own(tmp_path, monkeypatch):
+    """On Cortex each API had its own process: a variable one predictor sets (or deletes) is
+    there for its later calls, and not for another API's, nor for the worker between calls."""
+    name, gone = f"BATCHERY_TEST_{uuid.uuid4().hex[:8].upper()}", f"BATCHERY_TEST_GONE_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.setenv(gone, "worker")
+    paths = {}
+    for who, source in (("a", ENV_PREDICTOR), ("b", PLAIN_PREDICTOR)):
+        (tmp_path / who).mkdir()
+        paths[who] = tmp_path / who / "predictor.py"
+        paths[who].write_text(source.format(name=name, who=who, gone=gone))
+    a = build(paths["a"])
+    assert (os.environ.get(name), os.environ.get(gone)) == (None, "worker")  # the import's change is a's
+    b = build(paths["b"])
+    assert a.predict(["set"], "0") == ("a", "a", None)
+    assert b.predict([1], "0") == (None, None, "worker")
+    assert a.predict([1], "0") == ("a", "a", None)  # kept for a's later calls
+    assert (os.environ.get(name), os.environ.get(f"{name}_LATER"), os.environ.get(gone)) == (None, None, "worker")
