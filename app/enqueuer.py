@@ -23,6 +23,10 @@ from app.submission import follow
 log = logging.getLogger(__name__)
 
 CHUNK = 1000  # batches per Redis call
+# Attempts an enqueuer may fail with an error no rule foresaw (a bug, an input nothing checks for)
+# before the job ends `status_unexpected_error`: the watchdog would otherwise start a new enqueuer
+# after each, for ever, and the job would stay `status_enqueuing` with nothing said.
+UNEXPECTED_FAILURES = 3
 FLUSH_SECONDS = 0.5  # so that batches start running while a long input is still being read
 
 
@@ -54,6 +58,21 @@ class Enqueuer:
             flush_lines()  # (in a worker, lines are written in the background) before the store's
             self.store.end(spec, status.ENQUEUE_FAILED, str(err), now())
             return "done"
+        except Exception as err:  # noqa: BLE001 - counted, then raised again until the last attempt
+            return self._unexpected(spec, err)
+
+    def _unexpected(self, spec: dict, err: Exception) -> str:
+        """Count an unforeseen failure; raise it again (to be retried) until the last attempt, which
+        ends the job `status_unexpected_error` saying what failed."""
+        job_id = spec["job_id"]
+        failures = self.store.count_enqueue_failure(job_id)
+        log.error("job %s: enqueuing failed (attempt %d of %d)", job_id, failures, UNEXPECTED_FAILURES, exc_info=err)
+        if failures < UNEXPECTED_FAILURES:
+            raise err
+        flush_lines()
+        message = f"enqueuing failed {failures} times: {type(err).__name__}: {err}"
+        self.store.end(spec, status.UNEXPECTED_ERROR, message, now())
+        return "done"
 
     def _stream(self, spec: dict, source: dict, cursor: dict, token: str) -> str:
         chunk: list[str] = []

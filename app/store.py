@@ -497,6 +497,10 @@ class JobStore:
         """Become the job's enqueuer, unless a live one holds the lease."""
         return bool(self.redis.set(keys.enqueuer(job_id), token, nx=True, px=LEASE_MS))
 
+    def count_enqueue_failure(self, job_id: str) -> int:
+        """Count an enqueuer's unforeseen failure: how many the job has had."""
+        return int(self.redis.hincrby(keys.job(job_id), "enqueue_failures", 1))
+
     def lease_held(self, job_id: str) -> bool:
         """Whether some enqueuer is alive (it renews its lease with every chunk of batches)."""
         return bool(self.redis.exists(keys.enqueuer(job_id)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +16,7 @@ from app.job import build_spec, now
 from app.joblog import JobLog, for_job
 from app.registry import Registry
 from app.schemas import load_submission
-from app.sources import s3
+from app.sources import jsonstream, s3
 from app.store import JobStore, Outcome
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,13 @@ def decode_body(raw: bytes) -> object:
         raise InvalidRequest("the request body is empty: send the job as a JSON object")
     too_deep = f"the request body is nested too deeply (more than {MAX_NESTING} levels of lists and objects)"
     try:
-        body = json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
+        body = json.loads(raw, parse_constant=jsonstream.no_constants, parse_float=jsonstream.finite_float)
     except RecursionError:
         raise InvalidRequest(too_deep) from None
-    except (ValueError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+    except ValueError as err:
+        raise InvalidRequest(f"the request body is not valid JSON: {jsonstream.reason(err)}") from None
     # Counting brackets first spares the walk for the usual body, a long flat list.
     if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nested_deeper_than(body, MAX_NESTING):
         raise InvalidRequest(too_deep)
@@ -64,18 +65,6 @@ def _nested_deeper_than(value: object, limit: int) -> bool:
         if not level:
             return False
     return True
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 would become inf, which json then writes back as the non-JSON `Infinity`.
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"the number {text} is out of range")
-    return value
 
 
 class Submitter:

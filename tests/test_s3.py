@@ -197,6 +197,11 @@ def test_an_input_overwritten_during_its_job_fails_its_later_batches_saying_so(
         ({"d/a.jsonl": ndjson([{"a": 1}, {"a": 2}]), "d/b.jsonl": '{"b": 1}\n{"b": oops}\n'}, ["item 4:", "d/b.jsonl"]),
         ({"d/a.jsonl": ndjson([{"a": 1}]) + json.dumps({"big": "x" * 300_000}) + "\n"}, ["item 2:", "256 KiB"]),
         ({"d/a.jsonl": "", "d/b.jsonl": "\n\n"}, ["no items"]),
+        # JSON a request body may not hold either; the long integer used to fail the enqueuer for
+        # ever (Python refuses it with a ValueError no rule caught), the job enqueuing, saying nothing
+        ({"d/a.jsonl": '{"a": 1}\n{"a": NaN}\n'}, ["item 2:", "NaN is not a JSON value"]),
+        ({"d/a.jsonl": '{"a": 1e400}\n'}, ["item 1:", "the number 1e400 is out of range"]),
+        ({"d/a.jsonl": '{"a": 1}\n' + "9" * 5000 + "\n"}, ["item 2:", "an integer of more than 4300 digits"]),
     ],
 )
 def test_bad_delimited_input_ends_the_job_enqueue_failed_with_the_item(jobs, worker, bucket, files, words):

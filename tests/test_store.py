@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from app import status
+from app import enqueuer as enqueuer_module
+from app import keys, status
 from app.job import build_spec
 from app.store import JobStore
 from tests.services import RedisServer
@@ -164,3 +165,24 @@ def test_a_listing_shows_every_job_in_progress_then_recent_finished_ones(store):
     listed = store.job_ids(API["name"], recent=4)
     running = [spec["job_id"] for spec in (*reversed(newer_running), oldest_running)]
     assert listed == running + [spec["job_id"] for spec in reversed(finished)][:4]
+
+
+def test_an_enqueuer_failing_in_a_way_no_rule_foresaw_ends_the_job_on_its_third_attempt(store, monkeypatch):
+    """Each failure used to be retried by the watchdog for ever: the job stayed enqueuing, saying nothing."""
+    def broken_source(source, cursor):
+        raise RuntimeError("a bug in a source")
+        yield  # a generator, as source_batches is
+
+    monkeypatch.setattr(enqueuer_module, "source_batches", broken_source)
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0, source={"kind": "delimited_files", "objects": []})
+    enqueuer = enqueuer_module.Enqueuer(store, dispatcher=None)  # nothing is released before the failure
+    for attempt in range(1, enqueuer_module.UNEXPECTED_FAILURES):
+        with pytest.raises(RuntimeError, match="a bug in a source"):  # raised again: retried
+            enqueuer.run(spec["job_id"], token=f"t{attempt}")
+        assert store.state(spec["job_id"], "api", 1001.0)["status"] == status.ENQUEUING
+        store.redis.delete(keys.enqueuer(spec["job_id"]))  # the lease expires
+    assert enqueuer.run(spec["job_id"], token="last") == "done"
+    state = store.state(spec["job_id"], "api", 1002.0)
+    assert state["status"] == status.UNEXPECTED_ERROR
+    assert state["message"] == "enqueuing failed 3 times: RuntimeError: a bug in a source"

@@ -7,13 +7,39 @@ ranged GET, so neither the enqueuer nor Redis ever holds the whole input.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
 
 from app.config import MAX_BATCH_BYTES
 
-DECODER = json.JSONDecoder()
 WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def no_constants(name: str) -> None:
+    """json's parse_constant: `NaN` and `Infinity` are Python's, not JSON's (RFC 8259)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def finite_float(text: str) -> float:
+    """json's parse_float: 1e400 would become inf, which json writes back as the non-JSON `Infinity`."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def reason(err: ValueError) -> str:
+    """What a JSON value's error says, in a user's words (Python's int limit says how to lift it)."""
+    if "integer string conversion" in str(err):
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return str(err)
+
+
+# The same JSON as a request body's (app/submission.py): an input read from S3 and one sent inline
+# take and refuse the same values.
+DECODER = json.JSONDecoder(parse_constant=no_constants, parse_float=finite_float)
 
 
 class JsonStreamError(ValueError):
@@ -66,6 +92,8 @@ def _parse(block: bytes, offset: int, at_end: bool):
             if at_end or len(text) - i > 2 * MAX_BATCH_BYTES:
                 raise JsonStreamError(err.msg, offset + to_bytes(i)) from None
             return to_bytes(i)  # perhaps a value spanning lines: parse it with the next block
+        except ValueError as err:  # NaN, 1e400, an integer over Python's digit limit
+            raise JsonStreamError(reason(err), offset + to_bytes(i)) from None
         except RecursionError:  # json's decoder recurses once per level of lists and objects
             raise JsonStreamError(
                 "a value nested too deeply (lists or objects in one another)", offset + to_bytes(i)
