@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -44,6 +43,8 @@ end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 return seq
 """
+
+log = logging.getLogger(__name__)
 
 # `extra=` of a record that stays out of the job's log (a line the job store already wrote there)
 NOT_IN_JOB_LOG = {"job_log": False}
@@ -135,6 +136,8 @@ class JobLog:
 FLUSH_SECONDS = 5.0
 # A line logged while a task runs reaches Redis within this long, however long the task runs.
 TICK_SECONDS = 0.2
+# Lines a writer could not write (Redis down) are said this often at most.
+REPORT_SECONDS = 10.0
 
 
 class BackgroundWriter:
@@ -152,6 +155,8 @@ class BackgroundWriter:
         self.job_log = job_log
         self.lines: collections.deque[tuple[str, dict]] = collections.deque()
         self.writing = threading.Lock()  # one writer at a time: lines reach Redis in the order logged
+        self.unwritten = 0  # lines lost since the last time it was said
+        self.said_at = -REPORT_SECONDS
         threading.Thread(target=self._run, name="job-log-writer", daemon=True).start()
 
     def put(self, job_id: str, line: dict) -> None:
@@ -180,9 +185,9 @@ class BackgroundWriter:
             return run_together(client, [call])[0]
         try:
             *written, reply = run_together(client, [*self._writes(self._take()), call])
-            errors = [str(err) for err in written if isinstance(err, Exception)]
+            errors = [err for err in written if isinstance(err, Exception)]
             if errors:
-                sys.stderr.write(f"job log: lines not written: {redacted(errors[0])}\n")
+                self._lost(len(errors), errors[0])
             return reply
         finally:
             self.writing.release()
@@ -203,7 +208,21 @@ class BackgroundWriter:
                     if isinstance(error, Exception):
                         raise error
             except Exception as err:  # noqa: BLE001 - a log line must never fail the batch
-                sys.stderr.write(f"job log: {len(taken)} lines not written: {redacted(str(err))}\n")
+                self._lost(len(taken), err)
+                return  # the next lines at the next tick: Redis is not answering
+
+    def _lost(self, count: int, err: Exception) -> None:
+        """Say that lines were lost, at most once every REPORT_SECONDS, to the process's log only.
+
+        Not to sys.stderr: in a worker that is a logger whose lines go to the job log (workers/stdio.py),
+        and each failure to write one queued another, at full speed, for as long as Redis was down.
+        """
+        self.unwritten += count
+        if time.monotonic() - self.said_at >= REPORT_SECONDS:
+            log.warning(
+                "job log: %d lines not written: %s", self.unwritten, redacted(str(err)), extra=NOT_IN_JOB_LOG
+            )
+            self.unwritten, self.said_at = 0, time.monotonic()
 
 
 def flush_lines() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -12,7 +14,7 @@ import redis
 from app import joblog, status
 from app.job import build_spec, now
 from app.joblog import JobLog
-from tests.services import wait_for
+from tests.services import ROOT, free_port, wait_for
 
 
 def test_a_jobs_log_tells_its_story_and_follows_from_a_line(client, jobs, worker, probe_config):
@@ -211,3 +213,41 @@ def test_logged_lines_hand_raw_bytes_and_reconfigure_to_the_original_stream():
     stream.buffer.write(b"raw bytes")
     stream.reconfigure(line_buffering=True)  # libraries call it on sys.stdout: no AttributeError
     assert original.buffer.getvalue() == b"raw bytes"
+
+
+WORKER_LOGGING_WITH_REDIS_DOWN = """
+import logging, sys, time
+import redis
+from app import joblog
+from workers import stdio
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# no retries: each write fails at once, as the audit's worker's did while its Redis was down
+job_log = joblog.JobLog(redis.Redis(host="127.0.0.1", port={port}, retry=Retry(NoBackoff(), 0)))
+# as a worker's pool process is set up (workers/celery_app.py)
+joblog.configure_process_logging(job_log, "INFO", background=True, stream=stdio.unwrapped(sys.stderr))
+stdio.redirect()
+joblog.adopt_task_threads()
+with joblog.for_job("api", "job1"):
+    logging.getLogger("user").warning("a line for the job log")
+    time.sleep(3 * joblog.TICK_SECONDS + 1)
+"""
+
+
+def test_lines_lost_with_redis_down_are_said_once_not_turned_into_more_lines(tmp_path):
+    """The writer said so on sys.stderr, which a worker logs into the job log: each failure queued
+    another line, at full speed (100 MB of worker log in minutes of a Redis outage)."""
+    port = free_port()  # nothing listens
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_LOGGING_WITH_REDIS_DOWN.format(port=port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "not written" in line]
+    assert len(said) == 1, done.stderr[-2000:]
+    assert json.loads(said[0])["logger"] == "app.joblog"
