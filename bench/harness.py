@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.services import VENV_BIN, RedisServer, Worker, free_port, stop_process, wait_for  # noqa: E402
+from tests.services import VENV_BIN, WEB_THREADS, RedisServer, Worker, free_port, stop_process, wait_for  # noqa: E402
 
 API_NAME = "noop"
 APIS_FILE = ROOT / "bench" / "noop" / "cortex.yaml"
@@ -73,8 +73,8 @@ class Stack:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.api_log = (self.workdir / "api.log").open("w")
-        # As the Procfile runs it (sync workers, access log on), logging to a file.
-        args = [str(VENV_BIN / "gunicorn"), "--workers", str(api_workers), "--bind", f"127.0.0.1:{port}"]
+        # As the Procfile runs it (threaded workers, access log on), logging to a file.
+        args = [str(VENV_BIN / "gunicorn"), "--workers", str(api_workers), *WEB_THREADS, "--bind", f"127.0.0.1:{port}"]
         args += ["--access-logfile", "-", "app:create_app()"]
         self.api = subprocess.Popen(
             args, cwd=ROOT, env=self.env, stdout=self.api_log, stderr=subprocess.STDOUT, start_new_session=True

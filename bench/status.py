@@ -3,7 +3,7 @@
     .venv/bin/python bench/status.py [--rate 200] [--seconds 10] [--big 1000000] [--small 1000]
                                      [--repeat 1] [--quick]
 
-Starts its own redis-server, the API under gunicorn (2 sync workers, as the Procfile) and, for
+Starts its own redis-server, the API under gunicorn (2 workers of 4 threads, as the Procfile) and, for
 the second part, one Celery worker (prefork, 2 processes). Requests are paced from client threads
 at `--rate` per second (each request on its own slot of the schedule; the latency is measured from
 the moment it is sent to the end of the answer).

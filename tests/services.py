@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import os
 import shutil
 import signal
@@ -162,16 +164,21 @@ def served(wsgi_app, name: str = "live-api") -> Iterator[str]:
         thread.join(10)
 
 
+# The Procfile's worker class and threads (tests/test_stack.py checks the Procfile has them).
+WEB_THREADS = ("--worker-class", "gthread", "--threads", "4")
+
+
 class Gunicorn:
-    """The API served by a real gunicorn (one worker process, as the Procfile runs it), whose worker
-    can be killed: the master starts a new one."""
+    """The API served by a real gunicorn (one worker process, with the Procfile's threads), whose
+    worker can be killed: the master starts a new one."""
 
     def __init__(self, env: dict, logdir: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = logdir / "gunicorn.log"
         self.log = self.log_path.open("w")
-        args = [str(VENV_BIN / "gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "app:create_app()"]
+        args = [str(VENV_BIN / "gunicorn"), "--workers", "1", *WEB_THREADS, "--bind", f"127.0.0.1:{self.port}"]
+        args.append("app:create_app()")
         self.process = subprocess.Popen(
             args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -219,6 +226,56 @@ def stop_process(process: subprocess.Popen, group: bool = False, grace: float = 
         process.wait(grace)
     except ProcessLookupError:
         pass
+
+
+class SlowS3:
+    """A proxy in front of an S3 endpoint that answers each ListObjectsV2 call `delay` seconds late:
+    a listing as long as a large prefix's on real S3 (hundreds of pages), in a few calls."""
+
+    def __init__(self, target_port: int, delay: float):
+        self.target_port, self.delay = target_port, delay
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self._forward()
+
+            def do_HEAD(self):
+                self._forward()
+
+            def do_PUT(self):
+                self._forward()
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if "list-type=2" in self.path:
+                    time.sleep(proxy.delay)
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
+                upstream.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="slow-s3", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
 
 
 class MotoServer:

@@ -22,7 +22,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.services import ROOT, free_port, wait_for
+from tests.services import ROOT, WEB_THREADS, free_port, wait_for
 
 STACK = ROOT / "scripts" / "stack.py"
 SERVICES = {"redis", "api", "worker", "flower", "s3"}
@@ -60,6 +60,8 @@ def test_procfile_has_the_web_worker_and_flower_commands():
     entries = procfile()
     assert {"web", "worker", "flower"} <= set(entries)
     assert entries["web"].startswith("gunicorn ")
+    # the threads the suite's gunicorn runs with (tests/services.py), defaults and all
+    assert " ".join(WEB_THREADS).replace(" 4", " ${WEB_THREADS:-4}") in entries["web"]
     assert "'app:create_app()'" in entries["web"]
     assert entries["worker"].startswith("celery -A workers worker")
     assert entries["flower"].startswith("celery -A workers flower")
