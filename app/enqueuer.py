@@ -88,7 +88,8 @@ class Enqueuer:
                 chunk, flushed, started = [], time.monotonic(), True
         if chunk and not self._flush(spec, chunk, after, token):
             return "gone"
-        outcome = self.store.enqueued(spec, now(), token, "the input holds no items: the selected files are empty")
+        no_items = "the input holds no items: the selected files are empty, or hold only blank lines"
+        outcome = self.store.enqueued(spec, now(), token, no_items)
         follow(self.dispatcher, self.store, spec, outcome)
         log.info("job %s: enqueued %d items in %d batches", spec["job_id"], after["item"], after["batch"])
         return "done"

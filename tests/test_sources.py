@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -41,6 +42,7 @@ def test_offsets_of_non_ascii_values_stay_exact_over_many_values():
         (b'{"a": 1}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply", 9),
         (b'{"a": 1}\n' + json.dumps({"big": "x" * 300_000}).encode() + b"\n", "256 KiB", 9),
         (b'{"a": 1}\n[Infinity]\n', "Infinity is not a JSON value", 9),
+        (gzip.compress(b'{"a": 1}\n' * 100), "the file is gzip-compressed", 0),
         (b'{"a": 1}\n{"b": -1e999}\n', "the number -1e999 is out of range", 9),
         (b'{"a": 1}\n' + b"1" * 5000 + b"\n", "an integer of more than 4300 digits", 9),
     ],
@@ -111,3 +113,17 @@ def test_a_manifest_of_many_exact_keys_is_deduplicated_in_one_pass():
     paths = [f"s3://b/images/{i:06d}.jpg" for i in range(100_000)] + ["s3://b/images/000007.jpg"]
     kept = distinct_prefixes(paths)
     assert len(kept) == 100_000 and kept[7] == ("b", "images/000007.jpg")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 1 << 20])
+def test_a_byte_order_mark_leading_the_object_is_skipped_and_offsets_stay_exact(size):
+    data = b'\xef\xbb\xbf{"a": 1}\n{"b": 2}\n'
+    found = list(values(chunked(data, size)))
+    assert [v for v, _, _ in found] == [{"a": 1}, {"b": 2}]
+    assert all(json.loads(data[start:end]) == v for v, start, end in found)
+    assert list(values([b"\xef\xbb\xbf"])) == []
+
+
+def test_a_byte_order_mark_is_only_skipped_at_the_start_of_the_object():
+    with pytest.raises(JsonStreamError, match="Expecting value"):
+        list(values([b'\xef\xbb\xbf{"a": 1}\n'], offset=100))  # the middle of an object: not a BOM

@@ -10,12 +10,15 @@ parses into the payload. A cursor says where the next batch starts:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 from app.config import MAX_BATCH_BYTES
 from app.sources import s3
 from app.sources.globs import selects
 from app.sources.jsonstream import JsonStreamError, values
+
+log = logging.getLogger(__name__)
 
 START = {"prefix": 0, "key": "", "offset": None, "item": 0, "batch": 0}
 
@@ -43,9 +46,11 @@ def file_path_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
     size = 2
     item, batch = cursor["item"], cursor["batch"]
     position = cursor
+    said = False
     for index, obj, _ in objects_from(source, dict(cursor, offset=None)):
         cost = len(json.dumps(obj.url)) + 1
         if paths and size + cost >= MAX_BATCH_BYTES:  # full by size before batch_size: close it early
+            said = said or _closed_early(batch, len(paths), source["batch_size"])
             yield _close(paths, position, item, batch)
             batch, paths, size = batch + 1, [], 2
         paths.append(obj.url)
@@ -59,6 +64,19 @@ def file_path_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
         yield _close(paths, position, item, batch)
 
 
+def _closed_early(batch: int, count: int, batch_size: int) -> bool:
+    """Say in the job's log (once an enqueuing) that batches are smaller than `batch_size`, for a
+    predictor that expects `len(payload) == batch_size`; True, for the caller's `said` flag."""
+    log.info(
+        "batch %d holds %d items, not batch_size %d: a batch must stay under 256 KiB, so batches of "
+        "items this large are closed early (this is said once)",
+        batch,
+        count,
+        batch_size,
+    )
+    return True
+
+
 def _close(paths: list[str], position: dict, item: int, batch: int) -> tuple[str, dict]:
     return json.dumps(paths), {**position, "item": item, "batch": batch + 1}
 
@@ -67,10 +85,12 @@ def delimited_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
     """(body, cursor after it) of each batch of JSON values; raises SourceError for a bad value."""
     batch = _RangeBatch()
     item, number = cursor["item"], cursor["batch"]
+    said = False
     for index, obj, start in objects_from(source, cursor):
         try:
             for _, first, end in values(s3.stream(obj.bucket, obj.key, start, obj.etag), start):
                 if batch.count and batch.size + (end - first) + 1 >= MAX_BATCH_BYTES:
+                    said = said or _closed_early(number, batch.count, source["batch_size"])
                     yield batch.close(item, number)  # full by size before batch_size: close it early
                     number += 1
                 batch.add(index, obj, first, end)

@@ -15,6 +15,10 @@ from collections.abc import Iterable, Iterator
 from app.config import MAX_BATCH_BYTES
 
 WHITESPACE = re.compile(r"[ \t\n\r]*")
+# Windows tools (Excel, PowerShell, Notepad) start UTF-8 files with one: skipped, as Python's
+# utf-8-sig codec does, rather than failing item 1.
+BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def no_constants(name: str) -> None:
@@ -58,8 +62,15 @@ def values(chunks: Iterable[bytes], offset: int = 0) -> Iterator[tuple[object, i
     are ignored. A value is only parsed once the lines holding it are complete.
     """
     pending = b""
+    at_start = offset == 0  # a byte order mark may lead the object
     for chunk in chunks:
         pending += chunk
+        if at_start:
+            if len(pending) < len(BOM) and BOM.startswith(pending):
+                continue  # too few bytes yet to tell
+            at_start = False
+            if pending.startswith(BOM):
+                pending, offset = pending[len(BOM) :], offset + len(BOM)
         cut = pending.rfind(b"\n") + 1
         if cut == 0:
             _check_size(pending, offset)
@@ -68,6 +79,8 @@ def values(chunks: Iterable[bytes], offset: int = 0) -> Iterator[tuple[object, i
         pending = pending[consumed:]
         offset += consumed
         _check_size(pending, offset)
+    if at_start and pending == BOM:
+        pending, offset = b"", offset + len(BOM)
     yield from _parse(pending, offset, at_end=True)
 
 
@@ -82,6 +95,9 @@ def _parse(block: bytes, offset: int, at_end: bool):
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError as err:
+        if offset == 0 and block.startswith(GZIP_MAGIC):
+            compressed = "the file is gzip-compressed: delimited_files are read as plain UTF-8 text"
+            raise JsonStreamError(compressed, 0) from None
         raise JsonStreamError(f"not UTF-8 text ({err.reason})", offset + err.start) from None
     to_bytes = _offsets(text, block)
     i = WHITESPACE.match(text, 0).end()
