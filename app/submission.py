@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 # once or more per level (deep_merge's copy, json.dumps into Redis, the worker), and would fail.
 MAX_NESTING = 200
 
+# What SQS answers a message over its queue's MaximumMessageSize.
+SQS_TOO_LARGE = "Message must be shorter than"
+TOO_LARGE_FOR_QUEUE = (
+    "a batch's message is over the SQS queue's MaximumMessageSize: Celery's encoding makes a message "
+    "1.8 to 3.6 times its batch, so a 256 KiB batch needs the queue's MaximumMessageSize at 1 MiB "
+    "(the SQS maximum, and the default of new queues); raise it, or use a smaller batch_size"
+)
+
 # A dry run's last line, without a newline after it, byte for byte as Cortex answered.
 VALIDATIONS_PASSED = "validations passed"
 
@@ -130,6 +138,10 @@ class Submitter:
             yield
         except Exception as err:  # the broker refused: say so on the job, and to the client
             log.exception("job %s: enqueuing failed", spec["job_id"])
+            if SQS_TOO_LARGE in str(err):  # the job's fault (with this queue), not an outage: a 400
+                message = f"{TOO_LARGE_FOR_QUEUE} ({err})"
+                self.store.end(spec, status.ENQUEUE_FAILED, message, now())
+                raise InvalidRequest(f"job {spec['job_id']} could not be enqueued: {message}") from None
             self.store.end(spec, status.ENQUEUE_FAILED, f"could not publish to the broker: {err}", now())
             raise BrokerUnavailable(f"job {spec['job_id']} could not be enqueued: {err}") from None
 

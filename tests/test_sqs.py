@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
 
 from app import status
@@ -39,3 +40,23 @@ def test_a_batch_longer_than_the_visibility_timeout_is_delivered_once(jobs, work
     assert job["status"] == status.SUCCEEDED
     assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "1"
     assert job["batch_metrics"]["failed"] == 0
+
+
+def test_a_batch_too_large_for_the_sqs_queue_is_a_400_saying_what_to_change(flask_app, client, settings):
+    """A queue made when SQS's limit was 256 KiB: a 150 KB batch, legal, makes a message over it.
+    The answer was a 503 broker_unavailable, which reads as an outage."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName=f"{settings.sqs_queue_prefix}{settings.queue}")["QueueUrl"]  # or its URL
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "262144"})
+    try:
+        body = {"workers": 1, "item_list": {"items": ["x" * 150_000], "batch_size": 1}}
+        response = client.post("/batch/minimal", data=json.dumps(body))
+    finally:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1048576"})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    message = response.get_json()["message"]
+    assert "over the SQS queue's MaximumMessageSize" in message and "raise it, or use a smaller batch_size" in message
+    job_id = message.split()[1]
+    job = client.get(f"/batch/minimal?jobID={job_id}").get_json()["job_status"]
+    assert job["status"] == status.ENQUEUE_FAILED
+    assert "MaximumMessageSize" in job["message"]
