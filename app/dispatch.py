@@ -6,6 +6,14 @@ from celery import Celery
 
 from app.broker import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
 
+# What SQS answers a message over its queue's MaximumMessageSize.
+SQS_TOO_LARGE = "Message must be shorter than"
+
+
+def too_large(err: Exception) -> bool:
+    """Whether the broker refused a message for its size (retrying cannot help)."""
+    return SQS_TOO_LARGE in str(err)
+
 
 class Dispatcher:
     """Sends the tasks of a job to the broker."""
@@ -13,14 +21,23 @@ class Dispatcher:
     def __init__(self, celery: Celery):
         self.celery = celery
 
-    def publish_batches(self, job_id: str, entries: list[str]) -> None:
-        """Publish released backlog entries (`"<batch_id> <body>"`) as batch tasks."""
+    def publish_batches(self, job_id: str, entries: list[str], refuse_too_large: bool = False) -> list[str]:
+        """Publish released backlog entries (`"<batch_id> <body>"`) as batch tasks; the entries the
+        broker refused as over its message size (an SQS queue's MaximumMessageSize), which can
+        never be published. Raises the broker's other errors, and that one if `refuse_too_large`."""
+        refused: list[str] = []
         if not entries:
-            return
+            return refused
         with self.celery.producer_or_acquire() as producer:
             for entry in entries:
                 batch_id, _, body = entry.partition(" ")
-                self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer)
+                try:
+                    self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer)
+                except Exception as err:
+                    if refuse_too_large or not too_large(err):
+                        raise
+                    refused.append(entry)
+        return refused
 
     def republish_batches(self, job_id: str, entries: list[tuple[int, str]]) -> None:
         """Publish again batches whose message was lost, each with its new generation (the older

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from app import status
 from app.batching import item_batches
-from app.dispatch import Dispatcher
+from app.dispatch import Dispatcher, too_large
 from app.errors import BrokerUnavailable, InvalidRequest
 from app.job import build_spec, now
 from app.joblog import JobLog, for_job
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 # once or more per level (deep_merge's copy, json.dumps into Redis, the worker), and would fail.
 MAX_NESTING = 200
 
-# What SQS answers a message over its queue's MaximumMessageSize.
-SQS_TOO_LARGE = "Message must be shorter than"
 TOO_LARGE_FOR_QUEUE = (
     "a batch's message is over the SQS queue's MaximumMessageSize: Celery's encoding makes a message "
     "1.8 to 3.6 times its batch, so a 256 KiB batch needs the queue's MaximumMessageSize at 1 MiB "
@@ -138,7 +136,7 @@ class Submitter:
             yield
         except Exception as err:  # the broker refused: say so on the job, and to the client
             log.exception("job %s: enqueuing failed", spec["job_id"])
-            if SQS_TOO_LARGE in str(err):  # the job's fault (with this queue), not an outage: a 400
+            if too_large(err):  # the job's fault (with this queue), not an outage: a 400
                 message = f"{TOO_LARGE_FOR_QUEUE} ({err})"
                 self.store.end(spec, status.ENQUEUE_FAILED, message, now())
                 raise InvalidRequest(f"job {spec['job_id']} could not be enqueued: {message}") from None
@@ -149,8 +147,9 @@ class Submitter:
         # The cursor marks every batch stored: if this process dies before `enqueued`, the watchdog
         # finishes the job's enqueuing instead of failing it.
         stored = self.store.append(spec, entries, now(), cursor=json.dumps(ITEMS_STORED))
-        follow(self.dispatcher, self.store, spec, Outcome(released=stored.released))
-        follow(self.dispatcher, self.store, spec, self.store.enqueued(spec, now()))
+        # a batch too large for the broker is the client's to hear about, as a 400 (`_publishing`)
+        follow(self.dispatcher, self.store, spec, Outcome(released=stored.released), refuse_too_large=True)
+        follow(self.dispatcher, self.store, spec, self.store.enqueued(spec, now()), refuse_too_large=True)
 
 
 def _selected_objects(kind: str, source: dict) -> Iterator[s3.S3Object]:
@@ -185,13 +184,20 @@ def _dry_run_lines(objects: Iterator[s3.S3Object]) -> Iterator[str]:
     yield VALIDATIONS_PASSED
 
 
-def follow(dispatcher: Dispatcher, store: JobStore, spec: dict, outcome: Outcome) -> None:
+def follow(
+    dispatcher: Dispatcher, store: JobStore, spec: dict, outcome: Outcome, refuse_too_large: bool = False
+) -> None:
     """Do what a store call asked: publish released batches, then the finalizer if it was claimed,
     then say so to the store (should this process die before that, the watchdog publishes them
-    again after `unpublished_seconds`). Raises the broker's error if it refuses a message."""
+    again after `unpublished_seconds`). Raises the broker's error if it refuses a message; a batch
+    too large for it fails for good, unless `refuse_too_large` (then that error is raised too)."""
     if not outcome.released and not outcome.finalize:
         return
-    dispatcher.publish_batches(spec["job_id"], outcome.released)
+    refused = dispatcher.publish_batches(spec["job_id"], outcome.released, refuse_too_large)
     if outcome.finalize:
         dispatcher.publish_finalizer(spec["job_id"])
     store.published(spec, outcome.released, outcome.finalize)
+    for entry in refused:  # published again, it would be refused again, for ever: the job would hang
+        batch_id = entry.partition(" ")[0]
+        log.error("batch %s: failed for good without running: %s", batch_id, TOO_LARGE_FOR_QUEUE)
+        follow(dispatcher, store, spec, store.record(spec, batch_id, "dead", 0.0, "broker", now()))

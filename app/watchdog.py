@@ -56,7 +56,18 @@ class Watchdog:
         states = self._jobs_in_progress(at)
         lost_before = self._lost_before(states, at)
         dead = self._dead_processes(states)
-        return [state["spec"]["job_id"] for state in states if self._check(state, at, lost_before, dead)]
+        return [state["spec"]["job_id"] for state in states if self._check_one(state, at, lost_before, dead)]
+
+    def _check_one(self, state: dict, at: float, lost_before: float, dead: set[str]) -> bool:
+        """`_check` one job; a job it fails on is logged and left to the next sweep, so that one
+        job (say, a batch the broker refuses) does not stop the sweep for all the others."""
+        try:
+            return self._check(state, at, lost_before, dead)
+        except redis.RedisError:
+            raise  # the job store is down: the whole sweep is (sweep_in_turn says so in one line)
+        except Exception:
+            log.exception("watchdog: job %s could not be checked; the other jobs were", state["spec"]["job_id"])
+            return False
 
     def _jobs_in_progress(self, at: float) -> list[dict]:
         """The states of the jobs in progress on this fleet's queue (reading them also times out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -42,17 +44,24 @@ def test_a_batch_longer_than_the_visibility_timeout_is_delivered_once(jobs, work
     assert job["batch_metrics"]["failed"] == 0
 
 
-def test_a_batch_too_large_for_the_sqs_queue_is_a_400_saying_what_to_change(flask_app, client, settings):
-    """A queue made when SQS's limit was 256 KiB: a 150 KB batch, legal, makes a message over it.
-    The answer was a 503 broker_unavailable, which reads as an outage."""
+@contextlib.contextmanager
+def queue_limited_to_256_kib(settings) -> Iterator[None]:
+    """The shared queue as made when SQS's limit was 256 KiB (the default then), for the block."""
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"{settings.sqs_queue_prefix}{settings.queue}")["QueueUrl"]  # or its URL
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "262144"})
     try:
-        body = {"workers": 1, "item_list": {"items": ["x" * 150_000], "batch_size": 1}}
-        response = client.post("/batch/minimal", data=json.dumps(body))
+        yield
     finally:
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1048576"})
+
+
+def test_a_batch_too_large_for_the_sqs_queue_is_a_400_saying_what_to_change(flask_app, client, settings):
+    """A 150 KB batch, legal, makes a message over a 256 KiB queue's limit. The answer was a 503
+    broker_unavailable, which reads as an outage."""
+    with queue_limited_to_256_kib(settings):
+        body = {"workers": 1, "item_list": {"items": ["x" * 150_000], "batch_size": 1}}
+        response = client.post("/batch/minimal", data=json.dumps(body))
     assert response.status_code == 400, response.get_data(as_text=True)
     message = response.get_json()["message"]
     assert "over the SQS queue's MaximumMessageSize" in message and "raise it, or use a smaller batch_size" in message
@@ -60,3 +69,22 @@ def test_a_batch_too_large_for_the_sqs_queue_is_a_400_saying_what_to_change(flas
     job = client.get(f"/batch/minimal?jobID={job_id}").get_json()["job_status"]
     assert job["status"] == status.ENQUEUE_FAILED
     assert "MaximumMessageSize" in job["message"]
+
+
+def test_a_later_batch_too_large_for_the_sqs_queue_fails_for_good_and_the_job_ends(
+    jobs, worker, settings, probe_config
+):
+    """Released by a worker, not at submission: published again by the watchdog for ever, the job
+    showed running and never ended."""
+    big = "x" * 150_000
+    body = {"workers": 1, "config": probe_config, "item_list": {"items": [1, big, 3], "batch_size": 1}}
+    with queue_limited_to_256_kib(settings):
+        spec = jobs.submit("probe", body)  # only batch 0 is published at submission (workers 1)
+        job = jobs.wait_final("probe", spec["job_id"], timeout=120)
+    assert job["status"] == status.COMPLETED_WITH_FAILURES
+    assert (job["batch_metrics"]["succeeded"], job["batch_metrics"]["failed"]) == (2, 0)  # it never ran
+    lines = jobs.client.get(f"/batch/probe/logs?jobID={spec['job_id']}").get_json()["lines"]
+    assert any(
+        line["message"].startswith("batch 1: failed for good without running: a batch's message is over the SQS")
+        for line in lines
+    ), lines

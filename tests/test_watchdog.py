@@ -129,3 +129,24 @@ def test_a_fleet_taking_its_sweep_turn_leaves_another_fleet_its_own(redis_server
         assert not Watchdog(this_fleet).sweep_in_turn(60)  # a second process of this fleet waits its turn
     finally:
         this_fleet.redis.delete(keys.watchdog_lock(this.queue_url), keys.watchdog_lock(other.queue_url))
+
+
+def test_a_job_the_sweep_fails_on_does_not_stop_it_for_the_others(flask_app, jobs, probe_config, monkeypatch, caplog):
+    """One job's error (a batch its broker refuses, a bug) aborted the whole sweep, every time: no
+    other job of the fleet was recovered any more."""
+    services = flask_app.extensions["batchery"]
+    failing, other = (stuck_job(services, "minimal", probe_config, None) for _ in range(2))
+    enqueue_state = services.store.enqueue_state
+
+    def broken_for_one(job_id: str):
+        if job_id == failing["job_id"]:
+            raise RuntimeError("this job cannot be checked")
+        return enqueue_state(job_id)
+
+    monkeypatch.setattr(services.store, "enqueue_state", broken_for_one)
+    with caplog.at_level(logging.ERROR, logger="app.watchdog"):
+        acted = Watchdog(services).sweep(now() + STALE_SECONDS + 1)
+    assert other["job_id"] in acted and failing["job_id"] not in acted
+    assert jobs.status("minimal", other["job_id"])["status"] == status.ENQUEUE_FAILED
+    assert f"watchdog: job {failing['job_id']} could not be checked" in caplog.text
+    services.store.end(failing, status.STOPPED, "", now())
