@@ -78,7 +78,9 @@ def job_status(state: dict) -> dict:
     calls optional are left out instead (`end_time`, `worker_counts` once the job ended).
     """
     spec = state["spec"]
-    view = {"timeout": None, "sqs_dead_letter_queue": None, **spec}  # jobs stored before both were kept
+    view = dict(spec)
+    view.setdefault("timeout", None)  # jobs stored before both keys were kept
+    view.setdefault("sqs_dead_letter_queue", None)
     view["status"] = state["status"]
     if state.get("message"):
         view["message"] = state["message"]
