@@ -101,6 +101,7 @@ def test_batch_that_fails_twice_then_succeeds_counts_two_failed_attempts(
         "succeeded": 2,
         "failed": 2,
         "avg_time_per_batch": job["batch_metrics"]["avg_time_per_batch"],
+        "average_time_per_batch": job["batch_metrics"]["avg_time_per_batch"],
     }
     assert r.hget(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}", "0") == "3"
     assert letters(flask_app, spec["sqs_dead_letter_queue"]["arn"]) == []

@@ -130,7 +130,7 @@ def test_without_dead_letter_queue_a_batch_killed_for_memory_three_times_ends_wo
     )
     job = jobs.wait_final("probe", spec["job_id"], timeout=180)
     assert job["status"] == status.WORKER_OOM, job
-    assert job["batch_metrics"] == {"succeeded": 0, "failed": 3}
+    assert job["batch_metrics"] == {"succeeded": 0, "failed": 3, "average_time_per_batch": None}
     assert job["message"].startswith("batch 0 failed for good")
     assert job["message"].endswith("; on_job_complete raised RuntimeError: on_job_complete exploded")
 
