@@ -44,6 +44,11 @@ def inflight(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:inflight"
 
 
+def ended_inflight(job_id: str) -> str:
+    """Set: the ids of the batches in flight when the job ended; a late outcome of one counts once."""
+    return f"{PREFIX}:job:{job_id}:ended_inflight"
+
+
 def deliveries(job_id: str) -> str:
     """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded,
     `<batch>:g` -> times the watchdog published it again, `<batch>:oom` -> deliveries killed for memory."""

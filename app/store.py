@@ -22,8 +22,8 @@ from app.scripts import Call
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local job_log, job_log_seq = KEYS[11], KEYS[12]
-local broker_queue = KEYS[13]  -- set when the broker is this Redis: release pushes the messages
+local job_log, job_log_seq, ended_inflight = KEYS[11], KEYS[12], KEYS[13]
+local broker_queue = KEYS[14]  -- set when the broker is this Redis: release pushes the messages
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
 -- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
@@ -54,6 +54,11 @@ local function end_job(final, message, ended_at)
   move_status(redis.call('HGET', job, 'status'), final)
   redis.call('HSET', job, 'status', final, 'end', ended_at or ARGV[2])
   if message ~= '' then redis.call('HSET', job, 'message', message) end
+  -- the batches still in flight may yet report (those inside predict at a stop): each counts once
+  local flying = redis.call('HKEYS', inflight)
+  for i = 1, #flying, 5000 do
+    redis.call('SADD', ended_inflight, unpack(flying, i, math.min(i + 4999, #flying)))
+  end
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
   log_end(final, message)
@@ -228,14 +233,19 @@ if live then
   local holding = redis.call('HGET', procs, proc)
   if holding and string.sub(holding, -#id - 1) == ' ' .. id then redis.call('HDEL', procs, proc) end
   if outcome ~= 'dead' and outcome ~= 'oom' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
+  if outcome == 'retry' then
+    redis.call('HINCRBY', job, 'failed', 1)
+    return {0}
+  end
+  -- a second delivery of a batch that already finished (at-least-once) is not counted twice
+  if redis.call('HDEL', inflight, id) == 0 then return {0} end
+  redis.call('ZREM', released, id)
+else
+  -- The job ended (or this store never had it: a Redis that lost its data, where a count would
+  -- make a job hash of counters alone): count an outcome once, of a batch in flight at the end.
+  if redis.call('SREM', ended_inflight, id) == 0 then return {0} end
+  if outcome == 'retry' then outcome = 'failed' end  -- it will not run again
 end
-if outcome == 'retry' then
-  redis.call('HINCRBY', job, 'failed', 1)
-  return {0}
-end
--- a second delivery of a batch that already finished (at-least-once) is not counted twice
-if live and redis.call('HDEL', inflight, id) == 0 then return {0} end
-if live then redis.call('ZREM', released, id) end
 if outcome == 'ok' then
   redis.call('HINCRBY', job, 'succeeded', 1)
   redis.call('HINCRBYFLOAT', job, 'time_sum', seconds)
@@ -440,6 +450,7 @@ class JobStore:
             keys.unpublished(job_id),
             keys.job_log(job_id),
             keys.job_log_seq(job_id),
+            keys.ended_inflight(job_id),
         ]
         if self.broker_queue:
             key_list.append(self.broker_queue)
@@ -595,9 +606,7 @@ class JobStore:
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
-        if not job_hash:
-            return None
-        return _parse_state(_pairs(job_hash), _pairs(procs), inflight, now - self.stalled_seconds)
+        return _state_of(job_hash, procs, inflight, now - self.stalled_seconds)
 
     def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
         """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
@@ -606,7 +615,7 @@ class JobStore:
         for job_id, api_name in jobs:
             self._call("read", job_id, api_name, now=now, client=pipe)
         stalled_before = now - self.stalled_seconds
-        return [_parse_state(_pairs(h), _pairs(p), n, stalled_before) if h else None for h, p, n in pipe.execute()]
+        return [_state_of(h, p, n, stalled_before) for h, p, n in pipe.execute()]
 
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
@@ -644,6 +653,15 @@ class JobStore:
             # jobs created before the count existed can take it below 0 when they end: not shown
             counts[api_name] = {k.decode(): int(v) for k, v in reply.items() if int(v) > 0}
         return counts
+
+
+def _state_of(job_hash: list, procs: list, inflight: int, stalled_before: float) -> dict | None:
+    """A READ reply as a job's state; None for no job, or for counters without a job (written by
+    an older version's late outcome after Redis lost the job: a 500 for ever on its id)."""
+    fields = _pairs(job_hash)
+    if "spec" not in fields:
+        return None
+    return _parse_state(fields, _pairs(procs), inflight, stalled_before)
 
 
 def _pairs(flat: list) -> dict:

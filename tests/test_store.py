@@ -186,3 +186,28 @@ def test_an_enqueuer_failing_in_a_way_no_rule_foresaw_ends_the_job_on_its_third_
     state = store.state(spec["job_id"], "api", 1002.0)
     assert state["status"] == status.UNEXPECTED_ERROR
     assert state["message"] == "enqueuing failed 3 times: RuntimeError: a bug in a source"
+
+
+def test_after_the_end_a_batch_in_flight_then_counts_once_and_no_other_counts(store):
+    """Late outcomes skipped the in-flight check once a job ended: a batch delivered twice at once
+    (its live process taken for dead) counted twice, and succeeded read 3 of 2 batches."""
+    spec = new_job(store, 4, workers=2)  # batches 0 and 1 in flight
+    store.record(spec, "0", "ok", 0.1, "p", 1001.0)  # releases batch 2
+    assert store.end(spec, status.STOPPED, "", 1002.0)  # batches 1 and 2 in flight
+    for _ in range(2):  # two deliveries of batch 1 that were inside predict at the stop
+        store.record(spec, "1", "ok", 0.1, "p", 1003.0)
+    store.record(spec, "2", "retry", 0.0, "p", 1003.0)  # failed, and will not run again
+    store.record(spec, "3", "ok", 0.1, "p", 1003.0)  # never released: no delivery of it ran
+    state = store.state(spec["job_id"], "api", 1004.0)
+    assert (state["succeeded"], state["failed"], state["failed_batches"]) == (2, 1, 1)
+    assert state["status"] == status.STOPPED
+
+
+def test_an_outcome_for_a_job_the_store_does_not_have_writes_nothing(store):
+    """After a Redis that lost its data, late outcomes made a hash of counters alone: its id then
+    answered 500 (no spec) for ever."""
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    store.record(spec, "0", "ok", 0.1, "p", 1001.0)
+    assert store.redis.keys(f"*{spec['job_id']}*") == []
+    store.redis.hset(keys.job(spec["job_id"]), mapping={"succeeded": 4, "time_sum": 8.0})  # an older version's
+    assert store.state(spec["job_id"], "api", 1002.0) is None
