@@ -133,3 +133,20 @@ def test_timeout_with_nobody_asking_still_stops_batches(jobs, worker, r, probe_c
     wait_for(lambda: r.hget(keys.job(spec["job_id"]), "status") == status.TIMED_OUT, what="workers to time it out")
     wait_for(lambda: settled(r, spec["job_id"]), what="batches in flight to come back")
     assert max(starts(r, probe_config, spec["job_id"])) < deadline + CHECK_TO_CALL
+
+
+def test_a_stop_during_on_job_complete_stands_and_the_worker_says_so(client, jobs, worker, r, probe_config):
+    """on_job_complete is not interrupted; the job stays stopped, and the worker's log said
+    `ended: status_succeeded` as it returned."""
+    config = dict(probe_config, complete_sleep=2)
+    spec = jobs.submit("probe", {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "config": config})
+    complete = f"probe:{probe_config['tag']}:complete"
+    wait_for(lambda: spec["job_id"] in r.lrange(complete, 0, -1), what="on_job_complete to begin")
+    assert client.delete(f"/batch/probe?jobID={spec['job_id']}").status_code == 200
+    said = f"job {spec['job_id']} ended: "
+    line = wait_for(
+        lambda: next((line for line in worker.log_path.read_text().splitlines() if said in line), None),
+        what="the finalizer to end",
+    )
+    assert f"{said}status_stopped (on_job_complete had begun before it and ran to its end)" in line
+    assert jobs.status("probe", spec["job_id"])["status"] == status.STOPPED

@@ -266,8 +266,12 @@ def _finalize(spec: dict, api: dict) -> None:
     elif error:  # the stronger status stays, and its message says what else went wrong
         message = f"{message}; {error}"
     flush_lines()  # on_job_complete's lines before the store's line saying how the job ended
-    store.end(spec, final, message, now())
+    ended = store.end(spec, final, message, now())
     _predictors.evict(job_id)
+    if not ended:  # stopped or timed out while on_job_complete ran: that status stands
+        state = store.state(job_id, spec["api_name"], now())
+        final, message = (state["status"], state["message"]) if state else (final, message)
+        message = f"{message}; on_job_complete had begun before it and ran to its end".lstrip("; ")
     # the process log's line; the job's own log got its line from the store, with the status
     log.info("job %s ended: %s%s", job_id, final, f" ({message})" if message else "", extra=NOT_IN_JOB_LOG)
 
