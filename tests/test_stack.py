@@ -44,13 +44,17 @@ def compose() -> dict:
 
 
 def shell_command(command) -> str:
-    """The shell command a compose `command:` runs, after Compose's own `$$` -> `$` unescaping."""
+    """The shell command a compose `command:` runs, after Compose's own `$$` -> `$` unescaping,
+    without its `exec` (the server replaces the shell, so that it is the one `docker stop` signals:
+    a shell as a container's first process ignores SIGTERM, and its server was SIGKILLed 10 s on)."""
     if isinstance(command, list):
         assert command[:2] == ["sh", "-c"] and len(command) == 3, command
         command = command[2]
     else:
         assert command.startswith("sh -c "), command
         command = command.removeprefix("sh -c ")
+    assert command.startswith("exec "), command
+    command = command.removeprefix("exec ")
     # A lone `$` would be substituted by Compose from the host's environment, not by the container's shell.
     assert "$" not in command.replace("$$", ""), f"unescaped $ in {command!r}"
     return command.replace("$$", "$")
@@ -141,7 +145,7 @@ def test_dockerfile_default_command_is_the_procfile_web_command():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
     cmd = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.M).group(1))
-    assert cmd == ["sh", "-c", procfile()["web"]]
+    assert cmd == ["sh", "-c", f"exec {procfile()['web']}"]  # exec: as in docker-compose.yml
 
 
 # --- scripts/stack.py's settings --------------------------------------------------------------
