@@ -13,6 +13,7 @@ from app.config import MAX_BODY_BYTES, Settings, redacted
 from app.errors import PayloadTooLarge
 from app.health import Health
 from app.joblog import attach_job_log, configure_process_logging
+from app.registry import read_deployments
 from app.services import Services
 from app.watchdog import Watchdog
 
@@ -33,10 +34,9 @@ def create_app(config: dict | None = None) -> Flask:
     else:
         configure_process_logging(services.job_log)
     flask_app.extensions["batchery_health"] = Health(settings, services.broker_queue)
-    if settings.apis_file:
-        services.registry.deploy_file(settings.apis_file)
+    deployed = services.registry.deploy(read_deployments(settings.apis_file)) if settings.apis_file else []
     if settings.watchdog_seconds > 0:
-        watchdog = Watchdog(services)
+        watchdog = Watchdog(services, deployed)
         watchdog.start(settings.watchdog_seconds)
         flask_app.extensions["batchery_watchdog"] = watchdog
 

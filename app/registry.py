@@ -206,7 +206,10 @@ class Registry:
     def deploy_file(self, path: str | Path) -> list[dict]:
         """Deploy every BatchAPI of a cortex.yaml, with its predictor's code; raises DeployError
         if any is invalid."""
-        deployments = read_deployments(path)
+        return [deployment.spec for deployment in self.deploy(read_deployments(path))]
+
+    def deploy(self, deployments: list[Deployment]) -> list[Deployment]:
+        """Store read deployments (over what was deployed under their names); returns them."""
         pipe = self.redis.pipeline()
         for spec, sources in deployments:
             # the code first: a worker loading the API finds it (the same id, the same code)
@@ -214,10 +217,21 @@ class Registry:
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
         pipe.execute()
-        specs = [deployment.spec for deployment in deployments]
-        for spec in specs:
-            log.info("deployed API %s (api_id %s)", spec["name"], spec["api_id"])
-        return specs
+        for deployment in deployments:
+            log.info("deployed API %s (api_id %s)", deployment.spec["name"], deployment.spec["api_id"])
+        return deployments
+
+    def restore_missing(self, deployments: list[Deployment]) -> list[str]:
+        """Deploy again those of `deployments` whose name Redis no longer has (it lost its data: a
+        restart without persistence, a failover to an empty replica), leaving the others as they
+        are (a later `batchery deploy` wins); the names restored."""
+        pipe = self.redis.pipeline(transaction=False)
+        for deployment in deployments:
+            pipe.exists(keys.api(deployment.spec["name"]))
+        missing = [d for d, found in zip(deployments, pipe.execute(), strict=True) if not found]
+        for deployment in missing:
+            log.warning("API %s is no longer in Redis (it lost its data?): deploying it again", deployment.spec["name"])
+        return [deployment.spec["name"] for deployment in self.deploy(missing)] if missing else []
 
     def get(self, name: str) -> dict:
         """The spec of a deployed API; raises ApiNotFound."""

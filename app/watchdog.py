@@ -19,7 +19,9 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   rules; a running finalizer renews its claim) but that is still in progress (the finalizer's
   message was lost, or its worker) gets its finalizer published again (`on_job_complete` runs
   once while its worker lives; at-least-once if that worker dies, one status counts);
-- reading each job's state also times out the jobs past their deadline.
+- reading each job's state also times out the jobs past their deadline;
+- the APIs this process deployed at start are deployed again if Redis no longer has them (it lost
+  its data): every request would otherwise be a 404 until the process restarted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import redis
 from app import keys, status
 from app.broker import public_queue_url
 from app.job import now, queue_of
+from app.registry import Deployment
 from app.services import Services
 from app.store import LEASE_MS, Outcome
 from app.submission import ITEMS_STORED, follow
@@ -44,8 +47,11 @@ STALE_SECONDS = LEASE_MS / 1000  # a job enqueuing this long with no live enqueu
 class Watchdog:
     """Finds jobs whose enqueuer, batch messages or finalizer were lost, and gets them going again."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, deployed: list[Deployment] = ()):
         self.services = services
+        # what this process deployed at start (BATCHERY_APIS): deployed again if Redis loses it, or
+        # every request would be a 404 "not deployed" until the process restarts, /healthz green
+        self.deployed = list(deployed)
         # Jobs on another queue belong to another fleet sharing this Redis: what this process
         # publishes goes to its own queue, where that fleet's workers would never see it.
         self.queue_url = public_queue_url(services.settings)
@@ -53,6 +59,7 @@ class Watchdog:
 
     def sweep(self, at: float) -> list[str]:
         """One pass over this fleet's jobs in progress; returns the ids of the jobs it acted on."""
+        self.services.registry.restore_missing(self.deployed)
         states = self._jobs_in_progress(at)
         lost_before = self._lost_before(states, at)
         dead = self._dead_processes(states)

@@ -150,3 +150,21 @@ def test_a_job_the_sweep_fails_on_does_not_stop_it_for_the_others(flask_app, job
     assert jobs.status("minimal", other["job_id"])["status"] == status.ENQUEUE_FAILED
     assert f"watchdog: job {failing['job_id']} could not be checked" in caplog.text
     services.store.end(failing, status.STOPPED, "", now())
+
+
+def test_apis_redis_lost_are_deployed_again_by_the_next_sweep_and_a_redeploy_is_kept(flask_app, client, r):
+    """A Redis restarted empty: every request answered 404 "not deployed (deployed: none)" until
+    the API processes restarted, while /healthz said ok."""
+    watchdog = flask_app.extensions["batchery_watchdog"]
+    r.delete(keys.api("minimal"))
+    r.srem(keys.apis(), "minimal")
+    assert client.get("/batch/minimal").status_code == 404
+    probe = json.loads(r.hget(keys.api("probe"), "spec"))
+    r.hset(keys.api("probe"), "spec", json.dumps(dict(probe, api_id="deployed-since")))  # `batchery deploy`
+    try:
+        watchdog.sweep(now())
+        assert client.get("/batch/minimal").status_code == 200
+        assert "minimal" in r.smembers(keys.apis())
+        assert json.loads(r.hget(keys.api("probe"), "spec"))["api_id"] == "deployed-since"  # not overwritten
+    finally:
+        r.hset(keys.api("probe"), "spec", json.dumps(probe))
