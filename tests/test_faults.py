@@ -411,8 +411,17 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
     assert worker.process.poll() is None
 
 
+@pytest.mark.parametrize(
+    ("items", "dead_letters", "failed"),
+    [
+        pytest.param([1, 2, 3, 4], None, 0, id="succeeded"),
+        # a failed attempt with deliveries left: its next delivery, which the task's retry would
+        # have published, is published once the outcome is recorded (the job hung, up to an hour)
+        pytest.param([{"sleep": 1.5, "fail": 1}, {"sleep": 1.5, "fail": 1}, 3, 4], 3, 2, id="retried"),
+    ],
+)
 def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_when_it_is_back(
-    persistent_redis, settings, worker_env, tmp_path, r, probe_config
+    persistent_redis, settings, worker_env, tmp_path, r, probe_config, items, dead_letters, failed
 ):
     """A Redis outage longer than BATCHERY_STORE_OUTAGE_SECONDS failed the tasks whose batches
     ended in it: their outcomes were lost, and the job stayed running, its batches in flight."""
@@ -424,15 +433,17 @@ def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_whe
     try:
         jobs = Jobs(app.test_client())
         config = {**probe_config, "sleep": 1.5}  # the probe records in the tests' own Redis, not stopped
-        spec = jobs.submit(
-            "probe", {"workers": 2, "config": config, "item_list": {"items": [1, 2, 3, 4], "batch_size": 1}}
-        )
+        body = {"workers": 2, "config": config, "item_list": {"items": items, "batch_size": 1}}
+        if dead_letters:
+            body["sqs_dead_letter_queue"] = {"arn": f"arn:aws:sqs:us-east-1:1:{queue}-dlq", "max_receive_count": 3}
+        spec = jobs.submit("probe", body)
         starts = f"probe:{probe_config['tag']}:starts:{spec['job_id']}"
         wait_for(lambda: r.llen(starts) == 2, what="two batches inside predict")
         persistent_redis.restart(down=5)  # they end while it is down; their outcomes cannot be recorded
         job = wait_for(lambda: _final_or_none(jobs, spec["job_id"]), timeout=90, interval=0.2, what="the job to end")
         assert job["status"] == status.SUCCEEDED, job
         assert job["batch_metrics"]["succeeded"] == 4 and job["batches_in_queue"] == 0
+        assert job["batch_metrics"]["failed"] == failed
         assert "recorded once it does" in worker.log_path.read_text()  # the store was down as the batches ended
     finally:
         app.extensions["batchery_watchdog"].stop()

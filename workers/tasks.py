@@ -200,8 +200,7 @@ class BatchRun:
         try:
             reply = run_with_lines(self.store.redis, call)
         except late_outcomes.UNANSWERED:
-            if outcome != "retry":  # (a retry is not kept: its new message is published with it)
-                late_outcomes.keep(partial(self._record_late, outcome, seconds), f"batch {self.batch_id}")
+            late_outcomes.keep(partial(self._record_late, outcome, seconds), f"batch {self.batch_id}")
             raise
         if isinstance(reply, Exception):
             raise reply
@@ -210,6 +209,9 @@ class BatchRun:
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
         follow(services().dispatcher, self.store, self.spec, reply)
+        if outcome == "retry":  # the task's retry, which publishes the next delivery, never ran
+            entry = (self.generation, f"{self.batch_id} {self.body}")
+            services().dispatcher.republish_batches(self.spec["job_id"], [entry])
 
 
 @celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
