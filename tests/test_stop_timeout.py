@@ -138,7 +138,7 @@ def test_timeout_with_nobody_asking_still_stops_batches(jobs, worker, r, probe_c
 def test_a_stop_during_on_job_complete_stands_and_the_worker_says_so(client, jobs, worker, r, probe_config):
     """on_job_complete is not interrupted; the job stays stopped, and the worker's log said
     `ended: status_succeeded` as it returned."""
-    config = dict(probe_config, complete_sleep=2)
+    config = dict(probe_config, complete_sleep=5)  # time for the DELETE to land inside it
     spec = jobs.submit("probe", {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "config": config})
     complete = f"probe:{probe_config['tag']}:complete"
     wait_for(lambda: spec["job_id"] in r.lrange(complete, 0, -1), what="on_job_complete to begin")

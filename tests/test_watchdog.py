@@ -156,9 +156,8 @@ def test_apis_redis_lost_are_deployed_again_by_the_next_sweep_and_a_redeploy_is_
     """A Redis restarted empty: every request answered 404 "not deployed (deployed: none)" until
     the API processes restarted, while /healthz said ok."""
     watchdog = flask_app.extensions["batchery_watchdog"]
-    r.delete(keys.api("minimal"))
+    r.delete(keys.api("minimal"))  # (the app's own watchdog thread may restore it any time from now)
     r.srem(keys.apis(), "minimal")
-    assert client.get("/batch/minimal").status_code == 404
     probe = json.loads(r.hget(keys.api("probe"), "spec"))
     r.hset(keys.api("probe"), "spec", json.dumps(dict(probe, api_id="deployed-since")))  # `batchery deploy`
     try:

@@ -12,8 +12,8 @@ import requests
 from tests.conftest import PREDICTORS
 from tests.services import Gunicorn, SlowS3
 
-LIST_DELAY = 1.5  # seconds a listing page takes through the proxy
-TIMEOUT = 2  # gunicorn's --timeout here: a sync worker busy this long is killed
+LIST_DELAY = 2.0  # seconds a listing page takes through the proxy
+TIMEOUT = 3  # gunicorn's --timeout here: a sync worker busy this long is killed
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_a_dry_run_listing_longer_than_the_worker_timeout_answers_in_full(api, m
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     body = {"workers": 1, "file_path_lister": {"s3_paths": [f"s3://{bucket}/{key}" for key in keys], "batch_size": 1}}
-    # each path is listed on its own: 4 pages of 1.5 s, 6 s in all, three times the timeout
+    # each path is listed on its own: 4 pages of 2 s, 8 s in all, over twice the timeout
     started = time.monotonic()
     response = requests.post(f"{api.url}/batch/probe", params={"dryRun": "true"}, json=body, timeout=120)
     assert response.status_code == 200, response.text
