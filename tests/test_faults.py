@@ -417,7 +417,7 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
         pytest.param([1, 2, 3, 4], None, 0, id="succeeded"),
         # a failed attempt with deliveries left: its next delivery, which the task's retry would
         # have published, is published once the outcome is recorded (the job hung, up to an hour)
-        pytest.param([{"sleep": 1.5, "fail": 1}, {"sleep": 1.5, "fail": 1}, 3, 4], 3, 2, id="retried"),
+        pytest.param([{"sleep": 3, "fail": 1}, {"sleep": 3, "fail": 1}, 3, 4], 3, 2, id="retried"),
     ],
 )
 def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_when_it_is_back(
