@@ -50,7 +50,8 @@ def file_path_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
     for index, obj, _ in objects_from(source, dict(cursor, offset=None)):
         cost = len(json.dumps(obj.url)) + 1
         if paths and size + cost >= MAX_BATCH_BYTES:  # full by size before batch_size: close it early
-            said = said or _closed_early(batch, len(paths), source["batch_size"])
+            if not said:
+                said = _say_closed_early(batch, len(paths), source["batch_size"])
             yield _close(paths, position, item, batch)
             batch, paths, size = batch + 1, [], 2
         paths.append(obj.url)
@@ -64,9 +65,9 @@ def file_path_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
         yield _close(paths, position, item, batch)
 
 
-def _closed_early(batch: int, count: int, batch_size: int) -> bool:
-    """Say in the job's log (once an enqueuing) that batches are smaller than `batch_size`, for a
-    predictor that expects `len(payload) == batch_size`; True, for the caller's `said` flag."""
+def _say_closed_early(batch: int, count: int, batch_size: int) -> bool:
+    """Say in the job's log that batches are smaller than `batch_size` (for a predictor that
+    expects `len(payload) == batch_size`); True: said. Callers say it once an enqueuing."""
     log.info(
         "batch %d holds %d items, not batch_size %d: a batch must stay under 256 KiB, so batches of "
         "items this large are closed early (this is said once)",
@@ -90,7 +91,8 @@ def delimited_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
         try:
             for _, first, end in values(s3.stream(obj.bucket, obj.key, start, obj.etag), start):
                 if batch.count and batch.size + (end - first) + 1 >= MAX_BATCH_BYTES:
-                    said = said or _closed_early(number, batch.count, source["batch_size"])
+                    if not said:
+                        said = _say_closed_early(number, batch.count, source["batch_size"])
                     yield batch.close(item, number)  # full by size before batch_size: close it early
                     number += 1
                 batch.add(index, obj, first, end)
