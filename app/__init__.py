@@ -1,71 +1,21 @@
-"""Batchery's API: the Flask application factory."""
+"""Batchery: batch jobs over a Celery fleet, with the REST interface of the Cortex Batch API.
+
+The package is layered by concern (docs/architecture.md): `web` (the Flask API) over `jobs` (the
+lifecycle) over `broker` and `store`, over `model` (the vocabulary every layer shares); `sources`
+reads inputs. Importing `app` itself imports nothing else, so `app.client` and `app.cli` work
+with only their own dependencies installed.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-import redis
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
-
-from app.auth import require_token
-from app.config import MAX_BODY_BYTES, Settings, redacted
-from app.errors import PayloadTooLarge
-from app.health import Health
-from app.joblog import attach_job_log, configure_process_logging
-from app.registry import read_deployments
-from app.services import Services
-from app.watchdog import Watchdog
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the API: deploys `BATCHERY_APIS` at start. `config` may hold `SETTINGS` and `CELERY`."""
-    config = config or {}
-    flask_app = Flask(__name__)
-    flask_app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused before the body is read whole
-    flask_app.json.sort_keys = False
-    settings = config.get("SETTINGS") or Settings.from_env()
-    services = Services.build(settings, config.get("CELERY"))
-    flask_app.extensions["batchery"] = services
-    if logging.getLogger().handlers:  # a host (gunicorn, pytest) set up logging: only add the job logs
-        attach_job_log(services.job_log)
-    else:
-        configure_process_logging(services.job_log)
-    flask_app.extensions["batchery_health"] = Health(settings, services.broker_queue)
-    deployed = services.registry.deploy(read_deployments(settings.apis_file)) if settings.apis_file else []
-    if settings.watchdog_seconds > 0:
-        watchdog = Watchdog(services, deployed)
-        watchdog.start(settings.watchdog_seconds)
-        flask_app.extensions["batchery_watchdog"] = watchdog
+    """Build the API (`gunicorn 'app:create_app()'`); see `app.web.create_app`."""
+    from app.web import create_app as create_web_app
 
-    from app import api, ops
-
-    flask_app.register_blueprint(api.bp)
-    flask_app.register_blueprint(ops.bp)
-    require_token(flask_app, settings.api_token)
-    flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
-    flask_app.register_error_handler(HTTPException, _http_error)
-    flask_app.register_error_handler(redis.RedisError, _store_unavailable)
-    return flask_app
-
-
-def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
-    return jsonify({"kind": PayloadTooLarge.kind, "message": PayloadTooLarge.MESSAGE}), PayloadTooLarge.status
-
-
-def _http_error(err: HTTPException) -> tuple[Response, int, list[tuple[str, str]]]:
-    message = err.description
-    if isinstance(err, MethodNotAllowed) and err.valid_methods:
-        message = f"{request.method} is not allowed for this URL; it takes {', '.join(sorted(err.valid_methods))}"
-    # werkzeug's headers but its HTML content type: a 405's Allow, which HTTP requires
-    headers = [(name, value) for name, value in err.get_headers() if name.lower() != "content-type"]
-    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": message}), err.code, headers
-
-
-def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:
-    log.warning("job store error: %s", redacted(str(err)))
-    return jsonify(
-        {"kind": "store_unavailable", "message": f"the job store (Redis) is unavailable: {type(err).__name__}"}
-    ), 503
+    return create_web_app(config)

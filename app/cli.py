@@ -28,8 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from app import status
 from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+from app.model import status
 
 OUTPUTS = ("table", "json")
 
@@ -154,7 +154,7 @@ def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None
 
     from app.config import redacted
     from app.errors import DeployError
-    from app.registry import Registry, public_spec
+    from app.store.registry import Registry, public_spec
 
     ctx = context(url, output)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # keys Batchery ignores

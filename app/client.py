@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import requests
 
-from app import status
+from app.model import status
 
 DEFAULT_TIMEOUT = 30.0  # seconds for one HTTP request
 

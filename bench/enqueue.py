@@ -146,7 +146,7 @@ class RssSampler(threading.Thread):
 
 def _services(redis_url: str):
     from app.config import Settings
-    from app.services import Services
+    from app.jobs.services import Services
 
     return Services.build(Settings(redis_url=redis_url, apis_file=str(ROOT / "examples" / "cortex.yaml")))
 
@@ -167,8 +167,8 @@ def child_submit(args: argparse.Namespace) -> dict:
 
 def child_enqueue(args: argparse.Namespace) -> dict:
     """The enqueuer, as the `enqueue_job` task runs it."""
-    from app import keys
-    from app.enqueuer import Enqueuer
+    from app.jobs.enqueuer import Enqueuer
+    from app.store import keys
 
     services = _services(args.redis_url)
     services.redis.ping()

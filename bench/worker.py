@@ -1,7 +1,7 @@
 """The Celery app the bench's workers run: Batchery's own (`workers`), plus the baselines' tasks.
 
 `celery -A bench.worker worker` serves Batchery's batches and the plain-Celery baselines from the
-same processes, with the same settings (app/broker.py: JSON, late acks, prefetch 1, task events).
+same processes, with the same settings (app/broker/config.py: JSON, late acks, prefetch 1, task events).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ import boto3
 import pytest
 import redis
 
-from app import create_app, status
+from app import create_app
 from app.config import Settings
+from app.model import status
 from tests.services import ROOT, MotoServer, RedisServer, Worker, served, wait_for
 
 PREDICTORS = Path(__file__).parent / "predictors"

@@ -8,7 +8,8 @@ import threading
 import pytest
 import requests
 
-from app import keys, status
+from app.model import status
+from app.store import keys
 from tests.conftest import PREDICTORS
 from tests.services import Gunicorn, wait_for
 

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from app import auth, create_app
+from app import create_app
 from app.client import BatcheryAPIError, Client
 from app.config import Settings
+from app.web import auth
 from tests.services import ROOT, served
 
 TOKEN = "tok-3f9a1c-do-not-echo"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app import keys, status
 from app.client import Client
+from app.model import status
+from app.store import keys
 from tests.services import ROOT, VENV_BIN, free_port
 
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")

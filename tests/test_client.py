@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app import status
 from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+from app.model import status
 from tests.services import free_port, wait_for
 
 

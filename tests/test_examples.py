@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app import status
-from app.registry import Registry
+from app.model import status
+from app.store.registry import Registry
 from tests.services import ROOT
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from app import status
+from app.model import status
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
 

@@ -11,13 +11,15 @@ import signal
 
 import pytest
 
-from app import create_app, keys, status
+from app import create_app
 from app.config import Settings
-from app.job import build_spec, now
-from app.joblog import attach_job_log
-from app.store import JobStore, Outcome
-from app.submission import follow
-from app.watchdog import Watchdog
+from app.jobs.submission import follow
+from app.jobs.watchdog import Watchdog
+from app.model import status
+from app.model.job import build_spec, now
+from app.store import keys
+from app.store.job_store import JobStore, Outcome
+from app.store.joblog import attach_job_log
 from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
 
@@ -279,7 +281,7 @@ def test_a_pool_process_killed_between_counting_its_batch_and_publishing_loses_n
     deliveries = r.hgetall(f"probe:{probe_config['tag']}:deliveries:{spec['job_id']}")
     assert deliveries == {str(i): "1" for i in range(8)}  # every batch ran, once
     assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]
-    published_again = [rec.getMessage() for rec in caplog.records if rec.name == "app.watchdog"]
+    published_again = [rec.getMessage() for rec in caplog.records if rec.name == "app.jobs.watchdog"]
     assert any("publishing" in line for line in published_again), published_again
 
 

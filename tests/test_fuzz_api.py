@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app import create_app
-from app.schemas import SOURCES
+from app.web.schemas import SOURCES
 
 DEPLOYED = ["minimal", "probe"]  # tests/predictors/cortex.yaml
 EXAMPLES = 100  # per operation and generation mode

@@ -1,4 +1,4 @@
-"""Workers' script calls on a held connection (app/held_client.py, app/scripts.py), on a real Redis."""
+"""Workers' script calls on a held connection (app/store/held_client.py, app/store/scripts.py), on a real Redis."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from app.held_client import HeldConnectionClient
-from app.scripts import Call, run_together
+from app.store.held_client import HeldConnectionClient
+from app.store.scripts import Call, run_together
 from tests.services import RedisServer, wait_for
 
 

@@ -11,9 +11,10 @@ import sys
 import pytest
 import redis
 
-from app import joblog, status
-from app.job import build_spec, now
-from app.joblog import JobLog
+from app.model import status
+from app.model.job import build_spec, now
+from app.store import joblog
+from app.store.joblog import JobLog
 from tests.services import ROOT, free_port, wait_for
 
 
@@ -218,7 +219,7 @@ def test_logged_lines_hand_raw_bytes_and_reconfigure_to_the_original_stream():
 WORKER_LOGGING_WITH_REDIS_DOWN = """
 import logging, sys, time
 import redis
-from app import joblog
+from app.store import joblog
 from workers import stdio
 
 from redis.backoff import NoBackoff
@@ -250,4 +251,4 @@ def test_lines_lost_with_redis_down_are_said_once_not_turned_into_more_lines(tmp
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stderr.splitlines() if "not written" in line]
     assert len(said) == 1, done.stderr[-2000:]
-    assert json.loads(said[0])["logger"] == "app.joblog"
+    assert json.loads(said[0])["logger"] == "app.store.joblog"

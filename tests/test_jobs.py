@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app import status
+from app.model import status
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
 

@@ -12,8 +12,9 @@ import boto3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app, status
+from app import create_app
 from app.config import Settings
+from app.model import status
 from tests.conftest import PREDICTORS
 from tests.services import ROOT, wait_for
 
@@ -168,7 +169,7 @@ def test_metrics_is_a_503_when_redis_is_down():
 
 def test_a_job_past_its_timeout_counts_as_timed_out_at_the_next_scrape(client, api):
     """It counted as running until a status read or the watchdog's sweep noticed its deadline."""
-    from app.job import build_spec, now
+    from app.model.job import build_spec, now
 
     services = client.application.extensions["batchery"]
     deployed = services.registry.get(api)

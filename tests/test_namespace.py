@@ -1,4 +1,4 @@
-"""Each predictor imports its own modules, from the code deployed with it (app/code.py,
+"""Each predictor imports its own modules, from the code deployed with it (app/store/code.py,
 workers/namespace.py). Pure logic: no services."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from app import code
 from app.errors import DeployError
-from app.registry import public_spec, read_cortex_yaml, read_deployments
+from app.store import code
+from app.store.registry import public_spec, read_cortex_yaml, read_deployments
 from workers.runtime import Predictor, PredictorError, load_class
 
 PREDICTOR = """
@@ -138,7 +138,7 @@ def test_a_helper_that_fails_to_import_is_a_predictor_error_and_can_be_fixed_by_
     assert build(folder / "predictor.py").predict([], "0") == "fixed"
 
 
-# --- the deploy side: app/code.py and the registry -----------------------------------------------
+# --- the deploy side: app/store/code.py and the registry -----------------------------------------------
 
 
 def write_yaml(folder: Path, config: str = "{}") -> Path:
@@ -234,7 +234,7 @@ def test_a_cortex_project_runs_unchanged(tmp_path, caplog):
         "- name: proj\n  kind: BatchAPI\n  predictor:\n    path: src/predictor.py\n"
         "    env: {MODEL_BUCKET: models, RETRIES: 3}\n"
     )
-    with caplog.at_level(logging.WARNING, logger="app.registry"):
+    with caplog.at_level(logging.WARNING, logger="app.store.registry"):
         (deployment,) = read_deployments(root / "cortex.yaml")
     assert "requirements.txt is not installed by Batchery" in caplog.text
     cwd = os.getcwd()

@@ -8,7 +8,8 @@ import dataclasses
 
 import pytest
 
-from app import create_app, status
+from app import create_app
+from app.model import status
 from tests.cgroups import MemoryCgroup
 from tests.conftest import Jobs
 from tests.services import Worker

@@ -7,8 +7,8 @@ import json
 import pytest
 from openapi_spec_validator import validate
 
-from app import responses
-from app.openapi import openapi_path
+from app.web import responses
+from app.web.openapi import openapi_path
 
 
 @pytest.fixture

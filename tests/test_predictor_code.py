@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app, status
+from app import create_app
+from app.model import status
 from tests.conftest import ROOT, Jobs
 from tests.services import Worker, stop_process, wait_for
 
@@ -133,7 +134,7 @@ def test_a_redeploy_does_not_change_the_code_a_running_job_runs_in_a_fresh_proce
 def test_apis_of_one_project_keep_one_copy_of_its_code(redis_server, r):
     """The code is kept by its content: the examples' two APIs (one project) stored it twice, and
     every redeploy of an API once more."""
-    from app.registry import Registry
+    from app.store.registry import Registry
 
     registry = Registry(redis_server.client)
     first = {spec["name"]: spec for spec in registry.deploy_file(ROOT / "examples" / "cortex.yaml")}

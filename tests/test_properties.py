@@ -13,12 +13,12 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.batching import item_batches
 from app.config import MAX_BATCH_BYTES
 from app.errors import InvalidRequest
-from app.schemas import SOURCES, load_submission
+from app.jobs.batching import item_batches
 from app.sources.globs import GlobError, compile_glob
 from app.sources.jsonstream import JsonStreamError, values
+from app.web.schemas import SOURCES, load_submission
 
 BOUNDED = settings(
     max_examples=200,

@@ -1,4 +1,4 @@
-"""Batch messages pushed to the Redis broker by the store's release itself (app/ready_message.py).
+"""Batch messages pushed to the Redis broker by the store's release itself (app/store/ready_message.py).
 
 A real worker consuming them is covered by every job test on the Redis broker; these compare the
 message, field by field, with the one Celery's own `send_task` writes for the same batch, so a
@@ -13,10 +13,10 @@ import json
 import pytest
 import redis
 
-from app.broker import RUN_BATCH, make_celery
+from app.broker.config import RUN_BATCH, make_celery
 from app.config import Settings
-from app.job import build_spec
-from app.store import JobStore
+from app.model.job import build_spec
+from app.store.job_store import JobStore
 from tests.services import RedisServer
 
 API = {"name": "api", "api_id": "x", "predictor": {"config": {}}}

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import pytest
 
-from app import keys, status
+from app.model import status
+from app.store import keys
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
 

@@ -14,10 +14,11 @@ import uuid
 
 import pytest
 
-from app import create_app, status
-from app.broker import RUN_BATCH, make_celery
+from app import create_app
+from app.broker.config import RUN_BATCH, make_celery
 from app.config import Settings, redacted
-from app.joblog import JsonFormatter, TextFormatter
+from app.model import status
+from app.store.joblog import JsonFormatter, TextFormatter
 from tests.conftest import PREDICTORS
 from tests.services import ROOT, RedisServer, TlsProxy, Worker, wait_for
 

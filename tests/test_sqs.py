@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from app import status
+from app.model import status
 from tests.conftest import SQS_VISIBILITY_TIMEOUT
 
 pytestmark = pytest.mark.parametrize("broker", ["sqs"], indirect=True)

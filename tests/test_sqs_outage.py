@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from app import create_app, status
+from app import create_app
+from app.model import status
 from tests.conftest import Jobs
 from tests.services import MotoServer, Worker, wait_for
 

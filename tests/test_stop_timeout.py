@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from app import keys, status
+from app.model import status
+from app.store import keys
 from tests.conftest import BOTH_BROKERS
 from tests.services import wait_for
 

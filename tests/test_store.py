@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from app import enqueuer as enqueuer_module
-from app import keys, status
-from app.job import build_spec
-from app.store import JobStore
+from app.jobs import enqueuer as enqueuer_module
+from app.model import status
+from app.model.job import build_spec
+from app.store import keys
+from app.store.job_store import JobStore
 from tests.services import RedisServer
 
 API = {"name": "api", "api_id": "x", "predictor": {"config": {}}}

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from app import status
-from app.batching import entry, item_batches
+from app.broker.dead_letters import queue_name
 from app.config import MAX_BATCH_BYTES, Settings
-from app.dead_letters import queue_name
 from app.errors import DeployError, InvalidRequest
-from app.job import DELIVERIES_WITHOUT_DLQ, build_spec, deep_merge, job_status, new_job_id, retry_limits
-from app.registry import read_cortex_yaml
-from app.schemas import describe
-from app.submission import MAX_NESTING, decode_body
+from app.jobs.batching import entry, item_batches
+from app.web.schemas import MAX_NESTING, decode_body
+from app.model import status
+from app.model.job import DELIVERIES_WITHOUT_DLQ, build_spec, deep_merge, job_status, new_job_id, retry_limits
+from app.store.registry import read_cortex_yaml
+from app.web.schemas import describe
 
 PREDICTOR = "class PythonPredictor:\n    def predict(self, payload):\n        return payload\n"
 
@@ -30,7 +30,7 @@ def decoded(entries: list[str]) -> list[tuple[int, list]]:
     return [(int(batch_id), json.loads(body)) for batch_id, body in pairs]
 
 
-# --- app.schemas.describe -----------------------------------------------------------------------
+# --- app.web.schemas.describe -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_describe_keeps_every_message_of_one_field():
     assert "second problem" in text
 
 
-# --- app.batching.item_batches --------------------------------------------------------------------
+# --- app.jobs.batching.item_batches --------------------------------------------------------------------
 
 
 def test_entry_is_the_batch_id_a_space_then_the_json():
@@ -146,7 +146,7 @@ def test_a_lone_surrogate_item_is_batched_as_escaped_json_not_a_crash():
     entries[0].encode()  # storable in Redis
 
 
-# --- app.job --------------------------------------------------------------------------------------
+# --- app.model.job --------------------------------------------------------------------------------------
 
 
 def test_deep_merge_merges_nested_mappings_and_the_override_wins():
@@ -260,7 +260,7 @@ def test_dead_letter_queue_name_is_the_last_part_of_the_arn(arn, name):
     assert queue_name(arn) == name
 
 
-# --- app.status.strongest -------------------------------------------------------------------------
+# --- app.model.status.strongest -------------------------------------------------------------------------
 
 # DESIGN.md: stopped > timed_out > worker_oom > worker_error > enqueue_failed > unexpected_error >
 # completed_with_failures > succeeded > running > enqueuing
@@ -296,7 +296,7 @@ def test_only_enqueuing_and_running_are_not_final():
     assert set(STRONGEST_FIRST) == set(status.PRECEDENCE)
 
 
-# --- app.registry.read_cortex_yaml ----------------------------------------------------------------
+# --- app.store.registry.read_cortex_yaml ----------------------------------------------------------------
 
 
 def write_project(tmp_path: Path, yaml_text: str, predictors: dict[str, str] | None = None) -> Path:
@@ -361,7 +361,7 @@ def test_read_cortex_yaml_ignores_unknown_keys_with_a_warning(tmp_path, caplog):
             image: quay.io/cortexlabs/python-predictor-cpu
         """,
     )
-    with caplog.at_level(logging.WARNING, logger="app.registry"):
+    with caplog.at_level(logging.WARNING, logger="app.store.registry"):
         (spec,) = read_cortex_yaml(path)
     assert set(spec) == {"name", "kind", "predictor", "api_id", "predictor_file", "project_dir", "env", "code_id"}
     assert set(spec["predictor"]) == {"type", "path", "config"}
@@ -384,7 +384,7 @@ def test_read_cortex_yaml_skips_other_kinds_with_a_warning(tmp_path, caplog):
           kind: TaskAPI
         """,
     )
-    with caplog.at_level(logging.WARNING, logger="app.registry"):
+    with caplog.at_level(logging.WARNING, logger="app.store.registry"):
         specs = read_cortex_yaml(path)
     assert [spec["name"] for spec in specs] == ["batch"]
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
@@ -454,7 +454,7 @@ def test_read_cortex_yaml_does_not_import_the_predictor(tmp_path):
     assert not marker.exists()
 
 
-# --- app.submission.decode_body -------------------------------------------------------------------
+# --- app.jobs.submission.decode_body -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -595,7 +595,7 @@ def test_predictor_without_a_predict_method_is_a_predictor_error():
 
 
 def test_the_store_pushes_batch_messages_only_when_the_broker_is_its_own_redis():
-    from app.services import direct_queue
+    from app.jobs.services import direct_queue
 
     same = Settings(redis_url="redis://h:6379/0", queue="q")
     assert direct_queue(same) == "q"
@@ -606,7 +606,7 @@ def test_the_store_pushes_batch_messages_only_when_the_broker_is_its_own_redis()
 
 
 def test_task_events_are_off_unless_asked_for():
-    from app.broker import celery_config
+    from app.broker.config import celery_config
 
     assert celery_config(Settings())["worker_send_task_events"] is False
     assert celery_config(Settings.from_env({"BATCHERY_TASK_EVENTS": "1"}))["worker_send_task_events"] is True

@@ -12,8 +12,8 @@ import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.errors import PayloadTooLarge
-from app.schemas import MAX_INT
-from app.submission import MAX_NESTING
+from app.web.schemas import MAX_NESTING
+from app.web.schemas import MAX_INT
 from tests.conftest import PREDICTORS
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
@@ -684,8 +684,8 @@ def test_a_chunked_body_over_10_mib_is_a_413_not_a_truncated_job(client, r):
 
 def test_a_job_the_listing_finds_past_its_timeout_is_listed_with_the_ended_ones(client):
     """Reading it ends it `status_timed_out`: it was still listed among the jobs in progress."""
-    from app import status
-    from app.job import build_spec, now
+    from app.model import status
+    from app.model.job import build_spec, now
 
     services = client.application.extensions["batchery"]
     api = services.registry.get("minimal")

@@ -8,13 +8,14 @@ import uuid
 
 import boto3
 
-from app import keys, status
 from app.config import Settings
-from app.job import build_spec, now
-from app.services import Services
-from app.store import Outcome
-from app.submission import ITEMS_STORED, follow
-from app.watchdog import STALE_SECONDS, Watchdog
+from app.jobs.services import Services
+from app.jobs.submission import ITEMS_STORED, follow
+from app.jobs.watchdog import STALE_SECONDS, Watchdog
+from app.model import status
+from app.model.job import build_spec, now
+from app.store import keys
+from app.store.job_store import Outcome
 from tests.services import free_port, wait_for
 
 
@@ -91,7 +92,7 @@ def test_with_redis_down_the_watchdog_warns_in_one_line_and_stops_when_told(capl
         Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", apis_file="", watchdog_seconds=0)
     )
     watchdog = Watchdog(services)
-    with caplog.at_level(logging.WARNING, logger="app.watchdog"):
+    with caplog.at_level(logging.WARNING, logger="app.jobs.watchdog"):
         thread = watchdog.start(0.05)
         wait_for(lambda: caplog.records, timeout=30, what="the watchdog's warning")
         watchdog.stop()
@@ -144,7 +145,7 @@ def test_a_job_the_sweep_fails_on_does_not_stop_it_for_the_others(flask_app, job
         return enqueue_state(job_id)
 
     monkeypatch.setattr(services.store, "enqueue_state", broken_for_one)
-    with caplog.at_level(logging.ERROR, logger="app.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="app.jobs.watchdog"):
         acted = Watchdog(services).sweep(now() + STALE_SECONDS + 1)
     assert other["job_id"] in acted and failing["job_id"] not in acted
     assert jobs.status("minimal", other["job_id"])["status"] == status.ENQUEUE_FAILED

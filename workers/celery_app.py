@@ -13,10 +13,10 @@ import billiard.process
 import redis
 from celery import signals
 
-from app import joblog
-from app.broker import is_sqs, make_celery
+from app.broker.config import is_sqs, make_celery
 from app.config import Settings
-from app.joblog import JobLog, configure_process_logging
+from app.store import joblog
+from app.store.joblog import JobLog, configure_process_logging
 from workers import kombu_client, oom, redis_restore, sqs_receive, sqs_restore, stdio
 
 settings = Settings.from_env()

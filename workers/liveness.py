@@ -6,7 +6,7 @@ once. A whole worker killed (SIGKILL, the container's OOM kill, a lost machine) 
 Redis broker restores its unacked messages only after the visibility timeout (an hour by
 default), and the job waited that long with its batches shown running. So each process renews a
 key with a TTL (`keys.proc_alive`) from a thread, for as long as it lives; the watchdog publishes
-again the batches of a process whose key expired (app/watchdog.py).
+again the batches of a process whose key expired (app/jobs/watchdog.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 
 import redis
 
-from app import keys
+from app.store import keys
 from workers.heartbeat import beat_forever
 
 _named: dict[int, str] = {}  # pid -> this process's name, once it beats

@@ -4,7 +4,7 @@
 A worker process runs many APIs' predictors, and `sys.modules` is one per process: with each
 predictor's folder on `sys.path`, two APIs whose folders both hold a `helpers.py` shared whichever
 a process imported first (results silently wrong for the other API). So a predictor's modules are
-imported from its deployed files (app/code.py) by a finder that answers only while that predictor
+imported from its deployed files (app/store/code.py) by a finder that answers only while that predictor
 runs, and are kept in its namespace in between: `active()` puts them into `sys.modules` around
 each call into the predictor (import, `__init__`, `predict`, `on_job_complete`) and takes them out
 after. Calls into predictors never overlap in a pool process (one task at a time).

@@ -33,7 +33,7 @@ import redis
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
-from app.store import JobStore
+from app.store.job_store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import billiard.common
 
-from app import code
+from app.store import code
 from workers import namespace
 
 

@@ -11,15 +11,15 @@ import uuid
 from collections import OrderedDict
 from functools import partial
 
-from app import status
-from app.broker import ENQUEUE_JOB
-from app.enqueuer import Enqueuer
-from app.job import iso, now, retry_limits
-from app.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
-from app.services import Services
+from app.broker.config import ENQUEUE_JOB
+from app.jobs.enqueuer import Enqueuer
+from app.jobs.services import Services
+from app.jobs.submission import follow
+from app.model import status
+from app.model.job import iso, now, retry_limits
 from app.sources.batches import payload
-from app.store import LEASE_MS, Outcome
-from app.submission import follow
+from app.store.job_store import LEASE_MS, Outcome
+from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
@@ -29,7 +29,7 @@ from workers.visibility import kept_invisible
 log = logging.getLogger(__name__)
 
 _services: Services | None = None
-# the predictors' code is the code deployed with their API, kept in Redis (app/code.py)
+# the predictors' code is the code deployed with their API, kept in Redis (app/store/code.py)
 _predictors = PredictorCache(
     int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")), deployed=lambda code_id: services().registry.code(code_id)
 )

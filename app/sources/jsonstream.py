@@ -41,7 +41,7 @@ def reason(err: ValueError) -> str:
     return str(err)
 
 
-# The same JSON as a request body's (app/submission.py): an input read from S3 and one sent inline
+# The same JSON as a request body's (app/jobs/submission.py): an input read from S3 and one sent inline
 # take and refuse the same values.
 DECODER = json.JSONDecoder(parse_constant=no_constants, parse_float=finite_float)
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import redis
 
-from app import keys, status
-from app.job import deadline, retry_limits
-from app.joblog import MAX_LINES
-from app.ready_message import LUA_BATCH_MESSAGE
-from app.scripts import Call
+from app.model import status
+from app.model.job import deadline, retry_limits
+from app.store import keys
+from app.store.joblog import MAX_LINES
+from app.store.ready_message import LUA_BATCH_MESSAGE
+from app.store.scripts import Call
 
 LUA_COMMON = """
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -38,12 +39,12 @@ local function in_progress()
 end
 
 -- The job's log says how it ended, whoever ended it (a stop, the timeout a reader noticed, a
--- failed enqueue, the finalizer): a line as app/joblog.py writes them, from the same call.
+-- failed enqueue, the finalizer): a line as app/store/joblog.py writes them, from the same call.
 local function log_end(final, message)
   local text = 'job ' .. job_id .. ' ended: ' .. final .. (message ~= '' and (' (' .. message .. ')') or '')
   local seq = redis.call('INCR', job_log_seq)
-  redis.call('RPUSH', job_log, '{"seq":' .. seq .. ',"time":' .. ARGV[2] .. ',"level":"info","logger":"app.store"'
-    .. ',"message":' .. cjson.encode(text) .. ',"process":"job store","api_name":'
+  redis.call('RPUSH', job_log, '{"seq":' .. seq .. ',"time":' .. ARGV[2] .. ',"level":"info"'
+    .. ',"logger":"app.store.job_store","message":' .. cjson.encode(text) .. ',"process":"job store","api_name":'
     .. cjson.encode(redis.call('HGET', job, 'api_name')) .. ',"job_id":' .. cjson.encode(job_id) .. '}')
   redis.call('LTRIM', job_log, -JOB_LOG_LINES, -1)
 end
@@ -404,7 +405,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, stalled_seconds: float = 600.0, broker_queue: str = ""):
         """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
         Redis (database included); released batches are then pushed there by the release itself
-        (app/ready_message.py) instead of returned to the caller to publish."""
+        (app/store/ready_message.py) instead of returned to the caller to publish."""
         self.redis = client
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
@@ -546,7 +547,7 @@ class JobStore:
         return Outcome.parse(self.record_call(spec, batch_id, outcome, seconds, proc, now).run(self.redis))
 
     def record_call(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Call:
-        """`record` as a script call, to run along with others (app/scripts.py); `Outcome.parse`
+        """`record` as a script call, to run along with others (app/store/scripts.py); `Outcome.parse`
         reads its reply."""
         return self._prepare("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
 

@@ -7,7 +7,7 @@ import hmac
 from flask import Flask, Response, current_app, jsonify, request
 
 # Load balancers and orchestrators probe /healthz without credentials; it says only ok/unhealthy
-# per dependency (never a URL with a password: app/health.py strips them).
+# per dependency (never a URL with a password: app/web/health.py strips them).
 OPEN_ENDPOINTS = frozenset({"ops.healthz"})
 
 

@@ -8,16 +8,16 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from app.broker import is_sqs, make_celery, public_queue_url
-from app.broker_queue import BrokerQueue
+from app.broker.config import is_sqs, make_celery, public_queue_url
+from app.broker.dead_letters import RedisDeadLetters, SqsDeadLetters
+from app.broker.dispatch import Dispatcher
+from app.broker.queue import BrokerQueue
 from app.config import Settings
-from app.dead_letters import RedisDeadLetters, SqsDeadLetters
-from app.dispatch import Dispatcher
-from app.held_client import HeldConnectionClient
-from app.joblog import JobLog
-from app.registry import Registry
-from app.store import JobStore
-from app.submission import Submitter
+from app.jobs.submission import Submitter
+from app.store.held_client import HeldConnectionClient
+from app.store.job_store import JobStore
+from app.store.joblog import JobLog
+from app.store.registry import Registry
 
 
 def direct_queue(settings: Settings) -> str:
@@ -51,7 +51,7 @@ class Services:
         if patient and settings.store_outage_seconds > 0:
             # backoff capped at 1 s, so about one retry a second through the outage
             options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.store_outage_seconds) + 5)
-        # a worker's script calls, three a batch, on a connection each thread keeps (app/held_client.py)
+        # a worker's script calls, three a batch, on a connection each thread keeps (app/store/held_client.py)
         client_class = HeldConnectionClient if patient else redis.Redis
         client = client_class.from_url(settings.redis_url, **options)
         registry = Registry(client)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.broker import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
+from app.broker.config import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
 
 # What SQS answers a message over its queue's MaximumMessageSize.
 SQS_TOO_LARGE = "Message must be shorter than"

@@ -11,14 +11,14 @@ import json
 import logging
 import time
 
-from app import status
-from app.dispatch import Dispatcher
-from app.job import now
-from app.joblog import flush_lines
+from app.broker.dispatch import Dispatcher
+from app.jobs.submission import follow
+from app.model import status
+from app.model.job import now
 from app.sources.batches import START, SourceError, source_batches
 from app.sources.s3 import S3Error
-from app.store import JobStore, Outcome
-from app.submission import follow
+from app.store.job_store import JobStore, Outcome
+from app.store.joblog import flush_lines
 
 log = logging.getLogger(__name__)
 

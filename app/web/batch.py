@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
-from app import job, status
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
-from app.registry import public_spec
-from app.services import Services
-from app.status import IN_PROGRESS, STOPPED
+from app.model import job, status
+from app.model.status import IN_PROGRESS, STOPPED
+from app.store.registry import public_spec
+from app.web.context import services
+from app.web.schemas import decode_body, load_submission
 
 bp = Blueprint("batch", __name__)
-
-
-def services() -> Services:
-    """The app's services (settings, job store, broker)."""
-    return current_app.extensions["batchery"]
 
 
 def endpoint(api_name: str) -> str:
@@ -58,7 +54,9 @@ def submit(api_name: str) -> Response:
     413 body over 10 MiB; 503 broker or job store unavailable.
     """
     dry_run = _dry_run(_query("dryRun"))
-    result = services().submitter.submit(api_name, _body(), dry_run=dry_run)
+    api = services().registry.get(api_name)
+    submission = load_submission(decode_body(_body()))
+    result = services().submitter.submit(api, submission, dry_run=dry_run)
     if isinstance(result, dict):
         return jsonify(result)
     return Response(result, mimetype="text/plain")

@@ -7,10 +7,9 @@ from urllib.parse import urlsplit
 from celery import Celery
 
 from app.config import Settings
+from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
 
-RUN_BATCH = "batchery.run_batch"
-FINALIZE_JOB = "batchery.finalize_job"
-ENQUEUE_JOB = "batchery.enqueue_job"
+__all__ = ["ENQUEUE_JOB", "FINALIZE_JOB", "RUN_BATCH", "make_celery"]
 
 
 def is_sqs(settings: Settings) -> bool:

@@ -9,7 +9,7 @@ def api(name: str) -> str:
 
 
 def code(code_id: str) -> str:
-    """Hash: the Python files of a deployed project, by path in its folder (app/code.py); one per
+    """Hash: the Python files of a deployed project, by path in its folder (app/store/code.py); one per
     distinct code, whichever APIs and versions run it."""
     return f"{PREFIX}:code:{code_id}"
 
@@ -101,7 +101,7 @@ def dead_letters(queue_name: str) -> str:
 
 def watchdog_lock(queue_url: str) -> str:
     """String with a TTL: held by the API process of the fleet on `queue_url` (a job's queue, as
-    in `app.job.queue_of`) running that fleet's current watchdog sweep."""
+    in `app.model.job.queue_of`) running that fleet's current watchdog sweep."""
     return f"{PREFIX}:watchdog:{queue_url}"
 
 

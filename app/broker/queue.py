@@ -11,7 +11,7 @@ import boto3
 import botocore.config
 import redis
 
-from app.broker import is_sqs
+from app.broker.config import is_sqs
 from app.config import Settings
 
 TIMEOUT_SECONDS = 2

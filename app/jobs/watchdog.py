@@ -31,13 +31,14 @@ import threading
 
 import redis
 
-from app import keys, status
-from app.broker import public_queue_url
-from app.job import now, queue_of
-from app.registry import Deployment
-from app.services import Services
-from app.store import LEASE_MS, Outcome
-from app.submission import ITEMS_STORED, follow
+from app.broker.config import public_queue_url
+from app.jobs.services import Services
+from app.jobs.submission import ITEMS_STORED, follow
+from app.model import status
+from app.model.job import now, queue_of
+from app.store import keys
+from app.store.job_store import LEASE_MS, Outcome
+from app.store.registry import Deployment
 
 log = logging.getLogger(__name__)
 

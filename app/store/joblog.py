@@ -25,9 +25,9 @@ from typing import TextIO
 
 import redis
 
-from app import keys
 from app.config import redacted
-from app.scripts import Call, run_together
+from app.store import keys
+from app.store.scripts import Call, run_together
 
 MAX_LINES = int(os.environ.get("BATCHERY_JOB_LOG_LINES", "10000"))
 
@@ -113,7 +113,7 @@ class JobLog:
         self.append_call(job_id, lines).run(client)
 
     def append_call(self, job_id: str, lines: list[dict]) -> Call:
-        """The script call that appends `lines`, to run along with others (app/scripts.py)."""
+        """The script call that appends `lines`, to run along with others (app/store/scripts.py)."""
         keys_ = [keys.job_log(job_id), keys.job_log_seq(job_id)]
         return Call(self._append, keys_, [MAX_LINES, *(json.dumps(line)[1:-1] for line in lines)])
 

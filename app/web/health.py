@@ -7,7 +7,7 @@ from functools import cached_property
 
 import redis
 
-from app.broker_queue import TIMEOUT_SECONDS, BrokerQueue
+from app.broker.queue import TIMEOUT_SECONDS, BrokerQueue
 from app.config import Settings, redacted
 
 

@@ -17,10 +17,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from app import job, keys, status
-from app.broker_queue import BrokerQueue
+from app.broker.queue import BrokerQueue
 from app.config import Settings
-from app.store import JobStore
+from app.model import job, status
+from app.store import keys
+from app.store.job_store import JobStore
 
 log = logging.getLogger(__name__)
 

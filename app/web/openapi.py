@@ -13,8 +13,8 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 
-from app import responses, schemas
-from app.auth import OPEN_ENDPOINTS
+from app.web import responses, schemas
+from app.web.auth import OPEN_ENDPOINTS
 
 VERSION = "0.1.0"
 ERROR = {"application/json": {"schema": "Error"}}

@@ -6,7 +6,7 @@ Redis, the store's `release` pushes each released batch's message itself, in the
 that moves the batch into flight. So the worker that counted a batch's outcome publishes nothing
 (`send_task` was a third of a pool process's CPU per batch: docs/benchmarks.md), and no batch can
 be lost between its release and its publish. On SQS, or with a broker on another Redis, the
-caller publishes the released batches with `send_task` (app/dispatch.py).
+caller publishes the released batches with `send_task` (app/broker/dispatch.py).
 
 The message is Celery's protocol 2 as `send_task` writes it (tests/test_ready_message.py compares
 it with one, field by field), except that its ids are `<job_id>.<n>` (n counts the job's releases:
@@ -16,7 +16,7 @@ no `body_encoding` as it is).
 
 from __future__ import annotations
 
-from app.broker import RUN_BATCH
+from app.model.wire import RUN_BATCH
 
 # `queue`: the broker list the message goes to; `entry`: a backlog entry, `"<batch_id> <body>"`.
 LUA_BATCH_MESSAGE = """

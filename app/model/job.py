@@ -7,7 +7,7 @@ import os
 import time
 from datetime import UTC, datetime
 
-from app import status
+from app.model import status
 
 # Without a dead-letter queue Cortex does not retry a batch whose predict raised; a delivery that
 # died with its worker (a preempted or killed process) is still delivered again, this often in all.

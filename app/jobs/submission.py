@@ -8,23 +8,18 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app import status
-from app.batching import item_batches
-from app.dispatch import Dispatcher, too_large
+from app.broker.dispatch import Dispatcher, too_large
 from app.errors import BrokerUnavailable, InvalidRequest
-from app.job import build_spec, now
-from app.joblog import JobLog, for_job
-from app.registry import Registry
-from app.schemas import load_submission
-from app.sources import jsonstream, s3
-from app.store import JobStore, Outcome
+from app.jobs.batching import item_batches
+from app.model import status
+from app.model.job import build_spec, now
+from app.sources import s3
+from app.store.job_store import JobStore, Outcome
+from app.store.joblog import JobLog, for_job
+from app.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
-
-# Well under Python's recursion limit: json.loads takes up to ~990 levels, but later steps recurse
-# once or more per level (deep_merge's copy, json.dumps into Redis, the worker), and would fail.
-MAX_NESTING = 200
 
 TOO_LARGE_FOR_QUEUE = (
     "a batch's message is over the SQS queue's MaximumMessageSize: Celery's encoding makes a message "
@@ -37,40 +32,6 @@ VALIDATIONS_PASSED = "validations passed"
 
 # The cursor of an item_list job once all its batches are in the backlog.
 ITEMS_STORED = {"items_stored": True}
-
-
-def decode_body(raw: bytes) -> object:
-    """The request body as JSON; raises InvalidRequest for an empty, malformed or too deeply nested body."""
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty: send the job as a JSON object")
-    too_deep = f"the request body is nested too deeply (more than {MAX_NESTING} levels of lists and objects)"
-    try:
-        body = json.loads(raw, parse_constant=jsonstream.no_constants, parse_float=jsonstream.finite_float)
-    except RecursionError:
-        raise InvalidRequest(too_deep) from None
-    except UnicodeDecodeError as err:
-        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
-    except ValueError as err:
-        raise InvalidRequest(f"the request body is not valid JSON: {jsonstream.reason(err)}") from None
-    # Counting brackets first spares the walk for the usual body, a long flat list.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nested_deeper_than(body, MAX_NESTING):
-        raise InvalidRequest(too_deep)
-    return body
-
-
-def _nested_deeper_than(value: object, limit: int) -> bool:
-    # Level by level rather than recursively: the point is not to recurse per level.
-    level = [value] if isinstance(value, (list, dict)) else []
-    for _ in range(limit):
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, (list, dict))
-        ]
-        if not level:
-            return False
-    return True
 
 
 class Submitter:
@@ -86,13 +47,12 @@ class Submitter:
         self.job_log = job_log
         self.queue_url = queue_url
 
-    def submit(self, api_name: str, raw: bytes, dry_run: bool = False) -> dict | Iterator[str]:
-        """Create a job; for a dry run only validate and return the text answer's lines.
+    def submit(self, api: dict, submission: dict, dry_run: bool = False) -> dict | Iterator[str]:
+        """Create a job of `api` from a validated submission; for a dry run only check its input and
+        return the text answer's lines.
 
-        Raises ApiNotFound, InvalidRequest, BrokerUnavailable.
+        Raises InvalidRequest, BrokerUnavailable.
         """
-        api = self.registry.get(api_name)
-        submission = load_submission(decode_body(raw))
         if submission.get("sqs_dead_letter_queue"):
             try:
                 self.dead_letters.check(submission["sqs_dead_letter_queue"]["arn"])

@@ -15,7 +15,7 @@ import boto3
 import botocore.exceptions
 import redis
 
-from app import keys
+from app.store import keys
 
 
 def queue_name(arn: str) -> str:

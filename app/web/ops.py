@@ -5,16 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, render_template
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import openapi
-from app.metrics import registry_for
-from app.services import Services
+from app.web import openapi
+from app.web.context import services
+from app.web.metrics import registry_for
 
 bp = Blueprint("ops", __name__)
-
-
-def services() -> Services:
-    """The app's services (settings, job store, broker)."""
-    return current_app.extensions["batchery"]
 
 
 @bp.get("/healthz")

@@ -15,7 +15,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from app.held_client import HeldConnectionClient
+from app.store.held_client import HeldConnectionClient
 
 
 class Call(NamedTuple):

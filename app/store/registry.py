@@ -15,8 +15,8 @@ from typing import NamedTuple
 import redis
 import yaml
 
-from app import code, keys
 from app.errors import ApiNotFound, DeployError
+from app.store import code, keys
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from app import status
-from app.schemas import DeadLetterQueueSchema
+from app.model import status
+from app.web.schemas import DeadLetterQueueSchema
 
 
 def text(description: str, **kwargs) -> fields.String:
