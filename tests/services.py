@@ -138,8 +138,8 @@ class Worker:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-        return " ready." in self.log_path.read_text()
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text(errors="replace")}")
+        return " ready." in self.log_path.read_text(errors="replace")
 
     def children(self) -> list[int]:
         """The pids of the pool processes."""
@@ -186,7 +186,7 @@ class Gunicorn:
 
     def _answering_worker(self) -> int | None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text(errors="replace")}")
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         pids = [int(pid) for pid in out.split()]
         try:
