@@ -138,7 +138,8 @@ class Worker:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text(errors="replace")}")
+            log = self.log_path.read_text(errors="replace")
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{log}")
         return " ready." in self.log_path.read_text(errors="replace")
 
     def children(self) -> list[int]:
@@ -186,7 +187,8 @@ class Gunicorn:
 
     def _answering_worker(self) -> int | None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text(errors="replace")}")
+            log = self.log_path.read_text(errors="replace")
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{log}")
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         pids = [int(pid) for pid in out.split()]
         try:
