@@ -27,7 +27,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     worker = getattr(item, "funcargs", {}).get("worker")
     if report.failed and isinstance(worker, Worker) and worker.log_path.exists():
-        lines = worker.log_path.read_text(errors='replace').splitlines()[-WORKER_LOG_LINES:]
+        lines = worker.output().splitlines()[-WORKER_LOG_LINES:]
         report.sections.append((f"worker log (last {WORKER_LOG_LINES} lines)", "\n".join(lines)))
 
 

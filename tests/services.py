@@ -136,11 +136,15 @@ class Worker:
         )
         wait_for(self._ready, timeout=90, interval=0.1, what=f"worker {name} to be ready")
 
+    def output(self) -> str:
+        """The worker's output so far (read while it writes: a character cut in two is replaced)."""
+        return self.log_path.read_text(errors="replace")
+
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            log = self.log_path.read_text(errors="replace")
+            log = self.output()
             raise RuntimeError(f"worker exited with {self.process.returncode}:\n{log}")
-        return " ready." in self.log_path.read_text(errors="replace")
+        return " ready." in self.output()
 
     def children(self) -> list[int]:
         """The pids of the pool processes."""

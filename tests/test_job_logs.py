@@ -93,7 +93,7 @@ def test_worker_process_logs_are_json_lines_with_the_job(jobs, worker, probe_con
     spec = jobs.submit("probe", {"workers": 1, "config": probe_config, "item_list": {"items": [1], "batch_size": 1}})
     jobs.wait_final("probe", spec["job_id"])
     mine = []
-    for raw in worker.log_path.read_text(errors='replace').splitlines():
+    for raw in worker.output().splitlines():
         if raw.startswith("{"):
             line = json.loads(raw)
             if line.get("job_id") == spec["job_id"]:
@@ -115,7 +115,7 @@ def test_what_a_predictor_prints_is_in_its_job_log_and_the_process_log_stays_jso
         ("stdout", "info", "probe prints batch 0"),
         ("stdout", "info", "probe prints batch 1"),
     ]
-    raw = [text for text in worker.log_path.read_text(errors='replace').splitlines() if "probe prints" in text or "probe warns" in text]
+    raw = [text for text in worker.output().splitlines() if "probe prints" in text or "probe warns" in text]
     assert raw and all(json.loads(text)["job_id"] == spec["job_id"] for text in raw)
 
 

@@ -140,7 +140,7 @@ def test_the_worker_reads_the_oom_counter_of_its_own_memory_cgroup(oom_stack, cg
     _, worker = oom_stack
     path, kind = counter_file(worker.process.pid)
     assert (path, kind) == (cgroup.counter, f"cgroup {cgroup.version}")
-    assert f"OOM kills are read from {path} ({kind})" in worker.log_path.read_text(errors='replace')  # found at start
+    assert f"OOM kills are read from {path} ({kind})" in worker.output()  # found at start
 
 
 def test_each_oom_kill_is_given_to_one_lost_delivery_at_most(tmp_path):

@@ -134,7 +134,7 @@ def test_no_status_log_or_answer_shows_the_redis_password(locked_settings, locke
         without_password(response.get_data(as_text=True), path)
     logs = http.get(f"/batch/probe/logs?jobID={job_id}").get_json()["lines"]
     assert logs  # the job did log: the check above read something
-    worker_log = without_password(locked_worker.log_path.read_text(errors='replace'), "the worker's log")
+    worker_log = without_password(locked_worker.output(), "the worker's log")
     assert "redis://:**@" in worker_log  # Celery's banner shows where it connects, password masked
 
 
@@ -217,7 +217,7 @@ def test_a_job_runs_over_rediss_with_a_password(tls_settings, worker_env, tmp_pa
         without_password(json.dumps(job), "the job's status")
     finally:
         worker.stop()
-    worker_log = without_password(worker.log_path.read_text(errors='replace'), "the TLS worker's log")
+    worker_log = without_password(worker.output(), "the TLS worker's log")
     assert "rediss://:**@127.0.0.1" in worker_log  # the worker's broker connection was the TLS one
 
 

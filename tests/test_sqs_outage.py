@@ -27,9 +27,9 @@ def test_a_worker_lives_through_an_sqs_outage_and_takes_jobs_after_it(
     app = create_app({"SETTINGS": quick})
     try:
         sqs.stop()
-        polled = lambda: "SQS did not answer a receive" in worker.log_path.read_text(errors='replace')  # noqa: E731
+        polled = lambda: "SQS did not answer a receive" in worker.output()  # noqa: E731
         wait_for(lambda: polled() or worker.process.poll() is not None, 60, what="a poll to fail")
-        assert worker.process.poll() is None, worker.log_path.read_text(errors='replace')[-3000:]  # it died here
+        assert worker.process.poll() is None, worker.output()[-3000:]  # it died here
         sqs = MotoServer(tmp_path, port=sqs.port)
         jobs = Jobs(app.test_client())
         spec = jobs.submit(

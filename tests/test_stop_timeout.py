@@ -146,7 +146,7 @@ def test_a_stop_during_on_job_complete_stands_and_the_worker_says_so(client, job
     assert client.delete(f"/batch/probe?jobID={spec['job_id']}").status_code == 200
     said = f"job {spec['job_id']} ended: "
     line = wait_for(
-        lambda: next((line for line in worker.log_path.read_text(errors='replace').splitlines() if said in line), None),
+        lambda: next((line for line in worker.output().splitlines() if said in line), None),
         what="the finalizer to end",
     )
     assert f"{said}status_stopped (on_job_complete had begun before it and ran to its end)" in line

@@ -15,11 +15,10 @@ from app.broker.dead_letters import queue_name
 from app.config import MAX_BATCH_BYTES, Settings
 from app.errors import DeployError, InvalidRequest
 from app.jobs.batching import entry, item_batches
-from app.web.schemas import MAX_NESTING, decode_body
 from app.model import status
 from app.model.job import DELIVERIES_WITHOUT_DLQ, build_spec, deep_merge, job_status, new_job_id, retry_limits
 from app.store.registry import read_cortex_yaml
-from app.web.schemas import describe
+from app.web.schemas import MAX_NESTING, decode_body, describe
 
 PREDICTOR = "class PythonPredictor:\n    def predict(self, payload):\n        return payload\n"
 
