@@ -1,4 +1,10 @@
-"""Several Lua scripts in one round trip to Redis.
+"""The store's Lua scripts: read from app/store/lua/, and run several in one round trip to Redis.
+
+The scripts are `.lua` files, read with `importlib.resources` (so they load from an installed
+wheel as from a clone). The job store's scripts share the functions of `common.lua`, which the
+loader puts before each of them, after `local` lines that define what Lua must agree on with
+Python: the status names (app/model/status.py), the batch task's name (app/model/wire.py) and
+the limits a `JobStore` is given (Settings). No Lua file types one of them again.
 
 redis-py runs a `Script` in a pipeline only after asking Redis whether it has it (`SCRIPT EXISTS`,
 a round trip of its own); a worker writing a batch's log lines and counting its outcome together
@@ -9,13 +15,49 @@ which loads it.
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Mapping
+from importlib import resources
 from typing import NamedTuple
 
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from app.model import status, wire
 from app.store.held_client import HeldConnectionClient
+
+# What a Lua string literal here may hold: names, not text (no quote or backslash to escape).
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]*")
+
+
+@functools.cache
+def lua_file(name: str) -> str:
+    """The text of `app/store/lua/<name>.lua`. Raises FileNotFoundError if there is no such script."""
+    return (resources.files("app.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def lua_constants(limits: Mapping[str, int]) -> str:
+    """Lua `local` lines for what common.lua takes from Python: `STATUS_<NAME>` for each status,
+    `RUN_BATCH_TASK`, and `limits` (name -> integer). Raises ValueError for a value Lua cannot
+    take as it is."""
+    strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
+    strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
+    lines = [f"local {name} = '{_plain(value)}'" for name, value in strings.items()]
+    lines += [f"local {name} = {int(value)}" for name, value in limits.items()]
+    return "\n".join(lines) + "\n"
+
+
+def with_common(name: str, limits: Mapping[str, int]) -> str:
+    """The source of the job store's script `name`: the constants, common.lua, then `<name>.lua`."""
+    return lua_constants(limits) + lua_file("common") + lua_file(name)
+
+
+def _plain(value: str) -> str:
+    if not _PLAIN.fullmatch(value):
+        raise ValueError(f"not a plain name, for a Lua string: {value!r}")
+    return value
 
 
 class Call(NamedTuple):
