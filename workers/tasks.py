@@ -17,6 +17,7 @@ from app.jobs.services import Services
 from app.jobs.submission import follow
 from app.model import status
 from app.model.job import iso, now, retry_limits
+from app.model.wire import backlog_entry
 from app.sources.batches import payload
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
@@ -210,7 +211,7 @@ class BatchRun:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
         follow(services().dispatcher, self.store, self.spec, reply)
         if outcome == "retry":  # the task's retry, which publishes the next delivery, never ran
-            entry = (self.generation, f"{self.batch_id} {self.body}")
+            entry = (self.generation, backlog_entry(self.batch_id, self.body))
             services().dispatcher.republish_batches(self.spec["job_id"], [entry])
 
 
