@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from app.model import status
 from app.model.job import deadline, retry_limits
 from app.model.wire import entry_batch_id
 from app.store import keys
+from app.store.replies import as_text
 from app.store.scripts import Call, with_common
 
 # The job store's scripts, each app/store/lua/<name>.lua after common.lua.
@@ -95,8 +98,14 @@ class JobStore:
         self._scripts = {name: client.register_script(with_common(name, limits)) for name in SCRIPTS}
 
     def _call(
-        self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float, client: object = None
-    ) -> list:
+        self,
+        script: str,
+        spec_or_id: dict | str,
+        api_name: str,
+        *args: object,
+        now: float,
+        client: redis.Redis | None = None,
+    ) -> Any:
         return self._prepare(script, spec_or_id, api_name, *args, now=now).run(self.redis if client is None else client)
 
     def _prepare(self, script: str, spec_or_id: dict | str, api_name: str, *args: object, now: float) -> Call:
@@ -124,7 +133,7 @@ class JobStore:
         """Store a new job in `status_enqueuing`, with the API as deployed at submission and, for
         S3 inputs, the source its enqueuer reads."""
         max_deliveries, _ = retry_limits(spec)
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "spec": json.dumps(spec),
             "api": json.dumps(api),
             "api_name": spec["api_name"],
@@ -220,7 +229,7 @@ class JobStore:
         api_name = self.redis.hget(keys.job(job_id), "api_name")
         if api_name is None:
             return False
-        return bool(self._call("oom", job_id, api_name.decode(), batch_id, now=now))
+        return bool(self._call("oom", job_id, as_text(api_name), batch_id, now=now))
 
     def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
         """Give a job in progress its final status; False if it had one already."""
@@ -284,7 +293,7 @@ class JobStore:
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
         spec, api = self.redis.hmget(keys.job(job_id), "spec", "api")
-        return (json.loads(spec), json.loads(api)) if spec else None
+        return (json.loads(spec), json.loads(api)) if spec and api else None  # both, or neither
 
     def job_ids(self, api_name: str, recent: int) -> list[str]:
         """The API's jobs in progress, then its `recent` latest ones, newest first."""

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 import redis
 
@@ -91,11 +91,11 @@ class JobLog:
         self.max_lines = max_lines
         self._append = client.register_script(lua_file("job_log_append"))
 
-    def write(self, job_id: str, line: dict, client: object = None) -> None:
+    def write(self, job_id: str, line: dict, client: redis.Redis | None = None) -> None:
         """Append a line (keeps the last `max_lines`): one round trip (or a command in `client`, a pipeline)."""
         self.write_lines(job_id, [line], client)
 
-    def write_lines(self, job_id: str, lines: list[dict], client: object = None) -> None:
+    def write_lines(self, job_id: str, lines: list[dict], client: redis.Redis | None = None) -> None:
         """Append lines, in order, in one round trip (or one command in `client`, a pipeline)."""
         self.append_call(job_id, lines).run(client)
 
@@ -165,7 +165,7 @@ class BackgroundWriter:
                 with self.writing:
                     self._write_waiting()
 
-    def run_with(self, client: redis.Redis, call: Call) -> object:
+    def run_with(self, client: redis.Redis, call: Call) -> Any:
         """Run `call` in one round trip with the script calls writing every line queued so far,
         before it; its reply, or the error it raised."""
         if not self.writing.acquire(timeout=FLUSH_SECONDS):
@@ -219,7 +219,7 @@ def flush_lines() -> None:
         writer.flush(FLUSH_SECONDS)
 
 
-def run_with_lines(client: redis.Redis, call: Call) -> object:
+def run_with_lines(client: redis.Redis, call: Call) -> Any:
     """Run a script call, with this process's queued job-log lines written in the same round trip
     (a worker counting a batch's outcome); its reply, or the error it raised."""
     writers = _own_writers()
@@ -325,6 +325,11 @@ def attach_job_log(job_log: JobLog, background: bool = False) -> None:
         root.setLevel(logging.INFO)
 
 
+class ProcessLogHandler(logging.StreamHandler):
+    """The process's own log lines, as `configure_process_logging` sets them up: replaced, not
+    added to, when it runs again."""
+
+
 def configure_process_logging(
     job_log: JobLog,
     level: str | int = "INFO",
@@ -337,10 +342,9 @@ def configure_process_logging(
     copied into the job's log (`background`: by a writer thread)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "batchery", False):
+        if isinstance(handler, ProcessLogHandler):
             root.removeHandler(handler)
-    lines = logging.StreamHandler(stream)
-    lines.batchery = True
+    lines = ProcessLogHandler(stream)
     if log_format == "json":
         lines.setFormatter(JsonFormatter())
     else:

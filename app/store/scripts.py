@@ -19,7 +19,7 @@ import functools
 import re
 from collections.abc import Mapping
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from redis.commands.core import Script
@@ -67,8 +67,9 @@ class Call(NamedTuple):
     keys: list
     args: list
 
-    def run(self, client: object) -> object:
-        """Run it alone (`client`: a Redis client, or a pipeline to add it to). Raises redis-py's errors."""
+    def run(self, client: redis.Redis | None) -> Any:
+        """Run it alone (`client`: a Redis client, or a pipeline to add it to; None: the client the
+        script was registered with); its reply. Raises redis-py's errors."""
         if not isinstance(client, HeldConnectionClient):
             return self.script(keys=self.keys, args=self.args, client=client)
         try:
