@@ -56,7 +56,7 @@ def test_no_status_name_or_task_name_is_typed_in_lua(name):
 
 
 def test_every_constant_the_lua_uses_is_defined_by_python():
-    defined = set(re.findall(r"^local (\w+) = ", lua_constants(LIMITS), re.MULTILINE))
+    defined = set(lua_constants(LIMITS))
     used = {
         name
         for file in FILES
@@ -67,13 +67,16 @@ def test_every_constant_the_lua_uses_is_defined_by_python():
     assert {f"STATUS_{str(code).removeprefix('status_').upper()}" for code in status.PRECEDENCE} <= defined
 
 
-def test_the_constants_hold_python_values():
-    prelude = lua_constants({"LEASE_MS": 4000, "JOB_LOG_LINES": 5})
-    assert f"local STATUS_RUNNING = '{status.RUNNING}'" in prelude
-    assert f"local RUN_BATCH_TASK = '{wire.RUN_BATCH}'" in prelude
-    assert "local LEASE_MS = 4000\n" in prelude and "local JOB_LOG_LINES = 5\n" in prelude
-    source = with_common("record", LIMITS)
-    assert source.index("local STATUS_RUNNING") < source.index("-- common.lua") < source.index("-- record.lua")
+@pytest.mark.parametrize("name", job_store.SCRIPTS)
+def test_the_loader_writes_the_values_from_python_in_place_of_their_names(name):
+    source = with_common(name, {"LEASE_MS": 4000, "JOB_LOG_LINES": 5})
+    assert source.index("-- common.lua") < source.index(f"-- {name}.lua")
+    assert not re.findall(r"\b[A-Z]+_[A-Z_]+\b", code_of(source))  # none left for Lua to look up
+    if name == "enqueued":
+        code = code_of(source, strings=True)
+        assert f"== '{status.ENQUEUING}'" in code and f"end_job('{status.ENQUEUE_FAILED}'" in code
+        assert f"\"task\":\"' .. '{wire.RUN_BATCH}' .. '\"," in code
+        assert "redis.call('PEXPIRE', lease, 4000)" in code and "-5, -1)" in code
 
 
 def test_no_python_file_holds_a_lua_script():

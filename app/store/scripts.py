@@ -2,9 +2,10 @@
 
 The scripts are `.lua` files, read with `importlib.resources` (so they load from an installed
 wheel as from a clone). The job store's scripts share the functions of `common.lua`, which the
-loader puts before each of them, after `local` lines that define what Lua must agree on with
-Python: the status names (app/model/status.py), the batch task's name (app/model/wire.py) and
-the limits a `JobStore` is given (Settings). No Lua file types one of them again.
+loader puts before each of them. What Lua must agree on with Python, the status names
+(app/model/status.py), the batch task's name (app/model/wire.py) and the limits a `JobStore` is
+given (Settings), is written in Lua as a name in capitals (`STATUS_RUNNING`), which the loader
+replaces with the value from Python. No Lua file types one of them again.
 
 redis-py runs a `Script` in a pipeline only after asking Redis whether it has it (`SCRIPT EXISTS`,
 a round trip of its own); a worker writing a batch's log lines and counting its outcome together
@@ -30,6 +31,8 @@ from app.store.held_client import HeldConnectionClient
 
 # What a Lua string literal here may hold: names, not text (no quote or backslash to escape).
 _PLAIN = re.compile(r"[A-Za-z0-9_.:-]*")
+# A constant's name in Lua: capitals, digits and at least one underscore (STATUS_RUNNING, LEASE_MS).
+_CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
 
 
 @functools.cache
@@ -38,20 +41,24 @@ def lua_file(name: str) -> str:
     return (resources.files("app.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def lua_constants(limits: Mapping[str, int]) -> str:
-    """Lua `local` lines for what common.lua takes from Python: `STATUS_<NAME>` for each status,
-    `RUN_BATCH_TASK`, and `limits` (name -> integer). Raises ValueError for a value Lua cannot
+def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
+    """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
+    `RUN_BATCH_TASK`, and `limits` (name -> integer). Raises ValueError for a string Lua cannot
     take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
-    lines = [f"local {name} = '{_plain(value)}'" for name, value in strings.items()]
-    lines += [f"local {name} = {int(value)}" for name, value in limits.items()]
-    return "\n".join(lines) + "\n"
+    constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
+    constants.update({name: str(int(value)) for name, value in limits.items()})
+    return constants
 
 
 def with_common(name: str, limits: Mapping[str, int]) -> str:
-    """The source of the job store's script `name`: the constants, common.lua, then `<name>.lua`."""
-    return lua_constants(limits) + lua_file("common") + lua_file(name)
+    """The source of the job store's script `name`: common.lua, then `<name>.lua`, with the value
+    of each constant (`lua_constants`) written in place of its name: as cheap to run as a literal
+    (a `local` would cost every call its assignment, and the functions using it an upvalue)."""
+    constants = lua_constants(limits)
+    source = lua_file("common") + lua_file(name)
+    return _CONSTANT.sub(lambda found: constants.get(found[0], found[0]), source)
 
 
 def _plain(value: str) -> str:

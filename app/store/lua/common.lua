@@ -21,7 +21,8 @@
 -- ARGV[3..] are each script's own (see its header).
 -- Key names: app/store/keys.py, built by JobStore._prepare (app/store/job_store.py).
 --
--- Defined before this file by the loader, from Python, where they are defined once:
+-- Names in capitals stand for values defined once, in Python; the loader writes the values in
+-- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
 -- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
 -- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore).
 
@@ -31,14 +32,10 @@ local job_log, job_log_seq, ended_inflight = KEYS[11], KEYS[12], KEYS[13]
 local broker_queue = KEYS[14]  -- set when the broker is this Redis: release pushes the messages
 local job_id, now = ARGV[1], tonumber(ARGV[2])
 
--- A backlog entry is "<batch_id> <body>" (app/model/wire.py): the first space ends the id.
+-- A backlog entry is "<batch_id> <body>" (app/model/wire.py): the first space ends the id, and
+-- the body starts after it, at #id + 2.
 local function entry_batch_id(entry)
   return string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1)
-end
-
-local function split_entry(entry)
-  local space = string.find(entry, ' ', 1, true)
-  return string.sub(entry, 1, space - 1), string.sub(entry, space + 1)
 end
 
 -- A batch's Celery message, built here by the call that releases the batch.
@@ -54,11 +51,11 @@ end
 -- The message is Celery's protocol 2 as `send_task` writes it (tests/test_ready_message.py
 -- compares them, field by field), except that its ids are `<job_id>.<n>` (n counts the job's
 -- releases: unique, and no uuid generator in Lua) and its body is JSON, not base64 (kombu takes a
--- body with no `body_encoding` as it is). `queue`: the broker list it goes to.
-local function batch_message(queue, job_id, entry, n)
-  local id, body_json = split_entry(entry)
+-- body with no `body_encoding` as it is). `queue`: the broker list it goes to; `id`: the entry's
+-- batch id, which the caller has read already.
+local function batch_message(queue, job_id, id, entry, n)
   local task_id = cjson.encode(job_id .. '.' .. n)
-  local args = cjson.encode({job_id, id, body_json})
+  local args = cjson.encode({job_id, id, string.sub(entry, #id + 2)})
   local body = '[' .. args .. ',{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
   return '{"body":' .. cjson.encode(body) .. ',"content-encoding":"utf-8","content-type":"application/json",'
     .. '"headers":{"lang":"py","task":"' .. RUN_BATCH_TASK .. '","id":' .. task_id .. ',"shadow":null,"eta":null,'
@@ -155,7 +152,7 @@ local function release()
     redis.call('ZADD', released, now, id)  -- when it went to the broker: the watchdog finds lost ones
     moved = moved + 1
     if broker_queue then
-      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, entry, count + moved))
+      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, id, entry, count + moved))
     else
       redis.call('ZADD', unpublished, now, id)  -- until the caller says it published it (PUBLISHED)
       out[#out + 1] = entry
