@@ -44,6 +44,9 @@ class Settings:
     sqs_visibility_timeout: int = 60
     task_events: bool = False  # workers send task events from the start (Flower turns them on anyway)
     api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
+    enqueue_lease_seconds: float = 30.0  # an S3 enqueuer silent this long is presumed dead; another resumes
+    job_log_lines: int = 10_000  # lines of each job's log kept in Redis
+    log_format: str = "json"  # process logs: one JSON object a line, or "text"
 
     @property
     def broker(self) -> str:
@@ -72,4 +75,7 @@ class Settings:
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),
             task_events=env.get("BATCHERY_TASK_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
             api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
+            enqueue_lease_seconds=float(env.get("BATCHERY_ENQUEUE_LEASE", default.enqueue_lease_seconds)),
+            job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),
+            log_format=env.get("BATCHERY_LOG_FORMAT", default.log_format),
         )

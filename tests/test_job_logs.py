@@ -79,9 +79,8 @@ def test_logs_of_an_unknown_job_or_a_bad_after_are_4xx(client):
     assert client.get("/batch/probe/logs").status_code == 400
 
 
-def test_the_log_keeps_only_its_last_lines(redis_server, monkeypatch):
-    monkeypatch.setattr(joblog, "MAX_LINES", 5)
-    log = JobLog(redis.Redis.from_url(redis_server.url))
+def test_the_log_keeps_only_its_last_lines(redis_server):
+    log = JobLog(redis.Redis.from_url(redis_server.url), max_lines=5)
     for n in range(12):
         log.write("bounded-job", {"message": f"line {n}"})
     lines = log.read("bounded-job")

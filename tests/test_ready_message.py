@@ -1,4 +1,4 @@
-"""Batch messages pushed to the Redis broker by the store's release itself (app/store/ready_message.py).
+"""Batch messages pushed to the Redis broker by the store's release itself (`batch_message`, app/store/lua/common.lua).
 
 A real worker consuming them is covered by every job test on the Redis broker; these compare the
 message, field by field, with the one Celery's own `send_task` writes for the same batch, so a

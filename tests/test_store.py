@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 
+from app.config import Settings
 from app.jobs import enqueuer as enqueuer_module
 from app.model import status
 from app.model.job import build_spec
 from app.store import keys
 from app.store.job_store import JobStore
+from app.store.joblog import JobLog
 from tests.services import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 API = {"name": "api", "api_id": "x", "predictor": {"config": {}}}
 
@@ -212,3 +218,23 @@ def test_an_outcome_for_a_job_the_store_does_not_have_writes_nothing(store):
     assert store.redis.keys(f"*{spec['job_id']}*") == []
     store.redis.hset(keys.job(spec["job_id"]), mapping={"succeeded": 4, "time_sum": 8.0})  # an older version's
     assert store.state(spec["job_id"], "api", 1002.0) is None
+
+
+def test_the_lease_and_the_log_length_come_from_the_settings(store):
+    env = {"BATCHERY_ENQUEUE_LEASE": "4", "BATCHERY_JOB_LOG_LINES": "3", "BATCHERY_LOG_FORMAT": "text"}
+    settings = Settings.from_env(env)
+    assert (settings.enqueue_lease_seconds, settings.job_log_lines, settings.log_format) == (4.0, 3, "text")
+    limited = JobStore(store.redis, lease_seconds=settings.enqueue_lease_seconds, job_log_lines=settings.job_log_lines)
+    spec = new_job(limited, 2)
+    assert limited.take_lease(spec["job_id"], "me")
+    assert 3000 < limited.redis.pttl(keys.enqueuer(spec["job_id"])) <= 4000
+    JobLog(limited.redis, settings.job_log_lines).write_lines(spec["job_id"], [{"n": n} for n in range(5)])
+    assert limited.redis.llen(keys.job_log(spec["job_id"])) == 3
+    limited.end(spec, status.STOPPED, "", 1001.0)  # the store's own line: the log keeps 3 still
+    assert [line.get("n") for line in JobLog(limited.redis).read(spec["job_id"])] == [3, 4, None]
+
+
+def test_no_store_module_reads_the_environment():
+    for path in (ROOT / "app" / "store").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "os.environ" not in text and "getenv(" not in text, path.name  # Settings reads it, once

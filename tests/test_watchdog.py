@@ -11,12 +11,14 @@ import boto3
 from app.config import Settings
 from app.jobs.services import Services
 from app.jobs.submission import ITEMS_STORED, follow
-from app.jobs.watchdog import STALE_SECONDS, Watchdog
+from app.jobs.watchdog import Watchdog
 from app.model import status
 from app.model.job import build_spec, now
 from app.store import keys
 from app.store.job_store import Outcome
 from tests.services import free_port, wait_for
+
+STALE_SECONDS = Settings().enqueue_lease_seconds  # the tests' API runs with the default lease
 
 
 def stuck_job(services, api_name: str, config: dict, source: dict | None) -> dict:

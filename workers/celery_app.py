@@ -35,8 +35,10 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     """Batchery's logging instead of Celery's: JSON lines, and per-job logs in Redis."""
     # timeouts: a task writes its log lines at its end, and must not hang there on a hung Redis
     timeout = joblog.FLUSH_SECONDS
-    job_log = JobLog(redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
-    configure_process_logging(job_log, loglevel or "INFO", background=True, stream=stdio.unwrapped(sys.stderr))
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    job_log = JobLog(client, settings.job_log_lines)
+    stream, log_format = stdio.unwrapped(sys.stderr), settings.log_format
+    configure_process_logging(job_log, loglevel or "INFO", background=True, stream=stream, log_format=log_format)
     stdio.redirect()  # print() becomes log lines too (Celery's own redirection is off with its logging)
     joblog.adopt_task_threads()
     # Celery's INFO lines per task ("Task ... received", "... succeeded in ...", "... retry: ...")

@@ -156,7 +156,8 @@ def store() -> JobStore:
     if _store is None:
         from workers.celery_app import settings
 
-        _store = JobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5))
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        _store = JobStore(client, lease_seconds=settings.enqueue_lease_seconds, job_log_lines=settings.job_log_lines)
     return _store
 
 

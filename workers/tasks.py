@@ -17,8 +17,9 @@ from app.jobs.services import Services
 from app.jobs.submission import follow
 from app.model import status
 from app.model.job import iso, now, retry_limits
+from app.model.wire import backlog_entry
 from app.sources.batches import payload
-from app.store.job_store import LEASE_MS, Outcome
+from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
@@ -210,7 +211,7 @@ class BatchRun:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
         follow(services().dispatcher, self.store, self.spec, reply)
         if outcome == "retry":  # the task's retry, which publishes the next delivery, never ran
-            entry = (self.generation, f"{self.batch_id} {self.body}")
+            entry = (self.generation, backlog_entry(self.batch_id, self.body))
             services().dispatcher.republish_batches(self.spec["job_id"], [entry])
 
 
@@ -296,4 +297,4 @@ def enqueue_job(self, job_id: str) -> None:
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(api_name, job_id):
         result = Enqueuer(services().store, services().dispatcher).run(job_id, token=token)
     if result == "busy":  # another enqueuer holds the lease: try again once it would have expired
-        raise self.retry(countdown=LEASE_MS / 2000, max_retries=None)
+        raise self.retry(countdown=settings.enqueue_lease_seconds / 2, max_retries=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.broker.config import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
+from app.model.wire import split_backlog_entry
 
 # What SQS answers a message over its queue's MaximumMessageSize.
 SQS_TOO_LARGE = "Message must be shorter than"
@@ -30,7 +31,7 @@ class Dispatcher:
             return refused
         with self.celery.producer_or_acquire() as producer:
             for entry in entries:
-                batch_id, _, body = entry.partition(" ")
+                batch_id, body = split_backlog_entry(entry)
                 try:
                     self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer)
                 except Exception as err:
@@ -44,7 +45,7 @@ class Dispatcher:
         messages, should they turn up, are skipped)."""
         with self.celery.producer_or_acquire() as producer:
             for generation, entry in entries:
-                batch_id, _, body = entry.partition(" ")
+                batch_id, body = split_backlog_entry(entry)
                 self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body, generation], producer=producer)
 
     def publish_finalizer(self, job_id: str) -> None:

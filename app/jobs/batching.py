@@ -6,6 +6,7 @@ import json
 
 from app.config import MAX_BATCH_BYTES
 from app.errors import InvalidRequest
+from app.model.wire import backlog_entry
 
 # One encoder for every batch: json.dumps() with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -13,9 +14,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def entry(batch_id: int, payload_json: str) -> str:
-    """A backlog entry: the batch id, a space, then the batch body (the store splits on the space)."""
-    return f"{batch_id} {payload_json}"
+# A backlog entry of a batch (app/model/wire.py), under the name tests/test_units.py imports.
+entry = backlog_entry
 
 
 def item_batches(items: list, batch_size: int) -> list[str]:
@@ -33,7 +33,7 @@ def item_batches(items: list, batch_size: int) -> list[str]:
                 f"item_list: batch {number} (items {start} to {last}) is {size / 1024:.1f} KiB, and every "
                 f"batch must be smaller than 256 KiB: lower item_list.batch_size, or put the items in S3"
             )
-        entries.append(f"{number} {payload}")  # entry(), inlined: this loop runs once per batch
+        entries.append(backlog_entry(number, payload))
     return entries
 
 

@@ -15,6 +15,7 @@ from app.broker.dispatch import Dispatcher
 from app.jobs.submission import follow
 from app.model import status
 from app.model.job import now
+from app.model.wire import backlog_entry
 from app.sources.batches import START, SourceError, source_batches
 from app.sources.s3 import S3Error
 from app.store.job_store import JobStore, Outcome
@@ -80,7 +81,7 @@ class Enqueuer:
         started = cursor["batch"] > 0
         after = cursor
         for body, after in source_batches(source, cursor):
-            chunk.append(f"{after['batch'] - 1} {body}")
+            chunk.append(backlog_entry(after["batch"] - 1, body))
             due = time.monotonic() - flushed >= FLUSH_SECONDS or (not started and len(chunk) >= spec["workers"])
             if len(chunk) >= CHUNK or due:
                 if not self._flush(spec, chunk, after, token):

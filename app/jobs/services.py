@@ -55,10 +55,16 @@ class Services:
         client_class = HeldConnectionClient if patient else redis.Redis
         client = client_class.from_url(settings.redis_url, **options)
         registry = Registry(client)
-        store = JobStore(client, settings.stalled_seconds, broker_queue=direct_queue(settings))
+        store = JobStore(
+            client,
+            settings.stalled_seconds,
+            broker_queue=direct_queue(settings),
+            lease_seconds=settings.enqueue_lease_seconds,
+            job_log_lines=settings.job_log_lines,
+        )
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
-        job_log = JobLog(client)
+        job_log = JobLog(client, settings.job_log_lines)
         submitter = Submitter(registry, store, dispatcher, dead_letters, job_log, public_queue_url(settings))
         return cls(
             settings,

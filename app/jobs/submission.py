@@ -13,6 +13,7 @@ from app.errors import BrokerUnavailable, InvalidRequest
 from app.jobs.batching import item_batches
 from app.model import status
 from app.model.job import build_spec, now
+from app.model.wire import entry_batch_id
 from app.sources import s3
 from app.store.job_store import JobStore, Outcome
 from app.store.joblog import JobLog, for_job
@@ -158,6 +159,6 @@ def follow(
         dispatcher.publish_finalizer(spec["job_id"])
     store.published(spec, outcome.released, outcome.finalize)
     for entry in refused:  # published again, it would be refused again, for ever: the job would hang
-        batch_id = entry.partition(" ")[0]
+        batch_id = entry_batch_id(entry)
         log.error("batch %s: failed for good without running: %s", batch_id, TOO_LARGE_FOR_QUEUE)
         follow(dispatcher, store, spec, store.record(spec, batch_id, "dead", 0.0, "broker", now()))

@@ -37,12 +37,10 @@ from app.jobs.submission import ITEMS_STORED, follow
 from app.model import status
 from app.model.job import now, queue_of
 from app.store import keys
-from app.store.job_store import LEASE_MS, Outcome
+from app.store.job_store import Outcome
 from app.store.registry import Deployment
 
 log = logging.getLogger(__name__)
-
-STALE_SECONDS = LEASE_MS / 1000  # a job enqueuing this long with no live enqueuer has lost it
 
 
 class Watchdog:
@@ -56,6 +54,8 @@ class Watchdog:
         # Jobs on another queue belong to another fleet sharing this Redis: what this process
         # publishes goes to its own queue, where that fleet's workers would never see it.
         self.queue_url = public_queue_url(services.settings)
+        # a job enqueuing this long with no live enqueuer has lost it (the enqueuer's lease)
+        self.stale_seconds = services.settings.enqueue_lease_seconds
         self._stopped = threading.Event()
 
     def sweep(self, at: float) -> list[str]:
@@ -121,7 +121,7 @@ class Watchdog:
         spec = state["spec"]
         acted = self._revive(spec, [name for name in state["procs"] if name in dead], at)
         acted = self._recover_lost_messages(spec, at, lost_before) or acted
-        if state["status"] != status.ENQUEUING or at - state["created"] < STALE_SECONDS:
+        if state["status"] != status.ENQUEUING or at - state["created"] < self.stale_seconds:
             return acted
         store, job_id = self.services.store, spec["job_id"]
         source, cursor = store.enqueue_state(job_id)

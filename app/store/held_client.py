@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.connection import AbstractConnection
@@ -28,18 +28,21 @@ T = TypeVar("T")
 class HeldConnectionClient(redis.Redis):
     """`redis.Redis`, plus `execute_held` and `execute_held_many` on this thread's own connection."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes what `redis.Redis` takes (and `from_url` passes it)."""
         super().__init__(*args, **kwargs)
         self._held = threading.local()
 
     def _connection(self) -> AbstractConnection:
         held = getattr(self._held, "connection", None)
         if held is None or self._held.pid != os.getpid():  # a forked child opens its own
-            held = self.connection_pool.make_connection()
+            # typed as redis-py's ConnectionInterface, which leaves out the `retry` used here; the
+            # pool of a client made by `from_url` or `Redis(...)` makes AbstractConnection subclasses
+            held = cast(AbstractConnection, self.connection_pool.make_connection())
             self._held.connection, self._held.pid = held, os.getpid()
         return held
 
-    def execute_held(self, *command: object) -> object:
+    def execute_held(self, *command: object) -> Any:
         """One command's reply. Raises redis-py's errors (a `ResponseError` for an error reply)
         once the client's retries are spent."""
         connection = self._connection()

@@ -21,28 +21,13 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 import redis
 
 from app.config import redacted
 from app.store import keys
-from app.store.scripts import Call, run_together
-
-MAX_LINES = int(os.environ.get("BATCHERY_JOB_LOG_LINES", "10000"))
-
-# Number the lines ARGV[2..] and keep the last ARGV[1]; a line is a JSON object without its braces.
-APPEND = """
-local count = #ARGV - 1
-local seq = redis.call('INCRBY', KEYS[2], count) - count
-for i = 2, #ARGV do
-  seq = seq + 1
-  local sep = ARGV[i] == '' and '' or ','
-  redis.call('RPUSH', KEYS[1], '{"seq":' .. seq .. sep .. ARGV[i] .. '}')
-end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-return seq
-"""
+from app.store.scripts import Call, lua_file, run_together
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +85,24 @@ def job_of(record: logging.LogRecord) -> tuple[str, str] | None:
 class JobLog:
     """The lines of one job's log, numbered so that a reader can follow from where it stopped."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, max_lines: int = 10_000):
+        """`max_lines`: the lines each job's log keeps, the last ones (BATCHERY_JOB_LOG_LINES)."""
         self.redis = client
-        self._append = client.register_script(APPEND)
+        self.max_lines = max_lines
+        self._append = client.register_script(lua_file("job_log_append"))
 
-    def write(self, job_id: str, line: dict, client: object = None) -> None:
-        """Append a line (keeps the last MAX_LINES): one round trip (or a command in `client`, a pipeline)."""
+    def write(self, job_id: str, line: dict, client: redis.Redis | None = None) -> None:
+        """Append a line (keeps the last `max_lines`): one round trip (or a command in `client`, a pipeline)."""
         self.write_lines(job_id, [line], client)
 
-    def write_lines(self, job_id: str, lines: list[dict], client: object = None) -> None:
+    def write_lines(self, job_id: str, lines: list[dict], client: redis.Redis | None = None) -> None:
         """Append lines, in order, in one round trip (or one command in `client`, a pipeline)."""
         self.append_call(job_id, lines).run(client)
 
     def append_call(self, job_id: str, lines: list[dict]) -> Call:
         """The script call that appends `lines`, to run along with others (app/store/scripts.py)."""
         keys_ = [keys.job_log(job_id), keys.job_log_seq(job_id)]
-        return Call(self._append, keys_, [MAX_LINES, *(json.dumps(line)[1:-1] for line in lines)])
+        return Call(self._append, keys_, [self.max_lines, *(json.dumps(line)[1:-1] for line in lines)])
 
     def write_soon(self, job_id: str, line: dict) -> None:
         """Append a line from this process's background writer: the caller does not wait for Redis."""
@@ -178,7 +165,7 @@ class BackgroundWriter:
                 with self.writing:
                     self._write_waiting()
 
-    def run_with(self, client: redis.Redis, call: Call) -> object:
+    def run_with(self, client: redis.Redis, call: Call) -> Any:
         """Run `call` in one round trip with the script calls writing every line queued so far,
         before it; its reply, or the error it raised."""
         if not self.writing.acquire(timeout=FLUSH_SECONDS):
@@ -232,7 +219,7 @@ def flush_lines() -> None:
         writer.flush(FLUSH_SECONDS)
 
 
-def run_with_lines(client: redis.Redis, call: Call) -> object:
+def run_with_lines(client: redis.Redis, call: Call) -> Any:
     """Run a script call, with this process's queued job-log lines written in the same round trip
     (a worker counting a batch's outcome); its reply, or the error it raised."""
     writers = _own_writers()
@@ -292,7 +279,7 @@ class JobLogHandler(logging.Handler):
             self.handleError(record)
 
 
-# A job's log lives in the shared Redis, up to MAX_LINES lines: a `print(payload)` of 256 KiB
+# A job's log lives in the shared Redis, up to `JobLog.max_lines` lines: a `print(payload)` of 256 KiB
 # batches would put gigabytes there. The process log keeps lines whole.
 MAX_MESSAGE_CHARS = 8 * 1024
 MAX_TRACEBACK_CHARS = 32 * 1024
@@ -338,19 +325,27 @@ def attach_job_log(job_log: JobLog, background: bool = False) -> None:
         root.setLevel(logging.INFO)
 
 
+class ProcessLogHandler(logging.StreamHandler):
+    """The process's own log lines, as `configure_process_logging` sets them up: replaced, not
+    added to, when it runs again."""
+
+
 def configure_process_logging(
-    job_log: JobLog, level: str | int = "INFO", background: bool = False, stream: TextIO | None = None
+    job_log: JobLog,
+    level: str | int = "INFO",
+    background: bool = False,
+    stream: TextIO | None = None,
+    log_format: str = "json",
 ) -> None:
     """Root logging for a worker or API process: JSON lines on `stream` (default stderr;
-    BATCHERY_LOG_FORMAT=text for plain text), and every record made for a job copied into the
-    job's log (`background`: by a writer thread)."""
+    `log_format` "text" for plain text: BATCHERY_LOG_FORMAT), and every record made for a job
+    copied into the job's log (`background`: by a writer thread)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "batchery", False):
+        if isinstance(handler, ProcessLogHandler):
             root.removeHandler(handler)
-    lines = logging.StreamHandler(stream)
-    lines.batchery = True
-    if os.environ.get("BATCHERY_LOG_FORMAT", "json") == "json":
+    lines = ProcessLogHandler(stream)
+    if log_format == "json":
         lines.setFormatter(JsonFormatter())
     else:
         lines.setFormatter(TextFormatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))

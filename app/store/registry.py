@@ -9,14 +9,17 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 import yaml
+from redis.typing import EncodableT, FieldT
 
 from app.errors import ApiNotFound, DeployError
 from app.store import code, keys
+from app.store.replies import as_text
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,14 @@ def read_deployments(path: str | Path) -> list[Deployment]:
     for entry, written in zip(documents, as_written, strict=True):
         _env_as_written(entry, written)
     deployments = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
-    names = [entry.get("name") for entry in documents if isinstance(entry, dict)]
+    names: list[str] = [entry["name"] for entry in documents]  # each one a dict with a name (_api_spec)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise DeployError(f"{path.name} declares API {', '.join(twice)} more than once")
     return [deployment for deployment in deployments if deployment is not None]
 
 
-def _env_as_written(entry: object, written: object) -> None:
+def _env_as_written(entry: Any, written: Any) -> None:
     """`predictor.env`'s values as written in the file (Cortex read them as text): YAML made
     `1.10` a float 1.1, `yes` true and `0755` the number 493. Other values are left for `_env`
     to refuse."""
@@ -213,7 +216,8 @@ class Registry:
         pipe = self.redis.pipeline()
         for spec, sources in deployments:
             # the code first: a worker loading the API finds it (the same id, the same code)
-            pipe.hset(keys.code(spec["code_id"]), mapping=sources)
+            # path -> source, all str: a Mapping's key type is invariant, so say it is redis-py's wider one
+            pipe.hset(keys.code(spec["code_id"]), mapping=cast(Mapping[FieldT, EncodableT], sources))
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
         pipe.execute()
@@ -243,12 +247,12 @@ class Registry:
 
     def names(self) -> list[str]:
         """Names of the deployed APIs."""
-        return sorted(n.decode() for n in self.redis.smembers(keys.apis()))
+        return sorted(as_text(n) for n in self.redis.smembers(keys.apis()))
 
     def code(self, code_id: str) -> dict[str, str] | None:
         """The Python files of a deployed project (by path in its folder); None if not kept."""
         stored = self.redis.hgetall(keys.code(code_id))
-        return {path.decode(): source.decode() for path, source in stored.items()} or None
+        return {as_text(path): as_text(source) for path, source in stored.items()} or None
 
 
 HIDDEN = {"predictor_file", "project_dir", "env", "code_id"}

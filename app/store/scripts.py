@@ -1,4 +1,11 @@
-"""Several Lua scripts in one round trip to Redis.
+"""The store's Lua scripts: read from app/store/lua/, and run several in one round trip to Redis.
+
+The scripts are `.lua` files, read with `importlib.resources` (so they load from an installed
+wheel as from a clone). The job store's scripts share the functions of `common.lua`, which the
+loader puts before each of them. What Lua must agree on with Python, the status names
+(app/model/status.py), the batch task's name (app/model/wire.py) and the limits a `JobStore` is
+given (Settings), is written in Lua as a name in capitals (`STATUS_RUNNING`), which the loader
+replaces with the value from Python. No Lua file types one of them again.
 
 redis-py runs a `Script` in a pipeline only after asking Redis whether it has it (`SCRIPT EXISTS`,
 a round trip of its own); a worker writing a batch's log lines and counting its outcome together
@@ -9,13 +16,55 @@ which loads it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any, NamedTuple
 
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from app.model import status, wire
 from app.store.held_client import HeldConnectionClient
+
+# What a Lua string literal here may hold: names, not text (no quote or backslash to escape).
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]*")
+# A constant's name in Lua: capitals, digits and at least one underscore (STATUS_RUNNING, LEASE_MS).
+_CONSTANT = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+
+
+@functools.cache
+def lua_file(name: str) -> str:
+    """The text of `app/store/lua/<name>.lua`. Raises FileNotFoundError if there is no such script."""
+    return (resources.files("app.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
+    """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
+    `RUN_BATCH_TASK`, and `limits` (name -> integer). Raises ValueError for a string Lua cannot
+    take as it is."""
+    strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
+    strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
+    constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
+    constants.update({name: str(int(value)) for name, value in limits.items()})
+    return constants
+
+
+def with_common(name: str, limits: Mapping[str, int]) -> str:
+    """The source of the job store's script `name`: common.lua, then `<name>.lua`, with the value
+    of each constant (`lua_constants`) written in place of its name: as cheap to run as a literal
+    (a `local` would cost every call its assignment, and the functions using it an upvalue)."""
+    constants = lua_constants(limits)
+    source = lua_file("common") + lua_file(name)
+    return _CONSTANT.sub(lambda found: constants.get(found[0], found[0]), source)
+
+
+def _plain(value: str) -> str:
+    if not _PLAIN.fullmatch(value):
+        raise ValueError(f"not a plain name, for a Lua string: {value!r}")
+    return value
 
 
 class Call(NamedTuple):
@@ -25,8 +74,9 @@ class Call(NamedTuple):
     keys: list
     args: list
 
-    def run(self, client: object) -> object:
-        """Run it alone (`client`: a Redis client, or a pipeline to add it to). Raises redis-py's errors."""
+    def run(self, client: redis.Redis | None) -> Any:
+        """Run it alone (`client`: a Redis client, or a pipeline to add it to; None: the client the
+        script was registered with); its reply. Raises redis-py's errors."""
         if not isinstance(client, HeldConnectionClient):
             return self.script(keys=self.keys, args=self.args, client=client)
         try:

@@ -32,7 +32,7 @@ def create_app(config: dict | None = None) -> Flask:
     if logging.getLogger().handlers:  # a host (gunicorn, pytest) set up logging: only add the job logs
         attach_job_log(services.job_log)
     else:
-        configure_process_logging(services.job_log)
+        configure_process_logging(services.job_log, log_format=settings.log_format)
     flask_app.extensions["batchery_health"] = Health(settings, services.broker_queue)
     deployed = services.registry.deploy(read_deployments(settings.apis_file)) if settings.apis_file else []
     if settings.watchdog_seconds > 0:

@@ -1,0 +1,50 @@
+-- begin.lua: a worker received a batch's message; count the delivery and say whether to run it.
+--
+-- KEYS[1..14]: the job's keys, as common.lua names them.
+-- ARGV[1] job_id, ARGV[2] now: as every job store script (common.lua)
+-- ARGV[3] id: the batch id
+-- ARGV[4] proc: the worker process (as named in procs)
+-- ARGV[5] generation: how many times the batch had been published again when this message was sent
+-- ARGV[6] ready: '1' if the process has the job's predictor loaded (it runs the batch at once)
+-- Touches: job (last_delivery, delivered_release, failed, skipped), inflight, deliveries
+-- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom), released, procs; at the deadline, what end_job touches.
+-- Returns {'run', delivery number}, {'skip', reason} or {'dead', deliveries, OOM kills among them}.
+
+local id, proc, generation, ready = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not redis.call('HGET', job, 'status') then return {'skip', 'missing'} end
+if not in_progress() or past_deadline() then
+  redis.call('HINCRBY', job, 'skipped', 1)
+  return {'skip', redis.call('HGET', job, 'status')}
+end
+if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} end
+-- the watchdog published this batch again (its message looked lost): only the newest message runs
+if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return {'skip', 'superseded'} end
+redis.call('HSET', job, 'last_delivery', ARGV[2])
+-- the latest release time of a message of the job delivered: since a queue is first in, first
+-- out, the watchdog takes a message released well before it and still undelivered for lost
+-- (+inf: the watchdog saw this batch delivered before)
+local released_at = redis.call('ZSCORE', released, id)
+if released_at and tonumber(released_at) < math.huge
+    and tonumber(released_at) > tonumber(redis.call('HGET', job, 'delivered_release') or '0') then
+  redis.call('HSET', job, 'delivered_release', released_at)
+end
+local started = redis.call('HINCRBY', deliveries, id, 1)
+redis.call('HSET', deliveries, id .. ':b', generation)  -- this generation's delivery began
+local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')
+if started - 1 > recorded then
+  -- earlier deliveries that never reported an outcome died with their worker: failed attempts
+  redis.call('HINCRBY', job, 'failed', started - 1 - recorded)
+  redis.call('HSET', deliveries, id .. ':r', started - 1)
+  local working = redis.call('HGETALL', procs)  -- the dead process no longer counts as a worker
+  for i = 1, #working, 2 do
+    if string.match(working[i + 1], ' (.*)$') == id then redis.call('HDEL', procs, working[i]) end
+  end
+end
+if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
+  redis.call('HSET', deliveries, id .. ':r', started)
+  -- how many of the deliveries that died were killed by the kernel for memory (OOM below)
+  return {'dead', started, tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')}
+end
+-- a process whose predictor is already loaded runs the batch at once: no PROCEED call needed
+redis.call('HSET', procs, proc, (ready == '1' and 'running ' or 'initializing ') .. id)
+return {'run', started}

@@ -1,0 +1,191 @@
+-- common.lua: what every job store script shares; the loader (app/store/scripts.py) puts it
+-- before each of them, so the scripts below can end a job or release batches from any call.
+--
+-- Every job store script takes the same KEYS and the same first two ARGV:
+-- KEYS[1]  job             hash: the job's spec, status, counters and times
+-- KEYS[2]  backlog         list: backlog entries not yet released
+-- KEYS[3]  inflight        hash: batch id -> backlog entry, for batches released and not finished
+-- KEYS[4]  deliveries      hash: per batch, deliveries begun, recorded, generation, OOM kills
+-- KEYS[5]  procs           hash: process -> "initializing <batch_id>" or "running <batch_id>"
+-- KEYS[6]  active          sorted set: the API's jobs in progress
+-- KEYS[7]  lease           string: the enqueuer's lease
+-- KEYS[8]  statuses        hash: status -> how many of the API's jobs are in it
+-- KEYS[9]  released        sorted set: batch id -> when it was released and not yet delivered
+-- KEYS[10] unpublished     sorted set: batch id -> when it was released for the caller to publish
+-- KEYS[11] job_log         list: the job's log lines
+-- KEYS[12] job_log_seq     counter: the number of the job's last log line
+-- KEYS[13] ended_inflight  set: batches in flight when the job ended
+-- KEYS[14] broker_queue    list: the Redis broker's queue, when the broker is this Redis (else absent)
+-- ARGV[1]  job_id
+-- ARGV[2]  now             epoch seconds
+-- ARGV[3..] are each script's own (see its header).
+-- Key names: app/store/keys.py, built by JobStore._prepare (app/store/job_store.py).
+--
+-- Names in capitals stand for values defined once, in Python; the loader writes the values in
+-- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
+-- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
+-- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore).
+
+local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local job_log, job_log_seq, ended_inflight = KEYS[11], KEYS[12], KEYS[13]
+local broker_queue = KEYS[14]  -- set when the broker is this Redis: release pushes the messages
+local job_id, now = ARGV[1], tonumber(ARGV[2])
+
+-- A backlog entry is "<batch_id> <body>" (app/model/wire.py): the first space ends the id, and
+-- the body starts after it, at #id + 2.
+local function entry_batch_id(entry)
+  return string.sub(entry, 1, string.find(entry, ' ', 1, true) - 1)
+end
+
+-- A batch's Celery message, built here by the call that releases the batch.
+--
+-- On the Redis broker, kombu keeps a queue's messages as JSON strings in a list named after the
+-- queue (priority 0), and the workers BRPOP them. When the job store and the broker are the same
+-- Redis, `release` pushes each released batch's message itself, in the same atomic call that
+-- moves the batch into flight. So the worker that counted a batch's outcome publishes nothing
+-- (`send_task` was a third of a pool process's CPU per batch: docs/benchmarks.md), and no batch
+-- can be lost between its release and its publish. On SQS, or with a broker on another Redis,
+-- the caller publishes the released batches with `send_task` (app/broker/dispatch.py).
+--
+-- The message is Celery's protocol 2 as `send_task` writes it (tests/test_ready_message.py
+-- compares them, field by field), except that its ids are `<job_id>.<n>` (n counts the job's
+-- releases: unique, and no uuid generator in Lua) and its body is JSON, not base64 (kombu takes a
+-- body with no `body_encoding` as it is). `queue`: the broker list it goes to; `id`: the entry's
+-- batch id, which the caller has read already.
+local function batch_message(queue, job_id, id, entry, n)
+  local task_id = cjson.encode(job_id .. '.' .. n)
+  local args = cjson.encode({job_id, id, string.sub(entry, #id + 2)})
+  local body = '[' .. args .. ',{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
+  return '{"body":' .. cjson.encode(body) .. ',"content-encoding":"utf-8","content-type":"application/json",'
+    .. '"headers":{"lang":"py","task":"' .. RUN_BATCH_TASK .. '","id":' .. task_id .. ',"shadow":null,"eta":null,'
+    .. '"expires":null,"group":null,"group_index":null,"retries":0,"timelimit":[null,null],'
+    .. '"root_id":' .. task_id .. ',"parent_id":null,'
+    .. '"argsrepr":' .. cjson.encode("['" .. job_id .. "', '" .. id .. "', ...]") .. ',"kwargsrepr":"{}",'
+    .. '"origin":"batchery-store","ignore_result":null,"replaced_task_nesting":0,"stamped_headers":null,'
+    .. '"stamps":{}},"properties":{"correlation_id":' .. task_id .. ',"delivery_mode":2,'
+    .. '"delivery_info":{"exchange":"","routing_key":' .. cjson.encode(queue) .. '},"priority":0,'
+    .. '"delivery_tag":' .. task_id .. '}}'
+end
+
+-- The API's count of jobs per status (a gauge for /metrics), moved with each status change.
+local function move_status(from, to)
+  redis.call('HINCRBY', statuses, from, -1)
+  redis.call('HINCRBY', statuses, to, 1)
+end
+
+local function in_progress()
+  local st = redis.call('HGET', job, 'status')
+  return st == STATUS_ENQUEUING or st == STATUS_RUNNING
+end
+
+-- The job's log says how it ended, whoever ended it (a stop, the timeout a reader noticed, a
+-- failed enqueue, the finalizer): a line as app/store/joblog.py writes them, from the same call.
+local function log_end(final, message)
+  local text = 'job ' .. job_id .. ' ended: ' .. final .. (message ~= '' and (' (' .. message .. ')') or '')
+  local seq = redis.call('INCR', job_log_seq)
+  redis.call('RPUSH', job_log, '{"seq":' .. seq .. ',"time":' .. ARGV[2] .. ',"level":"info"'
+    .. ',"logger":"app.store.job_store","message":' .. cjson.encode(text) .. ',"process":"job store","api_name":'
+    .. cjson.encode(redis.call('HGET', job, 'api_name')) .. ',"job_id":' .. cjson.encode(job_id) .. '}')
+  redis.call('LTRIM', job_log, -JOB_LOG_LINES, -1)
+end
+
+-- `ended_at`: when the job ended, if not now (a timeout noticed late ended at its deadline).
+local function end_job(final, message, ended_at)
+  if not in_progress() then return 0 end
+  move_status(redis.call('HGET', job, 'status'), final)
+  redis.call('HSET', job, 'status', final, 'end', ended_at or ARGV[2])
+  if message ~= '' then redis.call('HSET', job, 'message', message) end
+  -- the batches still in flight may yet report (those inside predict at a stop): each counts once
+  local flying = redis.call('HKEYS', inflight)
+  for i = 1, #flying, 5000 do
+    redis.call('SADD', ended_inflight, unpack(flying, i, math.min(i + 4999, #flying)))
+  end
+  redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
+  redis.call('ZREM', active, job_id)
+  log_end(final, message)
+  return 1
+end
+
+local function past_deadline()
+  local deadline = redis.call('HGET', job, 'deadline') or '0'
+  local d = tonumber(deadline)
+  if d > 0 and now >= d then
+    local timeout = redis.call('HGET', job, 'timeout')
+    end_job(STATUS_TIMED_OUT, 'the job ran past its timeout of ' .. timeout .. ' seconds', deadline)
+    return true
+  end
+  return false
+end
+
+-- Whether the batch's current message (its generation) began a delivery (batches begun before
+-- deliveries noted their generation: whether any began).
+local function delivered(id)
+  local begun = redis.call('HGET', deliveries, id .. ':b')
+  if not begun then return redis.call('HEXISTS', deliveries, id) == 1 end
+  return begun == (redis.call('HGET', deliveries, id .. ':g') or '0')
+end
+
+-- Publish a batch again (its message was lost, or its delivery with its process): a new
+-- generation, so that only the newest message runs (BEGIN skips the others). Adds
+-- `"<generation> <batch_id> <body>"` to `out`, for the caller to publish and say so (PUBLISHED).
+local function publish_again(id, entry, out)
+  local generation = redis.call('HINCRBY', deliveries, id .. ':g', 1)
+  redis.call('ZADD', released, now, id)
+  redis.call('ZADD', unpublished, now, id)
+  out[#out + 1] = generation .. ' ' .. entry
+end
+
+-- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
+-- Returns the entries the caller must publish (none when it pushed their messages itself).
+local function release()
+  local out = {}
+  if not in_progress() then return out end
+  local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
+  local count = tonumber(redis.call('HGET', job, 'released'))
+  local moved = 0
+  while room > 0 do
+    local entry = redis.call('LPOP', backlog)
+    if not entry then break end
+    local id = entry_batch_id(entry)
+    redis.call('HSET', inflight, id, entry)
+    redis.call('ZADD', released, now, id)  -- when it went to the broker: the watchdog finds lost ones
+    moved = moved + 1
+    if broker_queue then
+      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, id, entry, count + moved))
+    else
+      redis.call('ZADD', unpublished, now, id)  -- until the caller says it published it (PUBLISHED)
+      out[#out + 1] = entry
+    end
+    room = room - 1
+  end
+  if moved > 0 then
+    redis.call('HINCRBY', job, 'released', moved)
+    redis.call('HSETNX', job, 'start', ARGV[2])
+    redis.call('HSET', job, 'last_release', ARGV[2])
+  end
+  return out
+end
+
+-- 1 for the single caller that sees the job's last batch end (HSETNX, as Celery's chord counter).
+local function claim_finalizer()
+  if not in_progress() then return 0 end
+  local v = redis.call('HMGET', job, 'enqueued', 'total', 'succeeded', 'failed_batches')
+  if v[1] ~= '1' or tonumber(v[3]) + tonumber(v[4]) < tonumber(v[2]) then return 0 end
+  -- the claim time: the watchdog finds lost ones (sooner while `finalizer_published` is not set)
+  return redis.call('HSETNX', job, 'finalizer', ARGV[2])
+end
+
+-- An enqueuer may write only while it holds the job's lease; each write renews it (the heartbeat).
+local function holds_lease(token)
+  if token == '' then return true end
+  if redis.call('GET', lease) ~= token then return false end
+  redis.call('PEXPIRE', lease, LEASE_MS)
+  return true
+end
+
+local function release_and_claim()
+  local out = release()
+  table.insert(out, 1, claim_finalizer())
+  return out
+end

@@ -1,0 +1,19 @@
+-- finalizing.lua: a finalizer message asks to run the job's finalizer, or its runner says it is
+-- alive. Each call renews the claim time RECLAIM looks at, so a long on_job_complete is not
+-- taken for lost. The same token may take over its own stale run: a message whose worker died.
+--
+-- KEYS[1..14]: the job's keys, as common.lua names them.
+-- ARGV[1] job_id, ARGV[2] now: as every job store script (common.lua)
+-- ARGV[3] token: the finalizer message's id
+-- ARGV[4] beaten_before: another holder whose last heartbeat is older than this has gone
+-- Touches: job (status, finalizing, finalizer).
+-- Returns 1 if it may run (the job is in progress, and no other finalizer holds it with a claim
+-- time, its last heartbeat, after ARGV[4]); else 0.
+
+if not in_progress() then return 0 end
+local holder = redis.call('HGET', job, 'finalizing')
+if holder and holder ~= ARGV[3] and tonumber(redis.call('HGET', job, 'finalizer')) > tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', job, 'finalizing', ARGV[3], 'finalizer', ARGV[2])
+return 1

@@ -1,0 +1,46 @@
+-- record.lua: count a delivery's outcome, release the next batches, claim the finalizer if it was
+-- the job's last batch.
+--
+-- KEYS[1..14]: the job's keys, as common.lua names them.
+-- ARGV[1] job_id, ARGV[2] now: as every job store script (common.lua)
+-- ARGV[3] id: the batch id
+-- ARGV[4] outcome: ok, retry (failed, runs again), failed, dead or oom (failed for good)
+-- ARGV[5] seconds: how long the delivery ran
+-- ARGV[6] proc: the worker process (as named in procs)
+-- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch), procs,
+-- deliveries (<id>:r), inflight, released, ended_inflight, and what release touches.
+-- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
+
+local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local live = in_progress()
+if live then
+  -- the process no longer runs it (an outcome recorded late: unless it has moved on to another)
+  local holding = redis.call('HGET', procs, proc)
+  if holding and string.sub(holding, -#id - 1) == ' ' .. id then redis.call('HDEL', procs, proc) end
+  if outcome ~= 'dead' and outcome ~= 'oom' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
+  if outcome == 'retry' then
+    redis.call('HINCRBY', job, 'failed', 1)
+    return {0}
+  end
+  -- a second delivery of a batch that already finished (at-least-once) is not counted twice
+  if redis.call('HDEL', inflight, id) == 0 then return {0} end
+  redis.call('ZREM', released, id)
+else
+  -- The job ended (or this store never had it: a Redis that lost its data, where a count would
+  -- make a job hash of counters alone): count an outcome once, of a batch in flight at the end.
+  if redis.call('SREM', ended_inflight, id) == 0 then return {0} end
+  if outcome == 'retry' then outcome = 'failed' end  -- it will not run again
+end
+if outcome == 'ok' then
+  redis.call('HINCRBY', job, 'succeeded', 1)
+  redis.call('HINCRBYFLOAT', job, 'time_sum', seconds)
+else
+  if outcome == 'failed' then redis.call('HINCRBY', job, 'failed', 1) end
+  redis.call('HINCRBY', job, 'failed_batches', 1)
+  if outcome == 'oom' then  -- its workers were killed for memory: the job ends status_worker_oom
+    redis.call('HINCRBY', job, 'oom_batches', 1)
+    redis.call('HSETNX', job, 'oom_batch', id)
+  end
+end
+if not live then return {0} end
+return release_and_claim()
