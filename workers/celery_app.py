@@ -27,6 +27,7 @@ if is_sqs(settings):
 else:
     redis_restore.install()
     kombu_client.install()
+oom.use_job_store(settings.redis_url)
 signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
 

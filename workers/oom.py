@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import redis
+from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
@@ -138,6 +139,7 @@ class OomCounter:
 
 _counter: OomCounter | None = None
 _store: JobStore | None = None
+_redis_url = ""  # the job store's, given by workers/celery_app.py (which imports this module)
 
 
 def counter() -> OomCounter:
@@ -149,14 +151,21 @@ def counter() -> OomCounter:
     return _counter
 
 
+def use_job_store(redis_url: str) -> None:
+    """Record OOM kills in the job store at `redis_url` (connected on the first one)."""
+    global _redis_url, _store
+    _redis_url, _store = redis_url, None
+
+
 def store() -> JobStore:
     """A job store for the worker's main process: a short timeout, since it must not stall the
-    main loop for long (tasks run in pool processes and have their own)."""
+    main loop for long (tasks run in pool processes and have their own). Raises RuntimeError
+    before `use_job_store`."""
     global _store
+    if not _redis_url:
+        raise RuntimeError("workers.oom.use_job_store() was not called: no job store to record OOM kills in")
     if _store is None:
-        from workers.celery_app import settings
-
-        _store = JobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5))
+        _store = JobStore(redis.Redis.from_url(_redis_url, socket_timeout=5, socket_connect_timeout=5))
     return _store
 
 
@@ -185,7 +194,7 @@ class BatchRequest(Request):
         self.oom_before = counter().read()
         super().__init__(*args, **kwargs)
 
-    def on_failure(self, exc_info: object, send_failed_event: bool = True, return_ok: bool = False) -> object:
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> object:
         """Record an OOM kill of the pool process, then let Celery requeue the message."""
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
