@@ -17,7 +17,8 @@ from app.broker.config import is_sqs, make_celery
 from app.config import Settings
 from app.store import joblog
 from app.store.joblog import JobLog, configure_process_logging
-from workers import kombu_client, oom, redis_restore, sqs_receive, sqs_restore, stdio
+from workers import oom, stdio
+from workers.kombu_patches import kept_client, redis_restore, sqs_receive, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
@@ -26,7 +27,7 @@ if is_sqs(settings):
     sqs_receive.install()
 else:
     redis_restore.install()
-    kombu_client.install()
+    kept_client.install()
 oom.use_job_store(settings.redis_url)
 signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
