@@ -56,11 +56,12 @@ def _let_predictors_start_processes(**kwargs: object) -> None:
     children"); Cortex ran predictors in an ordinary process. The flag is not public: `_config` is
     where both libraries keep it."""
     for process in (multiprocessing.current_process(), billiard.process.current_process()):
-        process._config["daemon"] = False
+        process._config["daemon"] = False  # type: ignore[union-attr]  # private: typeshed does not declare it
     # Billiard's process object stands for multiprocessing's too, its key of billiard's type, which
     # multiprocessing's spawn refuses to pickle: the key as multiprocessing's own
     process = multiprocessing.current_process()
-    process._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(process.authkey))
+    authkey = multiprocessing.process.AuthenticationString(bytes(process.authkey))  # type: ignore[attr-defined]
+    process._config["authkey"] = authkey  # type: ignore[attr-defined]  # private, as above
     os.register_at_fork(after_in_child=_default_sigterm)
 
 

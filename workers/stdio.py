@@ -27,7 +27,7 @@ class LoggedLines(io.TextIOBase):
         return True
 
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed: an attribute; io: a read-only property
         return "utf-8"
 
     def fileno(self) -> int:

@@ -8,6 +8,7 @@ import time
 import traceback
 import uuid
 from functools import partial
+from typing import cast
 
 from app.jobs.enqueuer import Enqueuer
 from app.jobs.services import Services
@@ -196,7 +197,8 @@ class BatchRun:
             raise
         if isinstance(reply, Exception):
             raise reply
-        follow(services().dispatcher, self.store, self.spec, Outcome.parse(reply))
+        # the RECORD script's reply, a list (run_with_lines types it `object`: it runs any script)
+        follow(services().dispatcher, self.store, self.spec, Outcome.parse(cast(list, reply)))
 
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
