@@ -10,7 +10,7 @@ poll a refusing endpoint in a tight loop); a warning says so once a minute.
 Upstream: celery/kombu#1064 (with celery/celery#5072) kept the synchronous receive going on a
 500 or 503 from SQS; the asynchronous path is not covered by it, and no issue was found for it
 (`kombu/asynchronous/aws/sqs/connection.py`, `AsyncSQSConnection.receive_message`, whose
-callback is `kombu/transport/SQS.py`, `Channel._on_messages_ready`).
+callback is `kombu/transport/SQS/__init__.py`, `Channel._on_messages_ready`).
 """
 
 from __future__ import annotations

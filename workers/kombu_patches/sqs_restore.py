@@ -10,7 +10,7 @@ so the extra delivery is counted once.
 
 Upstream: celery/kombu#1391 (open: ChangeMessageVisibility on an expired receipt handle crashes
 the worker) and celery/kombu#1198 (the same on DeleteMessage). The code path is
-`kombu/transport/SQS.py`, `Channel._restore`.
+`kombu/transport/SQS/__init__.py`, `Channel._restore`.
 """
 
 from __future__ import annotations
