@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Settings:
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
     task_events: bool = False  # workers send task events from the start (Flower turns them on anyway)
+    predictor_cache: int = 2  # predictors (of different jobs) a worker process keeps loaded
     api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
     enqueue_lease_seconds: float = 30.0  # an S3 enqueuer silent this long is presumed dead; another resumes
     job_log_lines: int = 10_000  # lines of each job's log kept in Redis
@@ -54,9 +56,13 @@ class Settings:
         return self.broker_url or self.redis_url
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> Settings:
-        """Read the settings from environment variables (unset ones keep their defaults)."""
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from environment variables (unset ones keep their defaults); raises
+        ValueError for a number that is not one. The only place the server side reads them."""
+        return cls._from(os.environ if env is None else env)
+
+    @classmethod
+    def _from(cls, env: Mapping[str, str]) -> Settings:
         default = cls()
         return cls(
             redis_url=env.get("REDIS_URL") or default.redis_url,
@@ -74,6 +80,7 @@ class Settings:
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),
             task_events=env.get("BATCHERY_TASK_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
+            predictor_cache=int(env.get("BATCHERY_PREDICTOR_CACHE", default.predictor_cache)),
             api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
             enqueue_lease_seconds=float(env.get("BATCHERY_ENQUEUE_LEASE", default.enqueue_lease_seconds)),
             job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),

@@ -1,4 +1,4 @@
-"""kombu's Redis channel keeps one synchronous client (workers/kombu_client.py), on a real Redis."""
+"""kombu's Redis channel keeps one synchronous client (workers/kombu_patches/kept_client.py), on a real Redis."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import uuid
 import pytest
 from kombu import Connection
 
-from workers import kombu_client
+from workers.kombu_patches import kept_client
 
 
 @pytest.fixture
 def channel(redis_server):
-    kombu_client.install()
+    kept_client.install()
     with Connection(redis_server.url) as connection:
         yield connection.default_channel
 

@@ -366,7 +366,7 @@ def test_a_process_keeps_the_classes_of_the_latest_few_apis_only(tmp_path, monke
     they hold) for its whole life."""
     from workers import runtime
 
-    monkeypatch.setattr(runtime, "LOADED_APIS", 2)
+    monkeypatch.setattr(runtime._loaded, "size", 2)
     for n in range(4):
         build(project(tmp_path / f"v{n}", f"v{n}"))
     assert len(runtime._loaded) == 2

@@ -1,4 +1,4 @@
-"""A worker on the SQS broker lives through SQS not answering (workers/sqs_receive.py): a real
+"""A worker on the SQS broker lives through SQS not answering (workers/kombu_patches/sqs_receive.py): a real
 worker against a moto server that stops, then comes back on the same port."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The guard on kombu's SQS transport (workers/sqs_restore.py), on kombu's real Channel class."""
+"""The guard on kombu's SQS transport (workers/kombu_patches/sqs_restore.py), on kombu's real Channel class."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import botocore.exceptions
 import pytest
 from kombu.transport import SQS
 
-from workers import sqs_restore
+from workers.kombu_patches import sqs_restore
 
 
 def client_error(code: str) -> botocore.exceptions.ClientError:

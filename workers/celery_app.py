@@ -17,7 +17,8 @@ from app.broker.config import is_sqs, make_celery
 from app.config import Settings
 from app.store import joblog
 from app.store.joblog import JobLog, configure_process_logging
-from workers import kombu_client, oom, redis_restore, sqs_receive, sqs_restore, stdio
+from workers import oom, stdio
+from workers.kombu_patches import kept_client, redis_restore, sqs_receive, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
@@ -26,7 +27,8 @@ if is_sqs(settings):
     sqs_receive.install()
 else:
     redis_restore.install()
-    kombu_client.install()
+    kept_client.install()
+oom.use_job_store(settings)
 signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
 
@@ -56,11 +58,12 @@ def _let_predictors_start_processes(**kwargs: object) -> None:
     children"); Cortex ran predictors in an ordinary process. The flag is not public: `_config` is
     where both libraries keep it."""
     for process in (multiprocessing.current_process(), billiard.process.current_process()):
-        process._config["daemon"] = False
+        process._config["daemon"] = False  # type: ignore[union-attr]  # private: typeshed does not declare it
     # Billiard's process object stands for multiprocessing's too, its key of billiard's type, which
     # multiprocessing's spawn refuses to pickle: the key as multiprocessing's own
     process = multiprocessing.current_process()
-    process._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(process.authkey))
+    authkey = multiprocessing.process.AuthenticationString(bytes(process.authkey))  # type: ignore[attr-defined]
+    process._config["authkey"] = authkey  # type: ignore[attr-defined]  # private, as above
     os.register_at_fork(after_in_child=_default_sigterm)
 
 

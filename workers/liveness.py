@@ -18,6 +18,7 @@ import uuid
 
 import redis
 
+from app.model.wire import process_name
 from app.store import keys
 from workers.heartbeat import beat_forever
 
@@ -36,7 +37,7 @@ def this_process(client: redis.Redis, ttl: float) -> str:
 
 
 def _start(client: redis.Redis, ttl: float) -> str:
-    name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    name = process_name(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
     key = keys.proc_alive(name)
 
     def beat() -> None:

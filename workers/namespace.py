@@ -22,7 +22,7 @@ import importlib.readers
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from pathlib import Path, PurePosixPath
@@ -34,7 +34,9 @@ class Namespace:
     the project folder) and what was imported from them, the project folder as the working
     directory, and its environment variables."""
 
-    def __init__(self, folder: str | Path, sources: dict[str, str], search: list[str] = (), env: dict | None = None):
+    def __init__(
+        self, folder: str | Path, sources: dict[str, str], search: Sequence[str] = (), env: dict | None = None
+    ):
         self.folder = Path(folder)
         self.sources = sources
         # where module names are looked up: the predictor's folder (its siblings), then the
@@ -94,9 +96,12 @@ class Namespace:
         path = self.folder / relative
         locations = [str(path.parent)] if package else None
         loader = _DeployedLoader(self, fullname, str(path), self.sources[relative])
-        return importlib.util.spec_from_file_location(
+        spec = importlib.util.spec_from_file_location(
             fullname, str(path), loader=loader, submodule_search_locations=locations
         )
+        if spec is None:  # only without a loader, and this one always has its own
+            raise ImportError(f"no import spec for {relative}", name=fullname)
+        return spec
 
     def _namespace_spec(self, fullname: str, relative: str) -> ModuleSpec:
         spec = ModuleSpec(fullname, _NamespaceLoader(self, fullname), is_package=True)
@@ -110,7 +115,7 @@ class Namespace:
         module = importlib.util.module_from_spec(spec)
         sys.modules[fullname] = module
         try:
-            spec.loader.exec_module(module)
+            spec.loader.exec_module(module)  # type: ignore[union-attr]  # self.spec always gives its loader
         except BaseException:
             sys.modules.pop(fullname, None)
             raise
@@ -205,7 +210,8 @@ class _DeployedLoader(importlib.abc.SourceLoader):
 
     def get_resource_reader(self, fullname: str):
         """importlib.resources reads a package's data files from its folder on disk."""
-        return importlib.readers.FileReader(self) if self.is_package(fullname) else None
+        # FileReader reads only the loader's `path`, which this loader has as a FileLoader would
+        return importlib.readers.FileReader(self) if self.is_package(fullname) else None  # type: ignore[arg-type]
 
     def exec_module(self, module: ModuleType) -> None:
         self.namespace.modules[self.fullname] = module  # taken out of sys.modules when the call ends

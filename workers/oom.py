@@ -30,9 +30,11 @@ import time
 from pathlib import Path
 
 import redis
+from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
+from app.config import Settings
 from app.store.job_store import JobStore
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class OomCounter:
 
 _counter: OomCounter | None = None
 _store: JobStore | None = None
+_settings: Settings | None = None  # given by workers/celery_app.py (which imports this module)
 
 
 def counter() -> OomCounter:
@@ -149,15 +152,22 @@ def counter() -> OomCounter:
     return _counter
 
 
+def use_job_store(settings: Settings) -> None:
+    """Record OOM kills in the job store the settings name (connected on the first one)."""
+    global _settings, _store
+    _settings, _store = settings, None
+
+
 def store() -> JobStore:
     """A job store for the worker's main process: a short timeout, since it must not stall the
-    main loop for long (tasks run in pool processes and have their own)."""
+    main loop for long (tasks run in pool processes and have their own). Raises RuntimeError
+    before `use_job_store`."""
     global _store
+    if _settings is None:
+        raise RuntimeError("workers.oom.use_job_store() was not called: no job store to record OOM kills in")
     if _store is None:
-        from workers.celery_app import settings
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        _store = JobStore(client, lease_seconds=settings.enqueue_lease_seconds, job_log_lines=settings.job_log_lines)
+        client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        _store = JobStore(client, lease_seconds=_settings.enqueue_lease_seconds, job_log_lines=_settings.job_log_lines)
     return _store
 
 
@@ -186,7 +196,7 @@ class BatchRequest(Request):
         self.oom_before = counter().read()
         super().__init__(*args, **kwargs)
 
-    def on_failure(self, exc_info: object, send_failed_event: bool = True, return_ok: bool = False) -> object:
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> object:
         """Record an OOM kill of the pool process, then let Celery requeue the message."""
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import inspect
 import signal
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ import billiard.common
 
 from app.store import code
 from workers import namespace
+from workers.lru import Lru
 
 
 class PredictorError(Exception):
@@ -73,8 +73,8 @@ class LoadedClass:
 
 # api_id -> its class, imported once per process; the latest few (each redeploy is a new api_id,
 # and a module may hold a model: the predictors cached hold their own)
-_loaded: OrderedDict[str, LoadedClass] = OrderedDict()
 LOADED_APIS = 8
+_loaded: Lru[str, LoadedClass] = Lru(LOADED_APIS)
 
 
 def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
@@ -82,9 +82,9 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     project folder for an API deployed before Batchery kept its code) and return its
     `PythonPredictor`; raises PredictorError."""
     api_id = api["api_id"]
-    if api_id in _loaded:
-        _loaded.move_to_end(api_id)
-        return _loaded[api_id]
+    found = _loaded.get(api_id)
+    if found is not None:
+        return found
     file = Path(api["predictor_file"])
     root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
     relative = file.relative_to(root).as_posix()
@@ -98,10 +98,7 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
         cls = module.PythonPredictor
     except Exception as err:
         raise PredictorError(f"importing {file.name} failed: {type(err).__name__}: {err}") from err
-    _loaded[api_id] = LoadedClass(cls, modules)
-    while len(_loaded) > LOADED_APIS:
-        _loaded.popitem(last=False)
-    return _loaded[api_id]
+    return _loaded.put(api_id, LoadedClass(cls, modules))
 
 
 def _read_folder(folder: Path) -> dict[str, str]:
@@ -157,24 +154,24 @@ class PredictorCache:
     """The predictors of the latest few jobs this process worked on (loading a model is slow)."""
 
     def __init__(self, size: int = 2, deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None):
-        self.size = size
         self.deployed = deployed  # code_id -> the code deployed (the registry's)
-        self._items: OrderedDict[str, Predictor] = OrderedDict()
+        self._items: Lru[str, Predictor] = Lru(size)
+
+    @property
+    def size(self) -> int:
+        """How many jobs' predictors the cache keeps."""
+        return self._items.size
 
     def get(self, spec: dict, api: dict, more: Callable[[], dict] = dict) -> Predictor:
         """The job's predictor, built on first use in this process, its `job_spec` the job's spec
         and the fields `more()` adds; raises PredictorError."""
         job_id = spec["job_id"]
-        if job_id in self._items:
-            self._items.move_to_end(job_id)
-            return self._items[job_id]
+        found = self._items.get(job_id)
+        if found is not None:
+            return found
         loaded = load_class(api, self.deployed)
         job_spec = {**copy.deepcopy(spec), **more()}  # the predictor's own: what it does to it stays with it
-        predictor = Predictor(loaded, job_spec["config"], job_spec)
-        self._items[job_id] = predictor
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return predictor
+        return self._items.put(job_id, Predictor(loaded, job_spec["config"], job_spec))
 
     def cached(self, job_id: str) -> bool:
         """Whether this process holds the job's predictor."""
@@ -182,4 +179,4 @@ class PredictorCache:
 
     def evict(self, job_id: str) -> None:
         """Drop a finished job's predictor."""
-        self._items.pop(job_id, None)
+        self._items.pop(job_id)

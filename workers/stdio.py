@@ -24,13 +24,16 @@ class LoggedLines(io.TextIOBase):
         self._thread = threading.local()
 
     def writable(self) -> bool:
+        """Always: the stream is for writing."""
         return True
 
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]  # typeshed: an attribute; io: a read-only property
+        """The encoding of the lines logged."""
         return "utf-8"
 
     def fileno(self) -> int:
+        """The original stream's descriptor."""
         return self.original.fileno()  # who writes to the descriptor (faulthandler) writes raw
 
     @property

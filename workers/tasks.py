@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 import uuid
-from collections import OrderedDict
 from functools import partial
+from typing import cast
 
-from app.broker.config import ENQUEUE_JOB
 from app.jobs.enqueuer import Enqueuer
 from app.jobs.services import Services
 from app.jobs.submission import follow
 from app.model import status
 from app.model.job import iso, now, retry_limits
-from app.model.wire import backlog_entry
+from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
+from workers.lru import Lru
 from workers.runtime import PredictorCache, PredictorError, load_class
 from workers.visibility import kept_invisible
 
@@ -31,13 +30,11 @@ log = logging.getLogger(__name__)
 
 _services: Services | None = None
 # the predictors' code is the code deployed with their API, kept in Redis (app/store/code.py)
-_predictors = PredictorCache(
-    int(os.environ.get("BATCHERY_PREDICTOR_CACHE", "2")), deployed=lambda code_id: services().registry.code(code_id)
-)
+_predictors = PredictorCache(settings.predictor_cache, deployed=lambda code_id: services().registry.code(code_id))
 # A job's spec and API never change once it is stored, so a process reads them once per job, not
 # once per batch (the JSON of a spec with a large config is parsed once too).
-_specs: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
 SPEC_CACHE = 64
+_specs: Lru[str, tuple[dict, dict]] = Lru(SPEC_CACHE)
 
 
 class BatchFailed(Exception):
@@ -56,14 +53,9 @@ def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
     """A job's spec and API as submitted, read from the store once per process (they never change)."""
     found = _specs.get(job_id)
     if found is not None:
-        _specs.move_to_end(job_id)
         return found
     found = services().store.spec_and_api(job_id)
-    if found is not None:
-        _specs[job_id] = found
-        while len(_specs) > SPEC_CACHE:
-            _specs.popitem(last=False)
-    return found
+    return None if found is None else _specs.put(job_id, found)
 
 
 def process_id() -> str:
@@ -84,7 +76,7 @@ def job_spec_fields(spec: dict) -> dict:
 
 # Request: the worker's main process tells a pool process killed for memory from other SIGKILLs.
 @celery.task(
-    name="batchery.run_batch",
+    name=RUN_BATCH,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -205,7 +197,8 @@ class BatchRun:
             raise
         if isinstance(reply, Exception):
             raise reply
-        follow(services().dispatcher, self.store, self.spec, Outcome.parse(reply))
+        # the RECORD script's reply, a list (run_with_lines types it `object`: it runs any script)
+        follow(services().dispatcher, self.store, self.spec, Outcome.parse(cast(list, reply)))
 
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
@@ -215,7 +208,7 @@ class BatchRun:
             services().dispatcher.republish_batches(self.spec["job_id"], [entry])
 
 
-@celery.task(name="batchery.finalize_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+@celery.task(name=FINALIZE_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
 def finalize_job(self, job_id: str) -> None:
     """Decide a job's final status and run `on_job_complete` once, after its last batch."""
     found = services().store.spec_and_api(job_id)

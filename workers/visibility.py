@@ -12,21 +12,22 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
+from typing import Any
 
-import boto3
 import botocore.exceptions
 
+from app.broker.sqs import sqs_client
 from workers.heartbeat import heartbeat
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
-def _sqs():
-    return boto3.session.Session().client("sqs")
+def _sqs() -> Any:
+    return sqs_client()
 
 
-def sqs_receipt(request) -> tuple[str, str] | None:
+def sqs_receipt(request: Any) -> tuple[str, str] | None:
     """(queue URL, receipt handle) of the message a task request came from, if it came from SQS."""
     properties = getattr(request, "properties", None) or {}
     queue = (properties.get("delivery_info") or {}).get("sqs_queue")
@@ -35,7 +36,7 @@ def sqs_receipt(request) -> tuple[str, str] | None:
 
 
 @contextmanager
-def kept_invisible(request, timeout: int) -> Iterator[None]:
+def kept_invisible(request: Any, timeout: int) -> Iterator[None]:
     """Extend the message's visibility every `timeout / 3` seconds until the block ends."""
     found = sqs_receipt(request)
     if found is None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+from typing import Any
 
-import boto3
 import botocore.exceptions
 import redis
 
+from app.broker.sqs import sqs_client
 from app.store import keys
 
 
@@ -46,12 +47,13 @@ class RedisDeadLetters:
 class SqsDeadLetters:
     """Dead-letter queues as the SQS queues their ARNs name (boto3's usual settings and credentials)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._urls: dict[str, str] = {}
 
     @cached_property
-    def sqs(self):
-        return boto3.session.Session().client("sqs")
+    def sqs(self) -> Any:
+        """This process's SQS client for dead letters."""
+        return sqs_client()
 
     def check(self, arn: str) -> None:
         """Raise ValueError if the ARN names no SQS queue this process can use."""
@@ -76,7 +78,7 @@ class SqsDeadLetters:
     def send(self, arn: str, record: dict) -> None:
         """Send a record to the queue (a FIFO queue gets the batch as its deduplication id)."""
         url = self.url(arn)
-        extra = {}
+        extra: dict[str, str] = {}
         if url.endswith(".fifo"):
             dedup = f"{record['job_id']}-{record['batch_id']}"
             extra = {"MessageGroupId": record["job_id"], "MessageDeduplicationId": dedup}

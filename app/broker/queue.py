@@ -6,12 +6,13 @@ Both use short timeouts: they serve `/healthz` and `/metrics`, which must answer
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
-import boto3
 import botocore.config
 import redis
 
 from app.broker.config import is_sqs
+from app.broker.sqs import sqs_client
 from app.config import Settings
 
 TIMEOUT_SECONDS = 2
@@ -38,13 +39,15 @@ class BrokerQueue:
 
     @cached_property
     def redis(self) -> redis.Redis:
+        """A client of the Redis broker that answers or fails fast."""
         return redis.Redis.from_url(
             self.settings.broker, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
         )
 
     @cached_property
-    def sqs(self):
-        return boto3.session.Session().client("sqs", region_name=self.settings.sqs_region, config=QUICK)
+    def sqs(self) -> Any:
+        """An SQS client that answers or fails fast."""
+        return sqs_client(self.settings.sqs_region, QUICK)
 
     def ping(self) -> None:
         """Raise the client's error unless the broker answers (on SQS: with these credentials)."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 class Watchdog:
     """Finds jobs whose enqueuer, batch messages or finalizer were lost, and gets them going again."""
 
-    def __init__(self, services: Services, deployed: list[Deployment] = ()):
+    def __init__(self, services: Services, deployed: Sequence[Deployment] = ()):
         self.services = services
         # what this process deployed at start (BATCHERY_APIS): deployed again if Redis loses it, or
         # every request would be a 404 "not deployed" until the process restarts, /healthz green
@@ -80,10 +82,11 @@ class Watchdog:
     def _jobs_in_progress(self, at: float) -> list[dict]:
         """The states of the jobs in progress on this fleet's queue (reading them also times out
         the jobs past their deadline)."""
+        client = self.services.redis
         names = [
             (job_id.decode(), api_name)
             for api_name in self.services.registry.names()
-            for job_id in self.services.redis.zrange(keys.api_active(api_name), 0, -1)
+            for job_id in cast(list[bytes], client.zrange(keys.api_active(api_name), 0, -1))
         ]
         states = self.services.store.states(names, at)
         return [

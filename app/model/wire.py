@@ -30,3 +30,28 @@ def split_backlog_entry(entry: str) -> tuple[str, str]:
 def entry_batch_id(entry: str) -> str:
     """A backlog entry's batch id."""
     return entry.partition(" ")[0]
+
+
+# A pool process's record in a job's `procs` hash (app/store/keys.py `procs`): under the process's
+# name, what it is doing and for which batch, `"<state> <batch_id>"`. The store's scripts write
+# and match it too (BEGIN, PROCEED, RECORD, REVIVE); the watchdog reads the names.
+INITIALIZING = "initializing"  # loading the job's predictor for the batch
+RUNNING = "running"  # running the batch
+PROCESS_STATES = (INITIALIZING, RUNNING)
+
+
+def process_name(host: str, pid: int, token: str) -> str:
+    """A pool process's name in `procs` and in its liveness key: host, pid and a token of its own
+    (a restarted container reuses pids)."""
+    return f"{host}:{pid}:{token}"
+
+
+def process_record(state: str, batch_id: str) -> str:
+    """What a process in `state` (INITIALIZING or RUNNING) on `batch_id` writes in `procs`."""
+    return f"{state} {batch_id}"
+
+
+def parse_process_record(record: str) -> tuple[str, str]:
+    """A `procs` record as (state, batch_id)."""
+    state, _, batch_id = record.partition(" ")
+    return state, batch_id

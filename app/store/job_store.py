@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.model import status
 from app.model.job import deadline, retry_limits
-from app.model.wire import entry_batch_id
+from app.model.wire import INITIALIZING, RUNNING, entry_batch_id, parse_process_record
 from app.store import keys
 from app.store.replies import as_text
 from app.store.scripts import Call, with_common
@@ -358,8 +358,8 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     }
     state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
-    states = [value.partition(" ")[0] for value in procs.values()]
-    working = states.count("initializing") + states.count("running")
+    states = [parse_process_record(value)[0] for value in procs.values()]
+    working = states.count(INITIALIZING) + states.count(RUNNING)
     pending = max(0, inflight - working)
     # No delivery began and no batch was released since `stalled_before`: no worker is taking the
     # job's batches (none consumes its queue, or all are busy), so its pending batches are stalled.
@@ -367,8 +367,8 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     stalled = pending if pending and last_move < stalled_before else 0
     state["worker_counts"] = {
         "pending": pending - stalled,
-        "initializing": states.count("initializing"),
-        "running": states.count("running"),
+        "initializing": states.count(INITIALIZING),
+        "running": states.count(RUNNING),
         "succeeded": 0,
         "failed": 0,
         "stalled": stalled,

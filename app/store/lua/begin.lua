@@ -46,5 +46,5 @@ if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
   return {'dead', started, tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')}
 end
 -- a process whose predictor is already loaded runs the batch at once: no PROCEED call needed
-redis.call('HSET', procs, proc, (ready == '1' and 'running ' or 'initializing ') .. id)
+redis.call('HSET', procs, proc, (ready == '1' and PROC_RUNNING or PROC_INITIALIZING) .. ' ' .. id)
 return {'run', started}

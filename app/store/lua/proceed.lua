@@ -11,5 +11,5 @@ if not in_progress() or past_deadline() then
   redis.call('HINCRBY', job, 'skipped', 1)
   return 0
 end
-redis.call('HSET', procs, ARGV[3], 'running ' .. ARGV[4])
+redis.call('HSET', procs, ARGV[3], PROC_RUNNING .. ' ' .. ARGV[4])
 return 1

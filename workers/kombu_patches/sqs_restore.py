@@ -7,27 +7,38 @@ it a new receipt handle), SQS refuses the old handle, and kombu 5.7 lets that er
 whole worker ("Unrecoverable error: ReceiptHandleIsInvalid"). The message is back in the queue
 either way, so the refusal is logged and the worker goes on. Batchery counts deliveries itself,
 so the extra delivery is counted once.
+
+Upstream: celery/kombu#1391 (open: ChangeMessageVisibility on an expired receipt handle crashes
+the worker) and celery/kombu#1198 (the same on DeleteMessage). The code path is
+`kombu/transport/SQS/__init__.py`, `Channel._restore`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import botocore.exceptions
 from kombu.transport import SQS
 
+from workers.kombu_patches import install_once
+
 log = logging.getLogger(__name__)
+
+UPSTREAM = "celery/kombu#1391"
 
 ALREADY_BACK = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 
 
-def install() -> None:
-    """Wrap kombu's SQS Channel._restore once (idempotent)."""
-    original = SQS.Channel._restore
-    if getattr(original, "batchery_guard", False):
-        return
+def install(version: str | None = None) -> None:
+    """Wrap kombu's SQS Channel._restore once (idempotent); raises UnsupportedKombu on a kombu
+    version this was not written for."""
+    install_once(SQS.Channel, "_restore", _guarded, __name__, UPSTREAM, version)
 
-    def _restore(self, message, *args, **kwargs):
+
+def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _restore(self: Any, message: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return original(self, message, *args, **kwargs)
         except botocore.exceptions.ClientError as err:
@@ -36,5 +47,4 @@ def install() -> None:
             log.warning("an SQS message to put back was already delivered again: %s", err)
             return None
 
-    _restore.batchery_guard = True
-    SQS.Channel._restore = _restore
+    return _restore

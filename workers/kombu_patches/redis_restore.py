@@ -9,28 +9,36 @@ outage acking its message on the old channel once it ends. Those messages are sa
 are — in the broker's unacked set in Redis, put back by the reconnected consumer once the
 visibility timeout passes — so the failure is logged and the worker goes on. Batchery counts
 deliveries itself: a message delivered again is skipped (its batch is no longer in flight).
+
+Upstream: the same failure from another caller is celery/kombu#582 (a channel closing after its
+connection let go: `conn_or_acquire` reaches `_connparams`, `self.connection.client` is None);
+no issue was found for the QoS path (`kombu/transport/redis.py`, `QoS.restore_unacked`, `ack`
+and `reject`, each through `Channel.conn_or_acquire`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+from workers.kombu_patches import install_once
+
 log = logging.getLogger(__name__)
 
+UPSTREAM = "celery/kombu#582 (the QoS path has no issue of its own)"
 
-def _connection_gone(qos) -> bool:
+
+def _connection_gone(qos: Any) -> bool:
     transport = getattr(qos.channel, "connection", None)
     return transport is None or getattr(transport, "client", None) is None
 
 
-def _guard(name: str) -> None:
-    original = getattr(kombu_redis.QoS, name)
-    if getattr(original, "batchery_guard", False):
-        return
-
-    def guarded(self, *args, **kwargs):
+def _guarded(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return original(self, *args, **kwargs)
         except AttributeError as err:
@@ -44,11 +52,11 @@ def _guard(name: str) -> None:
             )
             return None
 
-    guarded.batchery_guard = True
-    setattr(kombu_redis.QoS, name, guarded)
+    return guarded
 
 
-def install() -> None:
-    """Wrap kombu's Redis QoS restore_unacked, ack and reject once (idempotent)."""
+def install(version: str | None = None) -> None:
+    """Wrap kombu's Redis QoS restore_unacked, ack and reject once (idempotent); raises
+    UnsupportedKombu on a kombu version this was not written for."""
     for name in ("restore_unacked", "ack", "reject"):
-        _guard(name)
+        install_once(kombu_redis.QoS, name, partial(_guarded, name), __name__, UPSTREAM, version)
