@@ -43,8 +43,8 @@ def lua_file(name: str) -> str:
 
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
-    `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, and `limits` (name -> integer). Raises ValueError for a string Lua cannot
-    take as it is."""
+    `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, and `limits` (name -> integer). Raises
+    ValueError for a string Lua cannot take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
     strings["PROC_RUNNING"] = wire.RUNNING  # a `procs` record is "<state> <batch_id>" (wire.process_record)
