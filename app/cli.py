@@ -449,21 +449,26 @@ def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
 @click.option("--interval", default=1.0, show_default=True, help="seconds between polls with --follow")
 @options
 def logs(api: str, job_id: str, follow: bool, interval: float, url: str | None, output: str | None) -> None:
-    """Print the log of the job JOB of API (-f: follow it until the job ends)."""
+    """Print the whole log of the job JOB of API (-f: then follow it until the job ends)."""
     ctx = context(url, output)
+    client = ctx.client()
     after, quiet_after_end = 0, 0
     while True:
-        answer = ctx.call(ctx.client().job_logs, api, job_id, after)
+        answer = ctx.call(client.job_logs, api, job_id, after)
         for line in answer["lines"]:
             click.echo(json.dumps(line) if ctx.output == "json" else log_line(line))
         after = answer["next"]
-        ended = answer["status"] not in status.IN_PROGRESS
-        quiet_after_end = quiet_after_end + 1 if ended and not answer["lines"] else 0
-        # after the job ends, one more quiet poll: its last lines may still be on their way
-        if not follow or quiet_after_end >= 2:
+        if answer["lines"]:  # the API answers a page at a time: ask for the next one at once
+            quiet_after_end = 0
+            continue
+        if not follow:  # an empty page: the end of the log as it is now
             return
-        if not answer["lines"]:
-            time.sleep(interval)
+        ended = answer["status"] not in status.IN_PROGRESS
+        quiet_after_end = quiet_after_end + 1 if ended else 0
+        # after the job ends, one more quiet poll: its last lines may still be on their way
+        if quiet_after_end >= 2:
+            return
+        time.sleep(interval)
 
 
 def log_line(line: dict) -> str:
