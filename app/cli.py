@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+from app.config import client_env
 from app.model import status
 
 OUTPUTS = ("table", "json")
@@ -36,7 +36,7 @@ OUTPUTS = ("table", "json")
 
 def default_url() -> str:
     """BATCHERY_URL, else the API that `make up` starts (port PORT, default 8080)."""
-    return os.environ.get("BATCHERY_URL") or f"http://127.0.0.1:{os.environ.get('PORT') or 8080}"
+    return client_env().url
 
 
 def console(stderr: bool = False) -> Console:
@@ -119,9 +119,9 @@ def context(url: str | None, output: str | None) -> Context:
 )
 @click.option(
     "--token",
-    envvar="BATCHERY_API_TOKEN",
     default=None,
-    show_envvar=True,
+    # not click's envvar: the client reads BATCHERY_API_TOKEN itself (app.config.client_env), one rule for both
+    show_default="$BATCHERY_API_TOKEN",
     help="the API's bearer token, when the API sets BATCHERY_API_TOKEN",
 )
 @click.pass_context
@@ -137,9 +137,8 @@ def main(ctx: click.Context, url: str, output: str, token: str | None) -> None:
 @click.argument("cortex_yaml", type=click.Path(dir_okay=False))
 @click.option(
     "--redis-url",
-    envvar="REDIS_URL",
     # as `make up` starts it: on REDIS_PORT (as the other commands follow PORT)
-    default=lambda: f"redis://127.0.0.1:{os.environ.get('REDIS_PORT') or 6379}/0",
+    default=lambda: client_env().redis_url,
     show_default="$REDIS_URL, else redis://127.0.0.1:$REDIS_PORT/0",
     help="the job store the API and workers use",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,3 +74,26 @@ class Settings:
             task_events=env.get("BATCHERY_TASK_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
             api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
         )
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    """What the Python client and the CLI take from the environment when not told otherwise."""
+
+    url: str  # BATCHERY_URL, else the API `make up` starts: http://127.0.0.1:$PORT (8080)
+    token: str = field(default="", repr=False)  # BATCHERY_API_TOKEN; empty: send none
+    redis_url: str = ""  # REDIS_URL, else the Redis `make up` starts: redis://127.0.0.1:$REDIS_PORT/0
+
+
+def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
+    """The client side's defaults, read from `env` (the process environment when None).
+
+    The one place the client and the CLI read the environment, so that both follow the same rule:
+    an explicit argument, else the environment, else nothing (or `make up`'s local address).
+    """
+    env = os.environ if env is None else env
+    return ClientEnv(
+        url=env.get("BATCHERY_URL") or f"http://127.0.0.1:{env.get('PORT') or 8080}",
+        token=env.get("BATCHERY_API_TOKEN", "").strip(),
+        redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{env.get('REDIS_PORT') or 6379}/0",
+    )

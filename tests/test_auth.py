@@ -119,12 +119,21 @@ def auth_description(document: dict) -> str:
     return description
 
 
-def test_the_client_sends_the_token(token_url):
+def test_the_client_sends_the_token(token_url, monkeypatch):
+    monkeypatch.delenv("BATCHERY_API_TOKEN", raising=False)
     assert isinstance(Client(token_url, token=TOKEN).list_apis(), list)
     with pytest.raises(BatcheryAPIError) as raised:
         Client(token_url).list_apis()
     assert raised.value.status == 401 and raised.value.kind == "unauthorized"
     assert TOKEN not in str(raised.value)
+
+
+def test_the_client_reads_the_token_from_the_environment_as_the_cli_does(token_url, monkeypatch):
+    monkeypatch.setenv("BATCHERY_API_TOKEN", TOKEN)
+    assert isinstance(Client(token_url).list_apis(), list)
+    with pytest.raises(BatcheryAPIError) as raised:  # an explicit token wins over the environment's
+        Client(token_url, token="wrong").list_apis()
+    assert raised.value.status == 401
 
 
 def cli(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:

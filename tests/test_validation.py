@@ -12,8 +12,7 @@ import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.errors import PayloadTooLarge
-from app.web.schemas import MAX_NESTING
-from app.web.schemas import MAX_INT
+from app.web.schemas import MAX_INT, MAX_NESTING
 from tests.conftest import PREDICTORS
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
