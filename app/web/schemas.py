@@ -64,7 +64,8 @@ class S3SourceSchema(Schema):
     """`file_path_lister` / `delimited_files`: S3 prefixes filtered by globs."""
 
     s3_paths = fields.List(
-        fields.String(),
+        # the pattern documents the check of app/sources/s3.py (which words the error)
+        fields.String(metadata={"pattern": "^s3://[^/]+"}),
         required=True,
         validate=validate.Length(min=1),
         metadata={"description": "s3://bucket/prefix paths, each listed as a prefix"},
