@@ -98,6 +98,8 @@ def options(command: Callable) -> Callable:
 def context(url: str | None, output: str | None) -> Context:
     """The command's context: its own --url/--output, else the group's."""
     parent = click.get_current_context().find_object(Context)
+    if parent is None:  # a command invoked on its own, without the `batchery` group: the defaults
+        parent = Context(default_url(), OUTPUTS[0])
     token = click.get_current_context().meta.get("batchery_token")
     return Context(url or parent.url, output or parent.output, token or parent.token)
 

@@ -232,8 +232,8 @@ def build(flask_app: Flask) -> dict:
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(rule.rule, {})[method.lower()] = _operation(flask_app, rule, method.lower(), token)
-    for rule, operations in paths.items():
-        spec.path(path=openapi_path(rule), operations=operations)
+    for path, operations in paths.items():
+        spec.path(path=openapi_path(path), operations=operations)
     document = spec.to_dict()
     _exactly_one_source(document["components"]["schemas"]["JobSubmission"])
     _null_means_null(document["components"]["schemas"])
