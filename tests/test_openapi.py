@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 
 from app.web import responses
 from app.web.openapi import openapi_path
+from app.web.ops import inline_markdown
 
 
 @pytest.fixture
@@ -111,6 +112,13 @@ def test_docs_page_renders_the_markdown_of_the_descriptions(client):
     assert "<code>?dryRun=true</code> only validates" in page  # the submission's docstring
     assert "<code>{kind, message}</code>" in page  # the document's description
     assert "`" not in page  # no Markdown left raw
+
+
+def test_the_markdown_of_a_description_cannot_inject_html():
+    assert inline_markdown("`a` <script>alert(1)</script> *b*") == (
+        "<code>a</code> &lt;script&gt;alert(1)&lt;/script&gt; <em>b</em>"
+    )
+    assert inline_markdown(None) == ""
 
 
 def test_docs_page_renders_every_endpoint_and_schema(client, flask_app, document):
