@@ -112,6 +112,7 @@ def test_docs_page_renders_the_markdown_of_the_descriptions(client):
     assert "<code>?dryRun=true</code> only validates" in page  # the submission's docstring
     assert "<code>{kind, message}</code>" in page  # the document's description
     assert "`" not in page  # no Markdown left raw
+    assert 'then: <a href="#batch_get_api" title="the job&#39;s status">GetJobStatus</a>' in page  # the links
 
 
 def test_the_markdown_of_a_description_cannot_inject_html():
