@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+from app.config import client_env
 from app.model import status
 
 OUTPUTS = ("table", "json")
@@ -36,7 +36,7 @@ OUTPUTS = ("table", "json")
 
 def default_url() -> str:
     """BATCHERY_URL, else the API that `make up` starts (port PORT, default 8080)."""
-    return os.environ.get("BATCHERY_URL") or f"http://127.0.0.1:{os.environ.get('PORT') or 8080}"
+    return client_env().url
 
 
 def console(stderr: bool = False) -> Console:
@@ -98,6 +98,8 @@ def options(command: Callable) -> Callable:
 def context(url: str | None, output: str | None) -> Context:
     """The command's context: its own --url/--output, else the group's."""
     parent = click.get_current_context().find_object(Context)
+    if parent is None:  # a command invoked on its own, without the `batchery` group: the defaults
+        parent = Context(default_url(), OUTPUTS[0])
     token = click.get_current_context().meta.get("batchery_token")
     return Context(url or parent.url, output or parent.output, token or parent.token)
 
@@ -119,9 +121,9 @@ def context(url: str | None, output: str | None) -> Context:
 )
 @click.option(
     "--token",
-    envvar="BATCHERY_API_TOKEN",
     default=None,
-    show_envvar=True,
+    # not click's envvar: the client reads BATCHERY_API_TOKEN itself (app.config.client_env), one rule for both
+    show_default="$BATCHERY_API_TOKEN",
     help="the API's bearer token, when the API sets BATCHERY_API_TOKEN",
 )
 @click.pass_context
@@ -137,9 +139,8 @@ def main(ctx: click.Context, url: str, output: str, token: str | None) -> None:
 @click.argument("cortex_yaml", type=click.Path(dir_okay=False))
 @click.option(
     "--redis-url",
-    envvar="REDIS_URL",
     # as `make up` starts it: on REDIS_PORT (as the other commands follow PORT)
-    default=lambda: f"redis://127.0.0.1:{os.environ.get('REDIS_PORT') or 6379}/0",
+    default=lambda: client_env().redis_url,
     show_default="$REDIS_URL, else redis://127.0.0.1:$REDIS_PORT/0",
     help="the job store the API and workers use",
 )
@@ -449,21 +450,26 @@ def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
 @click.option("--interval", default=1.0, show_default=True, help="seconds between polls with --follow")
 @options
 def logs(api: str, job_id: str, follow: bool, interval: float, url: str | None, output: str | None) -> None:
-    """Print the log of the job JOB of API (-f: follow it until the job ends)."""
+    """Print the whole log of the job JOB of API (-f: then follow it until the job ends)."""
     ctx = context(url, output)
+    client = ctx.client()
     after, quiet_after_end = 0, 0
     while True:
-        answer = ctx.call(ctx.client().job_logs, api, job_id, after)
+        answer = ctx.call(client.job_logs, api, job_id, after)
         for line in answer["lines"]:
             click.echo(json.dumps(line) if ctx.output == "json" else log_line(line))
         after = answer["next"]
-        ended = answer["status"] not in status.IN_PROGRESS
-        quiet_after_end = quiet_after_end + 1 if ended and not answer["lines"] else 0
-        # after the job ends, one more quiet poll: its last lines may still be on their way
-        if not follow or quiet_after_end >= 2:
+        if answer["lines"]:  # the API answers a page at a time: ask for the next one at once
+            quiet_after_end = 0
+            continue
+        if not follow:  # an empty page: the end of the log as it is now
             return
-        if not answer["lines"]:
-            time.sleep(interval)
+        ended = answer["status"] not in status.IN_PROGRESS
+        quiet_after_end = quiet_after_end + 1 if ended else 0
+        # after the job ends, one more quiet poll: its last lines may still be on their way
+        if quiet_after_end >= 2:
+            return
+        time.sleep(interval)
 
 
 def log_line(line: dict) -> str:

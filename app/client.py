@@ -1,7 +1,7 @@
 """A Python client of Batchery's HTTP API (the Cortex Batch API endpoints, plus `GET /batch`).
 
     from app.client import Client
-    client = Client("http://127.0.0.1:8080")     # Client(url, token=...) when the API sets BATCHERY_API_TOKEN
+    client = Client()     # BATCHERY_URL and BATCHERY_API_TOKEN, as the CLI; or Client(url, token=...)
     job = client.submit("sum", {"workers": 2, "item_list": {"items": [[1, 2], [3]], "batch_size": 1}})
     final = client.wait("sum", job["job_id"], timeout=60)
     print(final["status"])
@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import requests
 
+from app.config import client_env
 from app.model import status
 
 DEFAULT_TIMEOUT = 30.0  # seconds for one HTTP request
@@ -52,14 +53,19 @@ class Client:
     """Batchery's API at `base_url`; `timeout` is the limit of each HTTP request, in seconds;
     `token` is sent as `Authorization: Bearer <token>` (the API's BATCHERY_API_TOKEN, if it sets one).
 
+    The CLI's rule for both: what is passed, else the environment (`BATCHERY_URL`, else
+    `http://127.0.0.1:$PORT`, 8080; `BATCHERY_API_TOKEN`), else none. `token=""` sends no token.
+
     Every method raises BatcheryAPIError when the API answers an error (4xx/5xx), and
     BatcheryConnectionError when it cannot be reached.
     """
 
-    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
+        env = client_env()
+        self.base_url = (base_url or env.url).rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        token = env.token if token is None else token
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 

@@ -86,3 +86,26 @@ class Settings:
             job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),
             log_format=env.get("BATCHERY_LOG_FORMAT", default.log_format),
         )
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    """What the Python client and the CLI take from the environment when not told otherwise."""
+
+    url: str  # BATCHERY_URL, else the API `make up` starts: http://127.0.0.1:$PORT (8080)
+    token: str = field(default="", repr=False)  # BATCHERY_API_TOKEN; empty: send none
+    redis_url: str = ""  # REDIS_URL, else the Redis `make up` starts: redis://127.0.0.1:$REDIS_PORT/0
+
+
+def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
+    """The client side's defaults, read from `env` (the process environment when None).
+
+    The one place the client and the CLI read the environment, so that both follow the same rule:
+    an explicit argument, else the environment, else nothing (or `make up`'s local address).
+    """
+    env = os.environ if env is None else env
+    return ClientEnv(
+        url=env.get("BATCHERY_URL") or f"http://127.0.0.1:{env.get('PORT') or 8080}",
+        token=env.get("BATCHERY_API_TOKEN", "").strip(),
+        redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{env.get('REDIS_PORT') or 6379}/0",
+    )

@@ -1,4 +1,4 @@
-"""BATCHERY_API_TOKEN: every endpoint but /healthz needs `Authorization: Bearer <token>`."""
+"""BATCHERY_API_TOKEN: every endpoint but /healthz and the documentation needs `Authorization: Bearer <token>`."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ PROTECTED = [
     ("DELETE", "/batch/probe?jobID=nope"),
     ("GET", "/batch/probe/logs?jobID=nope"),
     ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("GET", "/docs"),
     ("GET", "/no/such/route"),  # without the token, not even which routes exist
 ]
+# What a load balancer probes, and what a browser (which sends no bearer token) reads about the API
+OPEN = ["/healthz", "/openapi.json", "/docs"]
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +102,37 @@ def test_without_a_token_setting_nothing_is_asked(client):
     assert client.get("/batch").status_code == 200
 
 
-def test_the_document_declares_the_bearer_scheme(client):
-    document = client.get("/openapi.json").get_json()
+@pytest.mark.parametrize("path", OPEN)
+def test_the_documentation_stays_open_so_that_a_browser_can_read_it(guarded, path):
+    response = guarded.get(path)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_with_a_token_the_document_declares_the_bearer_scheme(guarded):
+    document = guarded.get("/openapi.json").get_json()
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
         "description": auth_description(document),
     }
     assert document["security"] == [{"bearerAuth": []}]
-    assert document["paths"]["/healthz"]["get"]["security"] == []
+    for path, method in [(path, method) for path, ops in document["paths"].items() for method in ops]:
+        operation = document["paths"][path][method]
+        if path in OPEN:
+            assert operation["security"] == [] and "401" not in operation["responses"], (path, method)
+        else:
+            assert "security" not in operation and "401" in operation["responses"], (path, method)
+
+
+def test_without_a_token_the_document_asks_for_none(client):
+    """As the API runs: a document that asked for a token the API does not check would be wrong."""
+    document = client.get("/openapi.json").get_json()
+    assert "security" not in document and "securitySchemes" not in document.get("components", {})
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "security" not in operation and "401" not in operation["responses"], (path, method)
+    assert "asks for no token" in document["info"]["description"]
 
 
 def auth_description(document: dict) -> str:
@@ -119,12 +141,21 @@ def auth_description(document: dict) -> str:
     return description
 
 
-def test_the_client_sends_the_token(token_url):
+def test_the_client_sends_the_token(token_url, monkeypatch):
+    monkeypatch.delenv("BATCHERY_API_TOKEN", raising=False)
     assert isinstance(Client(token_url, token=TOKEN).list_apis(), list)
     with pytest.raises(BatcheryAPIError) as raised:
         Client(token_url).list_apis()
     assert raised.value.status == 401 and raised.value.kind == "unauthorized"
     assert TOKEN not in str(raised.value)
+
+
+def test_the_client_reads_the_token_from_the_environment_as_the_cli_does(token_url, monkeypatch):
+    monkeypatch.setenv("BATCHERY_API_TOKEN", TOKEN)
+    assert isinstance(Client(token_url).list_apis(), list)
+    with pytest.raises(BatcheryAPIError) as raised:  # an explicit token wins over the environment's
+        Client(token_url, token="wrong").list_apis()
+    assert raised.value.status == 401
 
 
 def cli(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from app.client import Client
 from app.model import status
 from app.store import keys
+from app.store.joblog import JobLog
 from tests.services import ROOT, VENV_BIN, free_port
 
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -41,6 +43,12 @@ class Cli:
         done = self("-o", "json", *args)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
+
+    def json_lines(self, *args: str) -> list[str]:
+        """The lines a `-o json` command prints (one JSON value a line, as `logs` prints them)."""
+        done = self("-o", "json", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
 
     def job_file(self, body: dict) -> str:
         path = self.tmp_path / f"job-{len(list(self.tmp_path.glob('job-*.json')))}.json"
@@ -283,3 +291,22 @@ def test_logs_prints_the_jobs_story_and_follow_ends_with_the_job(cli, probe_conf
     lines = [json.loads(raw) for raw in cli("-o", "json", "logs", "probe", job_id).stdout.splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
     assert one_error_line(cli("logs", "probe", "0000000000000000")).startswith("error: job 0000000000000000")
+
+
+def test_logs_without_follow_prints_every_page_of_a_long_log(cli, probe_config, redis_server):
+    """The API sends a job's log a page (1,000 lines) at a time; the CLI reads every page."""
+    job_id = cli.submit(body(probe_config, [1], workers=1))
+    assert cli("get", "probe", job_id, "--watch", "--interval", "0.1").returncode == 0
+    extra = 2500  # the job's own lines, then these: three pages and a bit
+    line = {"time": 1764990000.5, "level": "info", "logger": "test", "process": "test:1"}
+    JobLog(redis.Redis.from_url(redis_server.url)).write_lines(
+        job_id, [dict(line, message=f"extra line {n}") for n in range(extra)]
+    )
+
+    lines = [json.loads(raw) for raw in cli.json_lines("logs", "probe", job_id)]
+    assert len(lines) > extra and [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert lines[-1]["message"] == f"extra line {extra - 1}"
+
+    text = cli("logs", "probe", job_id)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.count("extra line ") == extra and text.stdout.rstrip().endswith(f"extra line {extra - 1}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.client import BatcheryAPIError, BatcheryConnectionError, Client
+from app.config import client_env
 from app.model import status
 from tests.services import free_port, wait_for
 
@@ -124,3 +125,32 @@ def test_list_apis_counts_jobs_in_progress_and_names_the_latest(api, probe_confi
         return probe if probe["latest_job"] == {"job_id": spec["job_id"], "status": status.STOPPED} else None
 
     wait_for(stopped_is_latest, timeout=10, what="the stopped job to show as the latest")
+
+
+def test_the_client_environment_has_one_rule_for_url_token_and_job_store():
+    assert client_env({}) == client_env({"BATCHERY_URL": "", "BATCHERY_API_TOKEN": ""})
+    defaults = client_env({})
+    assert (defaults.url, defaults.token) == ("http://127.0.0.1:8080", "")
+    assert defaults.redis_url == "redis://127.0.0.1:6379/0"
+    assert client_env({"PORT": "9000", "REDIS_PORT": "6400"}).url == "http://127.0.0.1:9000"
+    assert client_env({"PORT": "9000", "REDIS_PORT": "6400"}).redis_url == "redis://127.0.0.1:6400/0"
+    given = client_env({"BATCHERY_URL": "http://api:8080", "BATCHERY_API_TOKEN": " s3cret\n", "REDIS_URL": "redis://r/1"})
+    assert (given.url, given.token, given.redis_url) == ("http://api:8080", "s3cret", "redis://r/1")
+    assert "s3cret" not in repr(given)
+
+
+def test_client_takes_url_and_token_as_given_else_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BATCHERY_URL", "http://from-env:8080/")
+    monkeypatch.setenv("BATCHERY_API_TOKEN", "env-token")
+    from_env = Client()
+    assert from_env.base_url == "http://from-env:8080"
+    assert from_env.session.headers["Authorization"] == "Bearer env-token"
+    given = Client("http://given:1", token="given-token")
+    assert given.base_url == "http://given:1" and given.session.headers["Authorization"] == "Bearer given-token"
+    assert "Authorization" not in Client(token="").session.headers  # "" is no token, whatever the environment
+
+    monkeypatch.delenv("BATCHERY_URL")
+    monkeypatch.delenv("BATCHERY_API_TOKEN")
+    monkeypatch.setenv("PORT", "8123")
+    bare = Client()
+    assert bare.base_url == "http://127.0.0.1:8123" and "Authorization" not in bare.session.headers

@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 
 from app.web import responses
 from app.web.openapi import openapi_path
+from app.web.ops import inline_markdown
 
 
 @pytest.fixture
@@ -33,16 +34,17 @@ def test_the_document_is_valid_openapi_3(document):
 
 
 def test_every_route_is_documented_with_its_errors(flask_app, document):
+    """The suite's API sets no token, so no answer is a 401 (tests/test_auth.py: with one)."""
     expected_errors = {
-        ("/batch", "get"): {"400", "401", "503"},
-        ("/batch/{api_name}", "post"): {"400", "401", "404", "413", "503"},
-        ("/batch/{api_name}", "get"): {"400", "401", "404", "503"},
-        ("/batch/{api_name}", "delete"): {"400", "401", "404", "503"},
-        ("/batch/{api_name}/logs", "get"): {"400", "401", "404", "503"},
-        ("/healthz", "get"): {"503"},  # open: no token asked (load balancers probe it)
-        ("/metrics", "get"): {"401", "503"},
-        ("/openapi.json", "get"): {"401"},
-        ("/docs", "get"): {"401"},
+        ("/batch", "get"): {"400", "503"},
+        ("/batch/{api_name}", "post"): {"400", "404", "413", "503"},
+        ("/batch/{api_name}", "get"): {"400", "404", "503"},
+        ("/batch/{api_name}", "delete"): {"400", "404", "503"},
+        ("/batch/{api_name}/logs", "get"): {"400", "404", "503"},
+        ("/healthz", "get"): {"503"},
+        ("/metrics", "get"): {"503"},
+        ("/openapi.json", "get"): set(),
+        ("/docs", "get"): set(),
     }
     found = routes(flask_app)
     assert sorted(found) == sorted(expected_errors)
@@ -71,6 +73,53 @@ def test_submission_documents_its_parameters_body_and_dry_run_text(document):
     )
     delete = document["paths"]["/batch/{api_name}"]["delete"]
     assert next(p for p in delete["parameters"] if p["name"] == "jobID")["required"] is True
+
+
+def test_a_submission_takes_exactly_one_input_and_null_is_not_given(document):
+    """What the API checks, the document says: exactly one input, not null; null counts as not given."""
+    submission = document["components"]["schemas"]["JobSubmission"]
+    assert submission["oneOf"] == [
+        {"required": [name], "properties": {name: {"type": "object"}}}
+        for name in ("item_list", "file_path_lister", "delimited_files")
+    ]
+    for name in ("item_list", "file_path_lister", "delimited_files", "sqs_dead_letter_queue"):
+        null = submission["properties"][name]["anyOf"][1]
+        assert null == {"type": "object", "nullable": True, "enum": [None]}, name  # null only, not any object
+    s3_path = document["components"]["schemas"]["S3Source"]["properties"]["s3_paths"]["items"]
+    assert s3_path["pattern"] == "^s3://[^/]+"
+    job_routes = [("/batch/{api_name}", "get"), ("/batch/{api_name}", "delete"), ("/batch/{api_name}/logs", "get")]
+    for path, method in job_routes:
+        parameters = {p["name"]: p for p in document["paths"][path][method]["parameters"]}
+        assert parameters["jobID"]["schema"]["minLength"] == 1, (path, method)  # ?jobID= is refused
+        assert parameters["api_name"]["schema"]["minLength"] == 1
+
+
+def test_links_lead_from_a_submission_to_its_job_and_from_the_list_to_an_api(document):
+    """OpenAPI links: what a client, or a stateful fuzzer, calls next with what an answer holds."""
+    operation_ids = {op["operationId"] for ops in document["paths"].values() for op in ops.values()}
+    submitted = document["paths"]["/batch/{api_name}"]["post"]["responses"]["200"]["links"]
+    assert {link["operationId"] for link in submitted.values()} == {"batch_get_api", "batch_stop", "batch_job_logs"}
+    for link in submitted.values():
+        assert link["parameters"] == {"api_name": "$request.path.api_name", "jobID": "$response.body#/job_id"}
+    listed = document["paths"]["/batch"]["get"]["responses"]["200"]["links"]
+    assert {link["operationId"] for link in listed.values()} == {"batch_submit", "batch_get_api"}
+    every_link = [*submitted.values(), *listed.values()]
+    assert {link["operationId"] for link in every_link} <= operation_ids
+
+
+def test_docs_page_renders_the_markdown_of_the_descriptions(client):
+    page = client.get("/docs").get_data(as_text=True)
+    assert "<code>?dryRun=true</code> only validates" in page  # the submission's docstring
+    assert "<code>{kind, message}</code>" in page  # the document's description
+    assert "`" not in page  # no Markdown left raw
+    assert 'then: <a href="#batch_get_api" title="the job&#39;s status">GetJobStatus</a>' in page  # the links
+
+
+def test_the_markdown_of_a_description_cannot_inject_html():
+    assert inline_markdown("`a` <script>alert(1)</script> *b*") == (
+        "<code>a</code> &lt;script&gt;alert(1)&lt;/script&gt; <em>b</em>"
+    )
+    assert inline_markdown(None) == ""
 
 
 def test_docs_page_renders_every_endpoint_and_schema(client, flask_app, document):

@@ -109,7 +109,7 @@ def delimited_batches(source: dict, cursor: dict) -> Iterator[tuple[str, dict]]:
 class _RangeBatch:
     """Byte ranges of consecutive values, merged per object (a batch may span objects)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ranges: list[list] = []
         self.count = 0
         self.size = 2

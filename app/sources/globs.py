@@ -25,7 +25,7 @@ def translate(pattern: str) -> str:
 
 
 def _translate(pattern: str, i: int, in_braces: bool) -> tuple[str, int]:
-    out = []
+    out: list[str] = []
     while i < len(pattern):
         char = pattern[i]
         if in_braces and char in ",}":

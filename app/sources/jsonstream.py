@@ -100,7 +100,7 @@ def _parse(block: bytes, offset: int, at_end: bool):
             raise JsonStreamError(compressed, 0) from None
         raise JsonStreamError(f"not UTF-8 text ({err.reason})", offset + err.start) from None
     to_bytes = _offsets(text, block)
-    i = WHITESPACE.match(text, 0).end()
+    i = WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]  # `[ \t\n\r]*` matches at every index
     while i < len(text):
         try:
             value, j = DECODER.raw_decode(text, i)
@@ -119,7 +119,7 @@ def _parse(block: bytes, offset: int, at_end: bool):
             too_big = f"a value of {(end - start) / 1024:.0f} KiB cannot fit a 256 KiB batch"
             raise JsonStreamError(too_big, offset + start)
         yield value, offset + start, offset + end
-        i = WHITESPACE.match(text, j).end()
+        i = WHITESPACE.match(text, j).end()  # type: ignore[union-attr]  # as above; no call per value
     return len(block)
 
 

@@ -6,6 +6,7 @@ import logging
 
 import redis
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from app.config import MAX_BODY_BYTES, Settings, redacted
@@ -25,7 +26,7 @@ def create_app(config: dict | None = None) -> Flask:
     config = config or {}
     flask_app = Flask(__name__)
     flask_app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused before the body is read whole
-    flask_app.json.sort_keys = False
+    flask_app.json = UnsortedJSON(flask_app)
     settings = config.get("SETTINGS") or Settings.from_env()
     services = Services.build(settings, config.get("CELERY"))
     flask_app.extensions["batchery"] = services
@@ -52,6 +53,12 @@ def create_app(config: dict | None = None) -> Flask:
     return flask_app
 
 
+class UnsortedJSON(DefaultJSONProvider):
+    """Flask's JSON, with the keys of an answer in the order the code puts them (Cortex's order)."""
+
+    sort_keys = False
+
+
 def _too_large(err: RequestEntityTooLarge) -> tuple[Response, int]:
     return jsonify({"kind": PayloadTooLarge.kind, "message": PayloadTooLarge.MESSAGE}), PayloadTooLarge.status
 
@@ -62,7 +69,8 @@ def _http_error(err: HTTPException) -> tuple[Response, int, list[tuple[str, str]
         message = f"{request.method} is not allowed for this URL; it takes {', '.join(sorted(err.valid_methods))}"
     # werkzeug's headers but its HTML content type: a 405's Allow, which HTTP requires
     headers = [(name, value) for name, value in err.get_headers() if name.lower() != "content-type"]
-    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": message}), err.code, headers
+    code = err.code or 500  # werkzeug's HTTPExceptions all set one; the type allows None
+    return jsonify({"kind": err.name.lower().replace(" ", "_"), "message": message}), code, headers
 
 
 def _store_unavailable(err: redis.RedisError) -> tuple[Response, int]:

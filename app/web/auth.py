@@ -1,4 +1,5 @@
-"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint but /healthz needs it."""
+"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint needs it but /healthz and
+the API's own documentation (/openapi.json, /docs)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import hmac
 from flask import Flask, Response, current_app, jsonify, request
 
 # Load balancers and orchestrators probe /healthz without credentials; it says only ok/unhealthy
-# per dependency (never a URL with a password: app/web/health.py strips them).
-OPEN_ENDPOINTS = frozenset({"ops.healthz"})
+# per dependency (never a URL with a password: app/web/health.py strips them). The documentation
+# describes the routes of this open-source API, no data: a browser (which sends no bearer token)
+# must be able to read /docs, and fuzzers and client generators /openapi.json; every call they
+# document still needs the token.
+OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.openapi_json", "ops.docs"})
 
 
 def require_token(flask_app: Flask, token: str) -> None:
@@ -17,6 +21,11 @@ def require_token(flask_app: Flask, token: str) -> None:
         return
     flask_app.extensions["batchery_token"] = token.encode()
     flask_app.before_request(_check)
+
+
+def token_required(flask_app: Flask) -> bool:
+    """Whether `flask_app` asks for a token (BATCHERY_API_TOKEN is set)."""
+    return "batchery_token" in flask_app.extensions
 
 
 def _check() -> tuple[Response, int] | None:

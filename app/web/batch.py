@@ -32,8 +32,8 @@ def list_apis() -> Response:
     registry, store = services().registry, services().store
     apis = []
     for name in registry.names():
-        states = [store.state(job_id, name, job.now()) for job_id in store.job_ids(name, 1)]
-        states = [state for state in states if state is not None]
+        found = [store.state(job_id, name, job.now()) for job_id in store.job_ids(name, 1)]
+        states = [state for state in found if state is not None]
         latest = max(states, key=lambda state: state["spec"]["job_id"], default=None)  # ids sort by creation
         apis.append(
             {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -43,7 +44,9 @@ class JobStoreCollector(Collector):
         return []  # registering must not read Redis
 
     def collect(self) -> Iterator[Metric]:
-        api_names = sorted(name.decode() for name in self.store.redis.smembers(keys.apis()))
+        # the job store's client does not decode responses: its members are bytes
+        members = cast("set[bytes]", self.store.redis.smembers(keys.apis()))
+        api_names = sorted(name.decode() for name in members)
         # the jobs' states first: reading one past its timeout ends it, and the counts then say so
         per_job = list(self._per_job(api_names))
         yield self._jobs_per_status(api_names)

@@ -2,7 +2,11 @@
 
 Each endpoint's summary and errors come from its docstring (`Summary. Errors: 400 why, 404 why.`),
 so a new error is documented where it is raised from; what a docstring cannot say (parameters,
-bodies, success answers) is in OPERATIONS below, keyed by the Flask rule and method.
+bodies, success answers, links) is in OPERATIONS below, keyed by the Flask rule and method.
+
+The document describes the API as it runs: `security` and the 401 answers only when it asks for a
+token. Outside fuzzers (schemathesis) read it, so what it allows the API accepts and what it
+forbids the API refuses (tests/test_fuzz_api.py holds it to that).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import re
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
+from werkzeug.routing import Rule
 
 from app.web import responses, schemas
-from app.web.auth import OPEN_ENDPOINTS
+from app.web.auth import OPEN_ENDPOINTS, token_required
 
 VERSION = "0.1.0"
 ERROR = {"application/json": {"schema": "Error"}}
@@ -25,20 +30,54 @@ BEARER = {
     "scheme": "bearer",
     "description": "only when the server sets BATCHERY_API_TOKEN: `Authorization: Bearer <that token>`",
 }
-UNAUTHORIZED = "no token, or a wrong one (only when the server sets BATCHERY_API_TOKEN)"
+UNAUTHORIZED = "no token, or a wrong one"
 
-API_NAME = {"name": "api_name", "in": "path", "required": True, "schema": {"type": "string"}}
+API_NAME = {
+    "name": "api_name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "a deployed Batch API (`GET /batch` lists them)",
+}
 
 
 def job_id(required: bool, description: str) -> dict:
-    """The OpenAPI description of the `jobID` query parameter."""
+    """The OpenAPI description of the `jobID` query parameter (an empty one is refused, given or not)."""
     return {
         "name": "jobID",
         "in": "query",
         "required": required,
-        "schema": {"type": "string", "minLength": 1} if required else {"type": "string"},
+        "schema": {"type": "string", "minLength": 1},
         "description": description,
     }
+
+
+def link_to_job(operation_id: str, description: str) -> dict:
+    """An OpenAPI link from a submission's answer to a route of the job it created."""
+    return {
+        "operationId": operation_id,
+        "parameters": {"api_name": "$request.path.api_name", "jobID": "$response.body#/job_id"},
+        "description": description,
+    }
+
+
+def link_to_api(operation_id: str, description: str) -> dict:
+    """An OpenAPI link from `GET /batch` to a route of the first API it lists."""
+    parameters = {"api_name": "$response.body#/apis/0/name"}
+    return {"operationId": operation_id, "parameters": parameters, "description": description}
+
+
+# Clients and stateful fuzzers follow these from a submission to its job, and from the list of APIs
+# to a deployed one (without them, a fuzzer never finds a job to read or stop).
+JOB_LINKS = {
+    "GetJobStatus": link_to_job("batch_get_api", "the job's status"),
+    "StopJob": link_to_job("batch_stop", "stop the job"),
+    "GetJobLogs": link_to_job("batch_job_logs", "the job's log"),
+}
+API_LINKS = {
+    "SubmitJob": link_to_api("batch_submit", "submit a job to the API"),
+    "GetApi": link_to_api("batch_get_api", "the API and its jobs"),
+}
 
 
 def json_answer(description: str, schema: str | dict) -> dict:
@@ -48,7 +87,12 @@ def json_answer(description: str, schema: str | dict) -> dict:
 
 OPERATIONS: dict[tuple[str, str], dict] = {
     ("/batch", "get"): {
-        "responses": {"200": json_answer("the deployed APIs, their jobs in progress and latest job", "ApisResponse")},
+        "responses": {
+            "200": {
+                **json_answer("the deployed APIs, their jobs in progress and latest job", "ApisResponse"),
+                "links": API_LINKS,
+            }
+        },
     },
     ("/batch/<api_name>", "post"): {
         "parameters": [
@@ -74,6 +118,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                     "application/json": {"schema": "JobSpec"},
                     "text/plain": {"schema": {"type": "string"}, "example": "s3://bucket/a.json\nvalidations passed"},
                 },
+                "links": JOB_LINKS,
             }
         },
     },
@@ -154,45 +199,75 @@ def docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:
     return summary.strip(), {code: why for code, why in ERRORS_IN_DOCSTRING.findall(errors.strip())}
 
 
+DESCRIPTION = (
+    "Batch jobs over a Celery fleet, with the REST interface of the Cortex 0.28 Batch API. "
+    "Errors are JSON `{kind, message}`."
+)
+WITH_TOKEN = (
+    " This server asks for a token (its BATCHERY_API_TOKEN): every endpoint needs `Authorization: Bearer <token>` "
+    "but /healthz, /openapi.json and /docs."
+)
+WITHOUT_TOKEN = " This server asks for no token (it sets no BATCHERY_API_TOKEN)."
+
+
 def build(flask_app: Flask) -> dict:
-    """The OpenAPI 3.0 document of every route of the app (but static files)."""
+    """The OpenAPI 3.0 document of every route of the app (but static files), with `security` as
+    the app is configured: bearer with a token, none without."""
+    token = token_required(flask_app)
     spec = APISpec(
         title="Batchery",
         version=VERSION,
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name)],
-        info={
-            "description": "Batch jobs over a Celery fleet, with the REST interface of the Cortex 0.28 Batch API. "
-            "Errors are JSON `{kind, message}`. With BATCHERY_API_TOKEN set on the server, every endpoint but "
-            "/healthz needs `Authorization: Bearer <token>`."
-        },
-        security=[{"bearerAuth": []}],
+        info={"description": DESCRIPTION + (WITH_TOKEN if token else WITHOUT_TOKEN)},
+        **({"security": [{"bearerAuth": []}]} if token else {}),
     )
-    spec.components.security_scheme("bearerAuth", BEARER)
+    if token:
+        spec.components.security_scheme("bearerAuth", BEARER)
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema=schema)
     paths: dict[str, dict] = {}
     for rule in sorted(flask_app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(rule.rule, {})[method.lower()] = _operation(flask_app, rule, method.lower())
-    for rule, operations in paths.items():
-        spec.path(path=openapi_path(rule), operations=operations)
-    return spec.to_dict()
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(rule.rule, {})[method.lower()] = _operation(flask_app, rule, method.lower(), token)
+    for path, operations in paths.items():
+        spec.path(path=openapi_path(path), operations=operations)
+    document = spec.to_dict()
+    _exactly_one_source(document["components"]["schemas"]["JobSubmission"])
+    _null_means_null(document["components"]["schemas"])
+    return document
 
 
-def _operation(flask_app: Flask, rule, method: str) -> dict:
+def _operation(flask_app: Flask, rule: Rule, method: str, token: bool) -> dict:
     summary, errors = docstring_parts(flask_app.view_functions[rule.endpoint].__doc__)
     extra = OPERATIONS.get((rule.rule, method), {})
     operation = {"operationId": rule.endpoint.replace(".", "_"), "summary": summary, **extra}
     answers = {code: {"description": why, "content": ERROR} for code, why in errors.items()}
-    if rule.endpoint in OPEN_ENDPOINTS:
-        operation["security"] = []  # open to load balancers, token or not
-    else:
+    if token and rule.endpoint in OPEN_ENDPOINTS:
+        operation["security"] = []  # open to load balancers and browsers, token or not
+    elif token:  # without one, no call is ever a 401
         answers["401"] = {"description": UNAUTHORIZED, "content": ERROR}
     operation["responses"] = {**{"200": {"description": "OK"}}, **answers, **extra.get("responses", {})}
     return operation
+
+
+def _exactly_one_source(submission: dict) -> None:
+    """Say in the schema what the API checks: exactly one of the three inputs, given and not null
+    (a null one counts as not given, as on Cortex)."""
+    submission["oneOf"] = [{"required": [name], "properties": {name: {"type": "object"}}} for name in schemas.SOURCES]
+
+
+def _null_means_null(components: dict) -> None:
+    """apispec writes a nullable nested schema as `anyOf: [<ref>, {type: object, nullable: true}]`,
+    whose second choice lets any object through (`item_list: {}`); OpenAPI 3.0.3's way to say
+    "or null" is that choice with `enum: [null]`."""
+    for schema in components.values():
+        for prop in schema.get("properties", {}).values():
+            for choice in prop.get("anyOf", []):
+                if choice == {"type": "object", "nullable": True}:
+                    choice["enum"] = [None]
 
 
 def _schema_name(schema) -> str:

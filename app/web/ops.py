@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.web import openapi
@@ -10,6 +12,9 @@ from app.web.context import services
 from app.web.metrics import registry_for
 
 bp = Blueprint("ops", __name__)
+
+# CommonMark, with raw HTML in the text escaped rather than passed through
+MARKDOWN = MarkdownIt("commonmark", {"html": False})
 
 
 @bp.get("/healthz")
@@ -36,7 +41,12 @@ def openapi_json() -> Response:
 @bp.get("/docs")
 def docs() -> str:
     """This API's documentation, as a web page."""
-    return render_template("docs.html", spec=document(), schema_type=openapi.schema_type)
+    return render_template("docs.html", spec=document(), schema_type=openapi.schema_type, markdown=inline_markdown)
+
+
+def inline_markdown(text: str | None) -> Markup:
+    """The Markdown of a summary or description (`code`, *emphasis*) as HTML, to show in the docs page."""
+    return Markup(MARKDOWN.renderInline(text or ""))  # safe: markdown-it escapes the text, raw HTML included
 
 
 def document() -> dict:

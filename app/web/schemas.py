@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
@@ -16,7 +16,11 @@ SOURCES = ("item_list", "file_path_lister", "delimited_files")
 class JsonList(fields.Raw):
     """A JSON array taken as it is: items are any JSON values and are not copied one by one."""
 
-    default_error_messages: ClassVar[dict] = {"invalid": "Must be a list.", "empty": "Must hold at least one item."}
+    # typed by marshmallow's Field (an instance attribute there, so not a ClassVar); marshmallow only reads it
+    default_error_messages = {  # noqa: RUF012
+        "invalid": "Must be a list.",
+        "empty": "Must hold at least one item.",
+    }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
         if not isinstance(value, list):
@@ -64,7 +68,8 @@ class S3SourceSchema(Schema):
     """`file_path_lister` / `delimited_files`: S3 prefixes filtered by globs."""
 
     s3_paths = fields.List(
-        fields.String(),
+        # the pattern documents the check of app/sources/s3.py (which words the error)
+        fields.String(metadata={"pattern": "^s3://[^/]+"}),
         required=True,
         validate=validate.Length(min=1),
         metadata={"description": "s3://bucket/prefix paths, each listed as a prefix"},
