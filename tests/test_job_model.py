@@ -8,6 +8,8 @@ import pytest
 
 from app.model import status
 from app.model.job import DELIVERIES_WITHOUT_DLQ, build_spec, deep_merge, job_status, new_job_id, retry_limits
+from app.web.responses import JobStatusSchema, WorkerCountsSchema
+from tests.shapes import answer_keys, null_until_known_keys
 
 
 def test_deep_merge_merges_nested_mappings_and_the_override_wins():
@@ -74,15 +76,14 @@ def stored_state(job_status_code: str, **counts) -> dict:
     api = {"name": "sum", "api_id": "a1", "predictor": {"config": {}}}
     spec = build_spec(api, {"workers": 2, "config": {}}, "redis://host:6379/0/batchery", 1_700_000_000.0)
     state = {"spec": spec, "status": job_status_code, "total": 4, "succeeded": 0, "failed": 0, "failed_batches": 0}
-    worker_counts = dict.fromkeys(("pending", "initializing", "running", "succeeded", "failed", "stalled"), 0)
+    worker_counts = dict.fromkeys(answer_keys(WorkerCountsSchema), 0)
     return {**state, "time_sum": 0.0, "worker_counts": worker_counts, "start": None, "end": None, **counts}
 
 
 def test_a_job_status_has_null_for_what_cortex_always_sent_and_has_no_value_yet():
     view = job_status(stored_state(status.ENQUEUING))
-    assert {key: view[key] for key in ("timeout", "sqs_dead_letter_queue", "start_time")} == dict.fromkeys(
-        ("timeout", "sqs_dead_letter_queue", "start_time")
-    )
+    null_until_known = null_until_known_keys(JobStatusSchema)  # timeout, sqs_dead_letter_queue, start_time
+    assert {key: view[key] for key in null_until_known} == dict.fromkeys(null_until_known)
     assert view["batch_metrics"] == {"succeeded": 0, "failed": 0, "average_time_per_batch": None}
     assert "end_time" not in view  # the reference page's optional ones are left out
 
