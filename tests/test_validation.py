@@ -12,18 +12,17 @@ import pytest
 
 from app.config import MAX_BATCH_BYTES, MAX_BODY_BYTES
 from app.errors import PayloadTooLarge
+from app.web.responses import JobSpecSchema
 from app.web.schemas import MAX_INT, MAX_NESTING
 from tests.conftest import PREDICTORS
+from tests.shapes import answer_keys
 
 VALID = {"workers": 1, "item_list": {"items": [1, "two", {"three": 3}], "batch_size": 2}}
 S3_SOURCE = {"s3_paths": ["s3://bucket/images/"], "batch_size": 1}
 JOB_KEYS = "batchery:job:*"
 MINIMAL_JOBS = "batchery:api:minimal:jobs"
 # The reference page's RESPONSE: every key always (Cortex sent timeout and sqs_dead_letter_queue as null).
-SPEC_KEYS = {
-    "job_id", "api_name", "kind", "workers", "config", "api_id", "sqs_url", "timeout", "sqs_dead_letter_queue",
-    "created_time",
-}
+SPEC_KEYS = answer_keys(JobSpecSchema)
 
 
 def body_with(**changes) -> dict:
