@@ -8,7 +8,8 @@ import pytest
 
 from app.config import MAX_BATCH_BYTES
 from app.errors import InvalidRequest
-from app.jobs.batching import entry, item_batches
+from app.jobs.batching import item_batches
+from app.model.wire import backlog_entry
 
 
 def decoded(entries: list[str]) -> list[tuple[int, list]]:
@@ -18,7 +19,7 @@ def decoded(entries: list[str]) -> list[tuple[int, list]]:
 
 
 def test_entry_is_the_batch_id_a_space_then_the_json():
-    assert entry(7, "[1,2]") == "7 [1,2]"
+    assert backlog_entry(7, "[1,2]") == "7 [1,2]"
 
 
 def test_item_batches_are_consecutive_slices_with_ids_from_zero():

@@ -14,10 +14,6 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-# A backlog entry of a batch (app/model/wire.py), under the name tests/test_units.py imports.
-entry = backlog_entry
-
-
 def item_batches(items: list, batch_size: int) -> list[str]:
     """Backlog entries of consecutive slices of `batch_size` items; raises InvalidRequest if one is too big."""
     entries = []
