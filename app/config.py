@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Deployed at start when Batchery runs from its repository; an installed package has no examples.
+EXAMPLE_APIS = ROOT / "examples" / "cortex.yaml"
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # Cortex: the request must be under 10 MiB
 MAX_BATCH_BYTES = 256 * 1024  # Cortex: every batch must be under 256 KiB (an SQS message)
@@ -30,7 +32,7 @@ class Settings:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""
-    apis_file: str = str(ROOT / "examples" / "cortex.yaml")
+    apis_file: str = str(EXAMPLE_APIS) if EXAMPLE_APIS.exists() else ""
     queue: str = "batchery"
     visibility_timeout: int = 3600
     recent_jobs: int = 50

