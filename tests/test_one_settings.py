@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # where the server's code lives; workers/namespace.py sets a predictor's own variables around its
 # calls, on purpose, and reads none of Batchery's
-CHECKED = ["workers", "app/jobs", "app/broker", "app/model", "app/sources"]
+CHECKED = ["workers", "app"]
 ALLOWED = {"app/config.py", "workers/namespace.py"}
 READS = re.compile(r"os\.environ|os\.getenv|getenv\(")
 

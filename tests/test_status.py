@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -40,3 +41,9 @@ def test_strongest_of_all_statuses_is_stopped_and_of_one_is_itself():
 def test_only_enqueuing_and_running_are_not_final():
     assert {code for code in STRONGEST_FIRST if not status.is_final(code)} == {status.ENQUEUING, status.RUNNING}
     assert set(STRONGEST_FIRST) == set(status.PRECEDENCE)
+
+
+def test_every_status_has_a_place_in_the_precedence_and_reads_as_its_code():
+    assert sorted(status.PRECEDENCE) == sorted(status.Status)
+    assert json.dumps({"status": status.Status.STOPPED}) == '{"status": "status_stopped"}'
+    assert f"{status.RUNNING}" == "status_running"

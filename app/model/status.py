@@ -1,18 +1,37 @@
 """The Cortex job status codes and which one wins when two could apply."""
 
-ENQUEUING = "status_enqueuing"
-RUNNING = "status_running"
-ENQUEUE_FAILED = "status_enqueue_failed"
-COMPLETED_WITH_FAILURES = "status_completed_with_failures"
-SUCCEEDED = "status_succeeded"
-UNEXPECTED_ERROR = "status_unexpected_error"
-WORKER_ERROR = "status_worker_error"
-WORKER_OOM = "status_worker_oom"
-TIMED_OUT = "status_timed_out"
-STOPPED = "status_stopped"
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A job's status code, as Cortex named it; each member is its string (`"status_running"`)."""
+
+    ENQUEUING = "status_enqueuing"
+    RUNNING = "status_running"
+    ENQUEUE_FAILED = "status_enqueue_failed"
+    COMPLETED_WITH_FAILURES = "status_completed_with_failures"
+    SUCCEEDED = "status_succeeded"
+    UNEXPECTED_ERROR = "status_unexpected_error"
+    WORKER_ERROR = "status_worker_error"
+    WORKER_OOM = "status_worker_oom"
+    TIMED_OUT = "status_timed_out"
+    STOPPED = "status_stopped"
+
+
+# The codes by their short names, as the rest of the code and the tests use them (`status.RUNNING`).
+ENQUEUING = Status.ENQUEUING
+RUNNING = Status.RUNNING
+ENQUEUE_FAILED = Status.ENQUEUE_FAILED
+COMPLETED_WITH_FAILURES = Status.COMPLETED_WITH_FAILURES
+SUCCEEDED = Status.SUCCEEDED
+UNEXPECTED_ERROR = Status.UNEXPECTED_ERROR
+WORKER_ERROR = Status.WORKER_ERROR
+WORKER_OOM = Status.WORKER_OOM
+TIMED_OUT = Status.TIMED_OUT
+STOPPED = Status.STOPPED
 
 # Lowest first: when two statuses could apply, the later one in this list wins.
-PRECEDENCE = [
+PRECEDENCE: list[str] = [
     ENQUEUING,
     RUNNING,
     SUCCEEDED,
