@@ -319,8 +319,7 @@ class EtaColumn(ProgressColumn):
     def render(self, task) -> Text:
         if task.fields.get("ended"):
             return Text("ended", style="progress.elapsed")
-        left = task.fields.get("eta")
-        return Text("ETA " + ("-:--" if left is None else seconds(left) if left else "0s"), style="progress.remaining")
+        return Text("ETA " + eta_text(task.fields.get("eta")), style="progress.remaining")
 
 
 def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
@@ -369,15 +368,22 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
 def bar_fields(job: dict) -> dict:
     """What the progress bar shows of a job status: the job's `progress` as the API measures it
     (batches done of the total, the rate over the last 30 s, the time left at it)."""
-    done = job.get("progress") or {}  # an API older than `progress`: an empty bar, no rate
+    figures = job.get("progress") or {}  # an API older than `progress`: an empty bar, no rate
     return {
         "description": readable(job["status"]),
-        "total": done.get("total") or None,  # None: rich draws a pulsing bar while nothing is enqueued
-        "completed": done.get("done", 0),
+        "total": figures.get("total") or None,  # None: rich draws a pulsing bar while nothing is enqueued
+        "completed": figures.get("done", 0),
         "ended": status.is_final(job["status"]),
-        "rate": done.get("batches_per_second"),
-        "eta": done.get("eta_seconds"),
+        "rate": figures.get("batches_per_second"),
+        "eta": figures.get("eta_seconds"),
     }
+
+
+def eta_text(left: int | None) -> str:
+    """`eta_seconds` as the bar shows it: -:-- without a rate, else 0s, 12s, 3m31s, 1h02m05s."""
+    if left is None:
+        return "-:--"
+    return seconds(left) if left else "0s"
 
 
 def rate_text(rate: float) -> str:

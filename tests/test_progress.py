@@ -219,5 +219,6 @@ def test_the_watch_bar_shows_the_progress_the_api_answers():
         "ETA 3m31s",
     )
     assert rendered(running | {"progress": running["progress"] | {"eta_seconds": None}})[1] == "ETA -:--"
+    assert rendered(running | {"progress": running["progress"] | {"eta_seconds": 0}})[1] == "ETA 0s"  # finalizing
     ended = {"status": status.SUCCEEDED, "progress": {"done": 12, "total": 12, "batches_per_second": 161.63}}
     assert rendered(ended | {"progress": ended["progress"] | {"eta_seconds": 0}}) == ("161.6 batches/s", "ended")
