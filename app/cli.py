@@ -306,21 +306,20 @@ def show_job(ctx: Context, api: str, job_id: str) -> None:
 
 
 class RateColumn(ProgressColumn):
-    """Batches per second, as rich measures the progress updates (a moving window)."""
+    """Batches per second over the job's last 30 s, as the API measures it (`progress`)."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed or task.fields.get("rate")
-        return Text("-- batches/s" if speed is None else f"{speed:.1f} batches/s", style="progress.data.speed")
+        rate = task.fields.get("rate")
+        return Text("-- batches/s" if rate is None else f"{rate_text(rate)} batches/s", style="progress.data.speed")
 
 
 class EtaColumn(ProgressColumn):
-    """Time left at the current rate; `ended` once the job has a final status."""
+    """Time left at that rate, as the API estimates it; `ended` once the job has a final status."""
 
     def render(self, task) -> Text:
         if task.fields.get("ended"):
             return Text("ended", style="progress.elapsed")
-        left = task.time_remaining
-        return Text("ETA " + ("-:--" if left is None else seconds(left)), style="progress.remaining")
+        return Text("ETA " + eta_text(task.fields.get("eta")), style="progress.remaining")
 
 
 def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
@@ -347,25 +346,11 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
     )
     try:
         with progress:
-            # Start at what is done already, so that the rate counts only what we watch happen.
-            task = progress.add_task(
-                readable(job["status"]),
-                total=total_of(job) or None,
-                completed=done_of(job),
-                ended=status.is_final(job["status"]),
-                rate=overall_rate(job),
-            )
+            task = progress.add_task(**bar_fields(job))
             while not status.is_final(job["status"]):
                 time.sleep(interval)
                 job = ctx.call(client.get_job, api, job_id)["job_status"]
-                progress.update(
-                    task,
-                    description=readable(job["status"]),
-                    total=total_of(job) or None,
-                    completed=done_of(job),
-                    ended=status.is_final(job["status"]),
-                    rate=overall_rate(job),
-                )
+                progress.update(task, **bar_fields(job))
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching job {job_id}; it goes on (batchery delete {api} {job_id} stops it)", err=True)
         return 130
@@ -380,30 +365,35 @@ def watch_job(ctx: Context, api: str, job_id: str, interval: float) -> int:
     return exit_code(job)
 
 
-def overall_rate(job: dict) -> float | None:
-    """Batches per second from the job's start to its end: for a job that ended before we saw it move."""
-    start, end = parse_time(job.get("start_time")), parse_time(job.get("end_time"))
-    if start is None or end is None or end <= start:
-        return None
-    return done_of(job) / (end - start).total_seconds()
+def bar_fields(job: dict) -> dict:
+    """What the progress bar shows of a job status: the job's `progress` as the API measures it
+    (batches done of the total, the rate over the last 30 s, the time left at it)."""
+    figures = job.get("progress") or {}  # an API older than `progress`: an empty bar, no rate
+    return {
+        "description": readable(job["status"]),
+        "total": figures.get("total") or None,  # None: rich draws a pulsing bar while nothing is enqueued
+        "completed": figures.get("done", 0),
+        "ended": status.is_final(job["status"]),
+        "rate": figures.get("batches_per_second"),
+        "eta": figures.get("eta_seconds"),
+    }
+
+
+def eta_text(left: int | None) -> str:
+    """`eta_seconds` as the bar shows it: -:-- without a rate, else 0s, 12s, 3m31s, 1h02m05s."""
+    if left is None:
+        return "-:--"
+    return seconds(left) if left else "0s"
+
+
+def rate_text(rate: float) -> str:
+    """161.63 -> 161.6, 0.0333 -> 0.033: a slow job's rate keeps two digits that say something."""
+    return f"{rate:.1f}" if rate >= 1 or rate == 0 else f"{rate:.2g}"
 
 
 def exit_code(job: dict) -> int:
     """The exit code a command waiting for a job ends with: 0 only if it succeeded."""
     return 0 if job["status"] == status.SUCCEEDED else 1
-
-
-def total_of(job: dict) -> int:
-    """The job's number of batches, 0 while it is unknown (still enqueuing)."""
-    return int(job.get("total_batch_count") or 0)
-
-
-def done_of(job: dict) -> int:
-    """Batches finished, succeeded or failed for good; for a job that ended before its last batch
-    (stopped, timed out...), the batches that succeeded (its `batches_in_queue` is 0 then)."""
-    if status.is_final(job["status"]) and job["status"] not in (status.SUCCEEDED, status.COMPLETED_WITH_FAILURES):
-        return int(job["batch_metrics"]["succeeded"])
-    return total_of(job) - int(job.get("batches_in_queue") or 0)
 
 
 # --- submit, delete --------------------------------------------------------------------------

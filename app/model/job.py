@@ -7,7 +7,7 @@ import os
 import time
 from datetime import UTC, datetime
 
-from app.model import status
+from app.model import progress, status
 
 # Without a dead-letter queue Cortex does not retry a batch whose predict raised; a delivery that
 # died with its worker (a preempted or killed process) is still delivered again, this often in all.
@@ -87,6 +87,7 @@ def job_status(state: dict) -> dict:
     view["total_batch_count"] = state["total"]
     view["batches_in_queue"] = batches_in_queue(state)
     view["batch_metrics"] = batch_metrics(state)
+    view["progress"] = progress.job_progress(state)
     if state["status"] in status.IN_PROGRESS:
         view["worker_counts"] = state["worker_counts"]
     view["created_time"] = spec["created_time"]

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from app.model import status
+from app.model import progress, status
 from app.model.job import deadline, retry_limits
 from app.model.wire import INITIALIZING, RUNNING, entry_batch_id, parse_process_record
 from app.store import keys
@@ -279,7 +279,7 @@ class JobStore:
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
-        return _state_of(job_hash, procs, inflight, now - self.stalled_seconds)
+        return _state_of(job_hash, procs, inflight, now - self.stalled_seconds, now)
 
     def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
         """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
@@ -288,7 +288,7 @@ class JobStore:
         for job_id, api_name in jobs:
             self._call("read", job_id, api_name, now=now, client=pipe)
         stalled_before = now - self.stalled_seconds
-        return [_state_of(h, p, n, stalled_before) for h, p, n in pipe.execute()]
+        return [_state_of(h, p, n, stalled_before, now) for h, p, n in pipe.execute()]
 
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
@@ -328,13 +328,17 @@ class JobStore:
         return counts
 
 
-def _state_of(job_hash: list, procs: list, inflight: int, stalled_before: float) -> dict | None:
+def _state_of(job_hash: list, procs: list, inflight: int, stalled_before: float, read_time: float) -> dict | None:
     """A READ reply as a job's state; None for no job, or for counters without a job (written by
-    an older version's late outcome after Redis lost the job: a 500 for ever on its id)."""
+    an older version's late outcome after Redis lost the job: a 500 for ever on its id).
+    `read_time`: when it was read, the end of the window of the job's rate (app/model/progress.py)."""
     fields = _pairs(job_hash)
     if "spec" not in fields:
         return None
-    return _parse_state(fields, _pairs(procs), inflight, stalled_before)
+    state = _parse_state(fields, _pairs(procs), inflight, stalled_before)
+    state["ends"] = progress.ends_by_second(fields)  # batches ended per second, lately
+    state["read_time"] = read_time
+    return state
 
 
 def _pairs(flat: list) -> dict:

@@ -57,6 +57,30 @@ class BatchMetricsSchema(Schema):
     )
 
 
+class ProgressSchema(Schema):
+    """`progress` of a job status: how far it got, how fast it goes, and when it should end."""
+
+    done = count("batches ended: succeeded or failed for good", required=True)
+    total = count(
+        "as total_batch_count: the batches enqueued so far (an S3 job still enqueuing has more)", required=True
+    )
+    batches_per_second = fields.Float(
+        required=True,
+        metadata={
+            "description": "batches ended per second over the last 30 s (0 when none ended in them, and while "
+            "paused); for a job that ended, over its last 30 s"
+        },
+    )
+    eta_seconds = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "seconds until the last batch ends at that rate, rounded up; null without a rate, "
+            "0 once the job ended"
+        },
+    )
+
+
 class WorkerCountsSchema(Schema):
     """`worker_counts` of a job in progress."""
 
@@ -80,6 +104,7 @@ class JobStatusSchema(JobSpecSchema):
     total_batch_count = count("batches enqueued so far", required=True)
     batches_in_queue = count("batches not finished yet; 0 once the job ended", required=True)
     batch_metrics = fields.Nested(BatchMetricsSchema, required=True)
+    progress = fields.Nested(ProgressSchema, required=True)
     worker_counts = fields.Nested(WorkerCountsSchema, metadata={"description": "only while the job is in progress"})
     start_time = text("RFC 3339, UTC: when its first batch was released; null before", required=True, allow_none=True)
     end_time = text("RFC 3339, UTC: when it ended")

@@ -7,7 +7,7 @@
 -- ARGV[4] outcome: ok, retry (failed, runs again), failed, dead or oom (failed for good)
 -- ARGV[5] seconds: how long the delivery ran
 -- ARGV[6] proc: the worker process (as named in procs)
--- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch), procs,
+-- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch, ends:<slot>), procs,
 -- deliveries (<id>:r), inflight, released, ended_inflight, and what release touches.
 -- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
 
@@ -43,4 +43,12 @@ else
   end
 end
 if not live then return {0} end
+-- The job's rate (app/model/progress.py): one more batch ended this second, in a ring of
+-- PROGRESS_SLOTS per-second buckets in the job hash, `ends:<slot>` = "<second> <count>". A bucket
+-- left from an older second is started again; the status read ignores those past its window.
+local second = math.floor(now)
+local bucket = 'ends:' .. (second % PROGRESS_SLOTS)
+local at, count = string.match(redis.call('HGET', job, bucket) or '', '^(%d+) (%d+)$')
+if tonumber(at) ~= second then count = 0 end
+redis.call('HSET', job, bucket, second .. ' ' .. (count + 1))
 return release_and_claim()
