@@ -54,6 +54,8 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         "sqs_dead_letter_queue": dict(dead_letter_queue) if dead_letter_queue else None,
         "created_time": iso(now),
     }
+    if submission.get("webhook"):  # only when given: a Cortex client's spec stays as it was
+        spec["webhook"] = {"url": submission["webhook"]["url"]}
     return spec
 
 
@@ -93,6 +95,8 @@ def job_status(state: dict) -> dict:
     view["start_time"] = iso(state.get("start"))
     if state.get("end"):
         view["end_time"] = iso(state["end"])
+    if "webhook" in state:  # the spec's {"url"}, with how its delivery went
+        view["webhook"] = dict(state["webhook"])
     return view
 
 

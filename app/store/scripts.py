@@ -27,6 +27,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from app.model import status, wire
+from app.store import keys
 from app.store.held_client import HeldConnectionClient
 
 # What a Lua string literal here may hold: names, not text (no quote or backslash to escape).
@@ -43,12 +44,13 @@ def lua_file(name: str) -> str:
 
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
-    `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, and `limits` (name -> integer). Raises
+    `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, `WEBHOOK_OUTBOX`, and `limits` (name -> integer). Raises
     ValueError for a string Lua cannot take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
     strings["PROC_RUNNING"] = wire.RUNNING  # a `procs` record is "<state> <batch_id>" (wire.process_record)
     strings["PROC_INITIALIZING"] = wire.INITIALIZING
+    strings["WEBHOOK_OUTBOX"] = keys.webhook_outbox()  # end_job queues a job's completion webhook there
     constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
     constants.update({name: str(int(value)) for name, value in limits.items()})
     return constants
