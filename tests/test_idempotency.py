@@ -20,8 +20,9 @@ BODY = {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 2}, "confi
 
 
 @pytest.fixture(autouse=True)
-def _running(worker):
+def _running(worker, probe_config):
     """The jobs these tests create run (and end) on the shared worker, not left in progress for other tests."""
+    BODY["config"] = dict(probe_config, b=[1, 2])
 
 
 def post(client, body: dict | str, key: str | None, api: str = API, query: str = ""):
@@ -73,7 +74,7 @@ def test_the_same_key_with_another_body_is_a_409_saying_so(client, r):
 def test_keys_are_per_api(client, r):
     key = new_key()
     mine = post(client, BODY, key, api="minimal")
-    theirs = post(client, dict(BODY, config={"sleep": 0}), key, api="probe")
+    theirs = post(client, dict(BODY, workers=2), key, api="probe")
     assert mine.status_code == theirs.status_code == 200
     assert "Idempotent-Replayed" not in theirs.headers
     assert mine.get_json()["job_id"] != theirs.get_json()["job_id"]
