@@ -40,7 +40,9 @@ class JobSpecSchema(Schema):
     sqs_dead_letter_queue = fields.Nested(
         DeadLetterQueueSchema, required=True, allow_none=True, metadata={"description": "null for none"}
     )
-    webhook = fields.Nested(WebhookSchema, metadata={"description": "the completion webhook, when the job has one"})
+    webhook = fields.Nested(
+        WebhookSchema, required=True, allow_none=True, metadata={"description": "the completion webhook; null for none"}
+    )
 
 
 class BatchMetricsSchema(Schema):
@@ -94,7 +96,10 @@ class JobStatusSchema(JobSpecSchema):
     start_time = text("RFC 3339, UTC: when its first batch was released; null before", required=True, allow_none=True)
     end_time = text("RFC 3339, UTC: when it ended")
     webhook = fields.Nested(  # the spec's {url}, with its delivery
-        WebhookStatusSchema, metadata={"description": "the completion webhook and its delivery, when the job has one"}
+        WebhookStatusSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "the completion webhook and how its delivery went; null for none"},
     )
 
 
