@@ -286,3 +286,13 @@ def test_the_readme_verifies_a_signature_in_ten_lines_of_python():
     assert namespace["verify"](body, header, SECRET) is True
     assert namespace["verify"](body + b" ", header, SECRET) is False
     assert namespace["verify"](body, webhook.signature(SECRET, int(time.time()) - 3600, body), SECRET) is False
+
+
+def test_the_document_offers_a_webhook_only_where_the_server_can_sign_it(make_app, client):
+    def submission(answer) -> dict:
+        return answer.get_json()["components"]["schemas"]["JobSubmission"]["properties"]
+
+    assert submission(make_app().test_client().get("/openapi.json"))["webhook"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/Webhook"
+    }
+    assert "webhook" not in submission(client.get("/openapi.json"))  # the suite's API has no secret

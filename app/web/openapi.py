@@ -255,7 +255,15 @@ def build(flask_app: Flask) -> dict:
     document = spec.to_dict()
     _exactly_one_source(document["components"]["schemas"]["JobSubmission"])
     _null_means_null(document["components"]["schemas"])
+    _webhooks_if_signed(flask_app, document["components"]["schemas"]["JobSubmission"])
     return document
+
+
+def _webhooks_if_signed(flask_app: Flask, submission: dict) -> None:
+    """A server without BATCHERY_WEBHOOK_SECRET refuses a submission with a `webhook` (it could not
+    sign it): its document leaves the field out, as it leaves out the token it does not ask for."""
+    if not flask_app.extensions["batchery"].settings.webhook_secret:
+        submission["properties"].pop("webhook", None)
 
 
 def _operation(flask_app: Flask, rule: Rule, method: str, token: bool) -> dict:
