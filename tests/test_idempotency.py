@@ -12,7 +12,10 @@ import uuid
 
 import pytest
 import requests
+from click.testing import CliRunner
 
+from app.cli import main
+from app.client import BatcheryAPIError, Client
 from app.store import keys
 
 API = "minimal"
@@ -138,4 +141,24 @@ def test_concurrent_requests_with_one_key_create_exactly_one_job(live_url, r):
     assert [answer.status_code for answer in answers] == [200] * 20, [answer.text for answer in answers]
     assert len({answer.json()["job_id"] for answer in answers}) == 1
     assert sum(answer.headers.get("Idempotent-Replayed") == "true" for answer in answers) == 19
+    assert job_count(r) == before + 1
+
+
+def test_the_python_client_sends_the_key(live_url, r):
+    client, key, before = Client(live_url), new_key(), job_count(r)
+    first = client.submit(API, BODY, idempotency_key=key)
+    assert client.submit(API, BODY, idempotency_key=key) == first
+    assert job_count(r) == before + 1
+    with pytest.raises(BatcheryAPIError) as refused:
+        client.submit(API, dict(BODY, workers=2), idempotency_key=key)
+    assert refused.value.status == 409
+
+
+def test_the_cli_sends_the_key(live_url, r, tmp_path):
+    job_file, key, before = tmp_path / "job.json", new_key(), job_count(r)
+    job_file.write_text(json.dumps(BODY))
+    args = ["submit", API, str(job_file), "--idempotency-key", key, "--url", live_url]
+    first, again = CliRunner().invoke(main, args), CliRunner().invoke(main, args)
+    assert first.exit_code == again.exit_code == 0, first.output + again.output
+    assert first.output == again.output and len(first.output.strip()) == 16  # the same job id
     assert job_count(r) == before + 1
