@@ -190,12 +190,20 @@ class WebhookSender:
         due = cast(list[bytes], client.zrangebyscore(keys.webhook_outbox(), "-inf", at, start=0, num=DUE_AT_ONCE))
         started = 0
         for raw in due:
+            if started == room:
+                break
             job_id, token = raw.decode(), uuid.uuid4().hex
-            if started == room or not client.set(keys.webhook_lock(job_id), token, nx=True, px=LOCK_MS):
-                continue
-            with self._lock:
-                self._busy += 1
-            self._pool.submit(self._send_one, job_id, token)
+            if not client.set(keys.webhook_lock(job_id), token, nx=True, px=LOCK_MS):
+                continue  # another process sends it now
+            try:
+                with self._lock:
+                    self._busy += 1
+                self._pool.submit(self._send_one, job_id, token)
+            except RuntimeError:  # stopped meanwhile: leave the event to another process, at once
+                with self._lock:
+                    self._busy -= 1
+                _delete_if(client, keys.webhook_lock(job_id), token)
+                break
             started += 1
         return started
 
