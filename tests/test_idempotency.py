@@ -5,6 +5,7 @@ fails, stores nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -14,9 +15,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from app import create_app
 from app.cli import main
 from app.client import BatcheryAPIError, Client
 from app.store import keys
+from tests.services import wait_for
 
 API = "minimal"
 BODY = {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 2}, "config": {"a": 1, "b": [1, 2]}}
@@ -162,3 +165,14 @@ def test_the_cli_sends_the_key(live_url, r, tmp_path):
     assert first.exit_code == again.exit_code == 0, first.output + again.output
     assert first.output == again.output and len(first.output.strip()) == 16  # the same job id
     assert job_count(r) == before + 1
+
+
+def test_a_key_answers_with_its_job_for_batchery_idempotency_seconds_only(settings, r):
+    app = create_app({"SETTINGS": dataclasses.replace(settings, idempotency_seconds=1, watchdog_seconds=0)})
+    client, key = app.test_client(), new_key()
+    first = post(client, BODY, key).get_json()
+    assert post(client, BODY, key).get_json() == first
+    wait_for(lambda: stored(r, key) is None, timeout=30, what="the key to expire")
+    later = post(client, BODY, key)
+    assert later.status_code == 200 and "Idempotent-Replayed" not in later.headers
+    assert later.get_json()["job_id"] != first["job_id"]

@@ -163,6 +163,14 @@ def test_a_failing_target_is_retried_with_backoff_and_the_same_event_until_it_ta
     ]
 
 
+def test_the_event_is_posted_after_on_job_complete_ran(hooked, receiver, probe_config, r):
+    config = dict(probe_config, complete_sleep=1.0)  # a slow on_job_complete
+    spec = hooked.client.post("/batch/probe", json=with_webhook(receiver.url, config, items=2)).get_json()
+    wait_for(lambda: receiver.received, timeout=60, what="the webhook")
+    assert r.lrange(f"probe:{probe_config['tag']}:complete", 0, -1) == [spec["job_id"]]  # it had run
+    assert verified(*receiver.received[0])["job_status"]["status"] == status.SUCCEEDED
+
+
 def test_a_stopped_job_posts_its_event_too(hooked, receiver, probe_config):
     body = with_webhook(receiver.url, dict(probe_config, sleep=0.5), items=50)
     spec = hooked.client.post("/batch/probe", json=body).get_json()
