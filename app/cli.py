@@ -403,8 +403,13 @@ def exit_code(job: dict) -> int:
 @click.argument("api")
 @click.argument("job_file", type=click.File("rb"), metavar="JOB.json")
 @click.option("--dry-run", is_flag=True, help="validate only; for S3 inputs, list the files the job would read")
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="submitted again with the same KEY and job, answer with the job the first submission created",
+)
 @options
-def submit(api: str, job_file, dry_run: bool, url: str | None, output: str | None) -> None:
+def submit(api: str, job_file, dry_run: bool, idempotency_key: str | None, url: str | None, output: str | None) -> None:
     """Submit the job in JOB.json (`-`: standard input) to API; prints the job id."""
     ctx = context(url, output)
     try:
@@ -413,7 +418,7 @@ def submit(api: str, job_file, dry_run: bool, url: str | None, output: str | Non
         fail(f"{job_file.name} is not JSON: {err}")
     if not isinstance(job, dict):
         fail(f"{job_file.name} must hold a JSON object (the job), not {type(job).__name__}")
-    answer = ctx.call(ctx.client().submit, api, job, dry_run=dry_run)
+    answer = ctx.call(ctx.client().submit, api, job, dry_run=dry_run, idempotency_key=idempotency_key)
     if dry_run:
         click.echo(answer.rstrip("\n"))
     elif ctx.output == "json":

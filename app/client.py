@@ -69,15 +69,20 @@ class Client:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def submit(self, api: str, job: dict, dry_run: bool = False) -> dict | str:
+    def submit(self, api: str, job: dict, dry_run: bool = False, idempotency_key: str | None = None) -> dict | str:
         """Submit a job to `api`: the job spec (a dict, with `job_id`).
 
         With `dry_run=True` nothing is created and the answer is the API's text: for S3 inputs the
-        files the job would read, one a line, then `validations passed`.
-        Raises BatcheryAPIError: 400 invalid job, 404 unknown API, 413 body over 10 MiB.
+        files the job would read, one a line, then `validations passed`. With `idempotency_key` (e.g.
+        a UUID), submitting the same job again with the same key (after a timeout, say) answers with
+        the job the first call created instead of creating another.
+        Raises BatcheryAPIError: 400 invalid job or key, 404 unknown API, 409 the key was used with
+        another job, 413 body over 10 MiB.
         """
         params = {"dryRun": "true"} if dry_run else None
-        response = self._request("POST", self._api_path(api), params=params, data=json.dumps(job).encode())
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        body = json.dumps(job).encode()
+        response = self._request("POST", self._api_path(api), params=params, data=body, headers=headers)
         return response.text if dry_run else response.json()
 
     def get_job(self, api: str, job_id: str) -> dict:

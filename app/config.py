@@ -51,6 +51,11 @@ class Settings:
     enqueue_lease_seconds: float = 30.0  # an S3 enqueuer silent this long is presumed dead; another resumes
     job_log_lines: int = 10_000  # lines of each job's log kept in Redis
     log_format: str = "json"  # process logs: one JSON object a line, or "text"
+    idempotency_seconds: int = 86400  # an Idempotency-Key answers with its job this long
+    webhook_secret: str = field(default="", repr=False)  # signs completion webhooks; empty: none taken
+    webhook_retry_seconds: float = 86400.0  # a failing webhook is retried this long after the job ended
+    webhook_backoff_seconds: float = 10.0  # the first retry's delay; each next one doubles (at most an hour)
+    webhook_deny_private: bool = False  # refuse webhook targets on loopback, link-local, private addresses
 
     @property
     def broker(self) -> str:
@@ -87,6 +92,14 @@ class Settings:
             enqueue_lease_seconds=float(env.get("BATCHERY_ENQUEUE_LEASE", default.enqueue_lease_seconds)),
             job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),
             log_format=env.get("BATCHERY_LOG_FORMAT", default.log_format),
+            idempotency_seconds=int(env.get("BATCHERY_IDEMPOTENCY_SECONDS", default.idempotency_seconds)),
+            webhook_secret=env.get("BATCHERY_WEBHOOK_SECRET", "").strip(),
+            webhook_retry_seconds=float(env.get("BATCHERY_WEBHOOK_RETRY_SECONDS", default.webhook_retry_seconds)),
+            webhook_backoff_seconds=float(
+                env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)
+            ),
+            webhook_deny_private=env.get("BATCHERY_WEBHOOK_DENY_PRIVATE", "").strip().lower()
+            in ("1", "true", "yes", "on"),
         )
 
 

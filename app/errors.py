@@ -46,6 +46,13 @@ class JobNotRunning(BatcheryError):
     kind = "job_not_running"
 
 
+class IdempotencyConflict(BatcheryError):
+    """An Idempotency-Key already stands for another request (or for one still being processed)."""
+
+    status = 409
+    kind = "idempotency_conflict"
+
+
 class DeployError(BatcheryError):
     """A cortex.yaml or its predictor cannot be deployed."""
 

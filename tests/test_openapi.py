@@ -37,7 +37,7 @@ def test_every_route_is_documented_with_its_errors(flask_app, document):
     """The suite's API sets no token, so no answer is a 401 (tests/test_auth.py: with one)."""
     expected_errors = {
         ("/batch", "get"): {"400", "503"},
-        ("/batch/{api_name}", "post"): {"400", "404", "413", "503"},
+        ("/batch/{api_name}", "post"): {"400", "404", "409", "413", "503"},  # 409: Idempotency-Key
         ("/batch/{api_name}", "get"): {"400", "404", "503"},
         ("/batch/{api_name}", "delete"): {"400", "404", "503"},
         ("/batch/{api_name}/logs", "get"): {"400", "404", "503"},
@@ -61,7 +61,11 @@ def test_every_route_is_documented_with_its_errors(flask_app, document):
 
 def test_submission_documents_its_parameters_body_and_dry_run_text(document):
     post = document["paths"]["/batch/{api_name}"]["post"]
-    assert {(p["name"], p["in"]) for p in post["parameters"]} == {("api_name", "path"), ("dryRun", "query")}
+    assert {(p["name"], p["in"]) for p in post["parameters"]} == {
+        ("api_name", "path"),
+        ("dryRun", "query"),
+        ("Idempotency-Key", "header"),
+    }
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/JobSubmission"
     }

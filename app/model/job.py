@@ -53,6 +53,8 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         "timeout": submission.get("timeout") or None,
         "sqs_dead_letter_queue": dict(dead_letter_queue) if dead_letter_queue else None,
         "created_time": iso(now),
+        # null when not given, as timeout: every spec has the same keys
+        "webhook": {"url": submission["webhook"]["url"]} if submission.get("webhook") else None,
     }
     return spec
 
@@ -94,6 +96,8 @@ def job_status(state: dict) -> dict:
     view["start_time"] = iso(state.get("start"))
     if state.get("end"):
         view["end_time"] = iso(state["end"])
+    # the spec's {"url"}, with how its delivery went; null without one (and for jobs older than webhooks)
+    view["webhook"] = dict(state["webhook"]) if "webhook" in state else None
     return view
 
 

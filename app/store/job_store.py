@@ -148,6 +148,8 @@ class JobStore:
         }
         counters = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "time_sum")
         fields.update({name: 0 for name in counters})
+        if spec.get("webhook"):  # end_job queues the completion webhook of a job that has one
+            fields.update(webhook_url=spec["webhook"]["url"], webhook_attempts=0, webhook_delivered=0)
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(spec["job_id"]), mapping=fields)
         pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
@@ -362,6 +364,13 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     }
     state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})
+    if "webhook_url" in job_hash:  # the completion webhook's delivery (app/jobs/webhook.py)
+        state["webhook"] = {
+            "url": job_hash["webhook_url"],
+            "delivered": job_hash.get("webhook_delivered") == "1",
+            "attempts": int(job_hash.get("webhook_attempts", 0)),
+            "last_error": job_hash.get("webhook_error") or None,
+        }
     states = [parse_process_record(value)[0] for value in procs.values()]
     working = states.count(INITIALIZING) + states.count(RUNNING)
     pending = max(0, inflight - working)

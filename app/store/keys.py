@@ -108,3 +108,26 @@ def watchdog_lock(queue_url: str) -> str:
 def api_statuses(name: str) -> str:
     """Hash: status -> how many of an API's jobs are in it now (moved by each status change)."""
     return f"{PREFIX}:api:{name}:statuses"
+
+
+def idempotency(api_name: str, key_digest: str) -> str:
+    """String with a TTL: what an `Idempotency-Key` (by its SHA-256) of an API stands for: the body's
+    hash, and the job spec it created (or a marker while the first request creates it)."""
+    return f"{PREFIX}:idempotency:{api_name}:{key_digest}"
+
+
+def webhook_outbox() -> str:
+    """Sorted set: job id -> when its completion webhook is next due (set by the call that ends the
+    job: `end_job` in app/store/lua/common.lua); removed once delivered or given up."""
+    return f"{PREFIX}:webhooks:due"
+
+
+def webhook_lock(job_id: str) -> str:
+    """String with a TTL: held by the API process delivering a job's webhook right now."""
+    return f"{PREFIX}:job:{job_id}:webhook:lock"
+
+
+def webhook_body(job_id: str) -> str:
+    """String: the body of a job's completion webhook, fixed at its first attempt (every attempt
+    sends the same event)."""
+    return f"{PREFIX}:job:{job_id}:webhook:body"

@@ -27,6 +27,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from app.model import progress, status, wire
+from app.store import keys
 from app.store.held_client import HeldConnectionClient
 
 # What a Lua string literal here may hold: names, not text (no quote or backslash to escape).
@@ -44,11 +45,13 @@ def lua_file(name: str) -> str:
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
     `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, `PROGRESS_SLOTS` (app/model/progress.py),
-    and `limits` (name -> integer). Raises ValueError for a string Lua cannot take as it is."""
+    `WEBHOOK_OUTBOX`, and `limits` (name -> integer). Raises ValueError for a string Lua cannot
+    take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
     strings["PROC_RUNNING"] = wire.RUNNING  # a `procs` record is "<state> <batch_id>" (wire.process_record)
     strings["PROC_INITIALIZING"] = wire.INITIALIZING
+    strings["WEBHOOK_OUTBOX"] = keys.webhook_outbox()  # end_job queues a job's completion webhook there
     constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
     constants["PROGRESS_SLOTS"] = str(progress.SLOTS)  # the ring of per-second counts RECORD keeps
     constants.update({name: str(int(value)) for name, value in limits.items()})

@@ -13,6 +13,7 @@ from app.config import MAX_BODY_BYTES, Settings, redacted
 from app.errors import PayloadTooLarge
 from app.jobs.services import Services
 from app.jobs.watchdog import Watchdog
+from app.jobs.webhook import WebhookSender
 from app.store.joblog import attach_job_log, configure_process_logging
 from app.store.registry import read_deployments
 from app.web.auth import require_token
@@ -40,6 +41,10 @@ def create_app(config: dict | None = None) -> Flask:
         watchdog = Watchdog(services, deployed)
         watchdog.start(settings.watchdog_seconds)
         flask_app.extensions["batchery_watchdog"] = watchdog
+    if settings.webhook_secret:  # without a secret no job has a webhook (a submission with one is a 400)
+        webhooks = WebhookSender(services)
+        webhooks.start()
+        flask_app.extensions["batchery_webhooks"] = webhooks
 
     from app.web import batch as api
     from app.web import ops

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from typing import cast
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
+from app.jobs import webhook
+from app.jobs.idempotency import Idempotency, body_digest, check_key
 from app.model import job, status
 from app.model.status import IN_PROGRESS, STOPPED
 from app.store.registry import public_spec
@@ -48,18 +52,36 @@ def list_apis() -> Response:
 
 @bp.post("/batch/<api_name>")
 def submit(api_name: str) -> Response:
-    """Submit a job; `?dryRun=true` only validates.
+    """Submit a job; `?dryRun=true` only validates. With an `Idempotency-Key`, the same key and body
+    answer with the job the first request created (`Idempotent-Replayed: true`).
 
-    Errors: 400 invalid job, unknown query parameter or dryRun not true/false/1/0; 404 unknown API;
-    413 body over 10 MiB; 503 broker or job store unavailable.
+    Errors: 400 invalid job, unknown query parameter, dryRun not true/false/1/0, a bad Idempotency-Key
+    or a webhook without BATCHERY_WEBHOOK_SECRET; 404 unknown API; 409 Idempotency-Key used with another
+    body, or its first request still running; 413 body over 10 MiB; 503 broker or job store unavailable.
     """
     dry_run = _dry_run(_query("dryRun"))
     api = services().registry.get(api_name)
-    submission = load_submission(decode_body(_body()))
-    result = services().submitter.submit(api, submission, dry_run=dry_run)
-    if isinstance(result, dict):
-        return jsonify(result)
-    return Response(result, mimetype="text/plain")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        check_key(key)
+    body = decode_body(_body())
+    submission = load_submission(body)
+    webhook.check_submission(submission, services().settings)
+
+    def create() -> dict | Iterator[str]:
+        return services().submitter.submit(api, submission, dry_run=dry_run)
+
+    if key is None or dry_run:  # a dry run creates nothing, so stores nothing under the key
+        result = create()
+        if isinstance(result, dict):
+            return jsonify(result)
+        return Response(result, mimetype="text/plain")
+    idempotency = Idempotency(services().redis, services().settings.idempotency_seconds)
+    spec, replayed = idempotency.submit(api_name, key, body_digest(body), cast(Callable[[], dict], create))
+    answer = jsonify(spec)
+    if replayed:
+        answer.headers["Idempotent-Replayed"] = "true"
+    return answer
 
 
 @bp.get("/batch/<api_name>")

@@ -41,6 +41,17 @@ API_NAME = {
 }
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    "description": "1 to 255 printable ASCII characters (a UUID): the same key with the same JSON body "
+    "(whitespace and key order aside) within BATCHERY_IDEMPOTENCY_SECONDS answers 200 with the job the first "
+    "request created, with `Idempotent-Replayed: true`, and creates no other; with another body, a 409",
+}
+
+
 def job_id(required: bool, description: str) -> dict:
     """The OpenAPI description of the `jobID` query parameter (an empty one is refused, given or not)."""
     return {
@@ -104,6 +115,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                 "schema": {"type": "boolean", "default": False},
                 "description": "only validate: answer with the S3 files that would be processed, create nothing",
             },
+            IDEMPOTENCY_KEY,
         ],
         "requestBody": {
             "required": True,
@@ -117,6 +129,12 @@ OPERATIONS: dict[tuple[str, str], dict] = {
                 "content": {
                     "application/json": {"schema": "JobSpec"},
                     "text/plain": {"schema": {"type": "string"}, "example": "s3://bucket/a.json\nvalidations passed"},
+                },
+                "headers": {
+                    "Idempotent-Replayed": {
+                        "description": "`true` when the Idempotency-Key answered with the job of an earlier request",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
                 },
                 "links": JOB_LINKS,
             }
@@ -237,7 +255,15 @@ def build(flask_app: Flask) -> dict:
     document = spec.to_dict()
     _exactly_one_source(document["components"]["schemas"]["JobSubmission"])
     _null_means_null(document["components"]["schemas"])
+    _webhooks_if_signed(flask_app, document["components"]["schemas"]["JobSubmission"])
     return document
+
+
+def _webhooks_if_signed(flask_app: Flask, submission: dict) -> None:
+    """A server without BATCHERY_WEBHOOK_SECRET refuses a submission with a `webhook` (it could not
+    sign it): its document leaves the field out, as it leaves out the token it does not ask for."""
+    if not flask_app.extensions["batchery"].settings.webhook_secret:
+        submission["properties"].pop("webhook", None)
 
 
 def _operation(flask_app: Flask, rule: Rule, method: str, token: bool) -> dict:

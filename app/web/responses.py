@@ -6,7 +6,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from app.model import status
-from app.web.schemas import DeadLetterQueueSchema
+from app.web.schemas import DeadLetterQueueSchema, WebhookSchema
 
 
 def text(description: str, **kwargs) -> fields.String:
@@ -39,6 +39,9 @@ class JobSpecSchema(Schema):
     )
     sqs_dead_letter_queue = fields.Nested(
         DeadLetterQueueSchema, required=True, allow_none=True, metadata={"description": "null for none"}
+    )
+    webhook = fields.Nested(
+        WebhookSchema, required=True, allow_none=True, metadata={"description": "the completion webhook; null for none"}
     )
 
 
@@ -96,6 +99,15 @@ class WorkerCountsSchema(Schema):
     )
 
 
+class WebhookStatusSchema(Schema):
+    """`webhook` of a job status: the completion webhook and how its delivery went."""
+
+    url = text("where the signed job.ended event is POSTed", required=True)
+    delivered = fields.Boolean(required=True, metadata={"description": "whether the target answered 2xx"})
+    attempts = count("POSTs tried so far (each one a line in the job's log)", required=True)
+    last_error = text("what the last failed attempt got; null for none", required=True, allow_none=True)
+
+
 class JobStatusSchema(JobSpecSchema):
     """`job_status`: the spec, with where the job is."""
 
@@ -108,6 +120,12 @@ class JobStatusSchema(JobSpecSchema):
     worker_counts = fields.Nested(WorkerCountsSchema, metadata={"description": "only while the job is in progress"})
     start_time = text("RFC 3339, UTC: when its first batch was released; null before", required=True, allow_none=True)
     end_time = text("RFC 3339, UTC: when it ended")
+    webhook = fields.Nested(  # the spec's {url}, with its delivery
+        WebhookStatusSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "the completion webhook and how its delivery went; null for none"},
+    )
 
 
 class PredictorSchema(Schema):

@@ -91,6 +91,19 @@ class S3SourceSchema(Schema):
         return data
 
 
+class WebhookSchema(Schema):
+    """`webhook`: where Batchery POSTs the signed `job.ended` event when the job reaches its final status."""
+
+    url = fields.Url(
+        required=True,
+        schemes={"http", "https"},
+        error_messages={"invalid": "Must be an http:// or https:// URL."},
+        require_tld=False,  # a host of the operator's network, or an address, is a target too
+        validate=validate.Length(max=2048, error="must be at most {max} characters"),
+        metadata={"description": "an HTTP or HTTPS URL; it receives the event as a JSON POST"},
+    )
+
+
 class JobSubmissionSchema(Schema):
     """The body of `POST /batch/<api>`."""
 
@@ -117,6 +130,12 @@ class JobSubmissionSchema(Schema):
         allow_none=True,
         load_default=dict,
         metadata={"description": "deep-merged over the API's predictor config"},
+    )
+    webhook = fields.Nested(
+        WebhookSchema,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "where to POST a signed job.ended event when the job ends (BATCHERY_WEBHOOK_SECRET)"},
     )
 
     @pre_load

@@ -24,7 +24,8 @@
 -- Names in capitals stand for values defined once, in Python; the loader writes the values in
 -- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
 -- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
--- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore).
+-- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
+-- WEBHOOK_OUTBOX (app/store/keys.py: the sorted set of the completion webhooks due).
 
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -104,6 +105,11 @@ local function end_job(final, message, ended_at)
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
   log_end(final, message)
+  -- A job with a completion webhook has it due now, written by the call that sets the final
+  -- status, so no way of ending misses it (app/jobs/webhook.py delivers it). The outbox is one
+  -- key for all jobs, named by WEBHOOK_OUTBOX and not in KEYS: fine on one Redis (and Sentinel),
+  -- as every script here is; Redis Cluster is not supported.
+  if redis.call('HEXISTS', job, 'webhook_url') == 1 then redis.call('ZADD', WEBHOOK_OUTBOX, ARGV[2], job_id) end
   return 1
 end
 
