@@ -93,6 +93,8 @@ def job_status(state: dict) -> dict:
     view["start_time"] = iso(state.get("start"))
     if state.get("end"):
         view["end_time"] = iso(state["end"])
+    if state.get("retry_job_ids"):  # retried (POST .../retry): its retries, oldest first
+        view["retry_job_ids"] = state["retry_job_ids"]
     return view
 
 
