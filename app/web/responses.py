@@ -40,6 +40,7 @@ class JobSpecSchema(Schema):
     sqs_dead_letter_queue = fields.Nested(
         DeadLetterQueueSchema, required=True, allow_none=True, metadata={"description": "null for none"}
     )
+    parent_job_id = text("only in a retry (POST /batch/<api>/<job_id>/retry): the job whose batches it runs again")
 
 
 class BatchMetricsSchema(Schema):
@@ -83,6 +84,9 @@ class JobStatusSchema(JobSpecSchema):
     worker_counts = fields.Nested(WorkerCountsSchema, metadata={"description": "only while the job is in progress"})
     start_time = text("RFC 3339, UTC: when its first batch was released; null before", required=True, allow_none=True)
     end_time = text("RFC 3339, UTC: when it ended")
+    retry_job_ids = fields.List(
+        fields.String(), metadata={"description": "only once the job was retried: its retries' job ids, oldest first"}
+    )
 
 
 class PredictorSchema(Schema):
