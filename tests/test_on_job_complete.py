@@ -18,9 +18,7 @@ from workers.runtime import LoadedClass, Predictor
 EXTRA = {"failed_batch_ids", "failed_batch_ids_truncated"}
 
 
-def test_on_job_complete_with_a_parameter_gets_the_final_status_and_the_failed_batch_ids(
-    jobs, worker, r, probe_config
-):
+def test_on_job_complete_with_a_parameter_gets_the_final_status_and_the_failed_batch_ids(jobs, worker, r, probe_config):
     items = ["a", "fail-b", "c", "d", "fail-e", "f", "g", "h", "i", "j", "fail-k", "l"]  # batches 1, 4 and 10 fail
     spec = jobs.submit("ledger", {"workers": 3, "config": probe_config, "item_list": {"items": items, "batch_size": 1}})
     ended = jobs.wait_final("ledger", spec["job_id"])
@@ -31,12 +29,16 @@ def test_on_job_complete_with_a_parameter_gets_the_final_status_and_the_failed_b
     # as GET answers it once the job ended: the status it was about to be given, the final counts
     assert set(job) - EXTRA == set(ended)
     assert job["status"] == ended["status"] == status.COMPLETED_WITH_FAILURES
-    assert job["batch_metrics"] == ended["batch_metrics"] == {
-        "succeeded": 9,
-        "failed": 3,
-        "avg_time_per_batch": pytest.approx(ended["batch_metrics"]["avg_time_per_batch"]),
-        "average_time_per_batch": pytest.approx(ended["batch_metrics"]["average_time_per_batch"]),
-    }
+    assert (
+        job["batch_metrics"]
+        == ended["batch_metrics"]
+        == {
+            "succeeded": 9,
+            "failed": 3,
+            "avg_time_per_batch": pytest.approx(ended["batch_metrics"]["avg_time_per_batch"]),
+            "average_time_per_batch": pytest.approx(ended["batch_metrics"]["average_time_per_batch"]),
+        }
+    )
     assert (job["total_batch_count"], job["batches_in_queue"]) == (12, 0)
 
 

@@ -9,9 +9,11 @@ import uuid
 import boto3
 import pytest
 
+from app.client import BatcheryAPIError, Client
 from app.model import status
 from app.store.retries import RetryStore
 from tests.services import wait_for
+from tests.test_cli import Cli, one_error_line
 
 ITEMS = ["a", "b", "fail-c", "d", "e", "f", "fail-g", "h"]  # batches of 2: 1 and 3 fail
 
@@ -61,10 +63,11 @@ def test_a_retry_runs_exactly_the_failed_batches_and_a_retry_of_it_with_override
     assert jobs.status("ledger", parent["job_id"])["retry_job_ids"] == [child["job_id"]]
 
     # a retry of the retry, its settings overridden: one batch at a time, healed by its config
-    answer = retry(client, child["job_id"], {"workers": 1, "timeout": 600, "config": dict(config, heal=True)})
+    answer = retry(client, child["job_id"], {"workers": 1, "timeout": 600, "config": {"heal": True}})
     assert answer.status_code == 200, answer.get_data(as_text=True)
     grandchild = answer.get_json()
     assert (grandchild["workers"], grandchild["timeout"], grandchild["parent_job_id"]) == (1, 600, child["job_id"])
+    assert grandchild["config"] == dict(config, heal=True)  # merged over the parent's config, as its job wins
     assert jobs.wait_final("ledger", grandchild["job_id"])["status"] == status.SUCCEEDED
     assert seen(r, config, grandchild["job_id"]) == [["1", ["fail-c", "d"]], ["3", ["fail-g", "h"]]]  # in order
     assert completed_with(r, config, grandchild["job_id"])["failed_batch_ids"] == []
@@ -96,7 +99,7 @@ def test_include_unfinished_retries_what_a_stopped_job_never_ran_and_what_failed
     assert jobs.wait_final("ledger", failed_only["job_id"])["total_batch_count"] == 1
     assert seen(r, config, failed_only["job_id"]) == [["1", ["hold-fail"]]]
 
-    child = retry(client, parent["job_id"], {"include": "unfinished", "config": dict(config, heal=True)}).get_json()
+    child = retry(client, parent["job_id"], {"include": "unfinished", "config": {"heal": True}}).get_json()
     assert jobs.wait_final("ledger", child["job_id"])["status"] == status.SUCCEEDED
     assert sorted(seen(r, config, child["job_id"])) == [["1", ["hold-fail"]], ["2", ["c"]], ["3", ["d"]], ["4", ["e"]]]
 
@@ -153,6 +156,35 @@ def test_a_retry_of_an_s3_job_runs_its_failed_batches_of_paths(jobs, worker, r, 
     lister = {"s3_paths": [f"s3://{bucket}/in/"], "batch_size": 2}
     parent = jobs.submit("ledger", {"workers": 2, "config": config, "file_path_lister": lister})
     assert jobs.wait_final("ledger", parent["job_id"])["status"] == status.COMPLETED_WITH_FAILURES
-    child = retry(client, parent["job_id"], {"config": dict(config, heal=True)}).get_json()
+    child = retry(client, parent["job_id"], {"config": {"heal": True}}).get_json()
     assert jobs.wait_final("ledger", child["job_id"])["status"] == status.SUCCEEDED
     assert seen(r, config, child["job_id"]) == [["1", [f"s3://{bucket}/in/c-fail.json", f"s3://{bucket}/in/d.json"]]]
+
+
+def test_the_cli_and_the_client_retry_a_job(live_url, worker, tmp_path, redis_server, r, probe_config):
+    cli = Cli(live_url, tmp_path, redis_server.url)
+    client = Client(live_url)
+    config = probe_config
+    parent = client.submit("ledger", {"workers": 2, "config": config, "item_list": {"items": ITEMS, "batch_size": 2}})
+    client.wait("ledger", parent["job_id"], timeout=120)
+
+    done = cli("retry", "ledger", parent["job_id"], "--workers", "1", "--timeout", "300")
+    assert done.returncode == 0, done.stderr
+    child_id = done.stdout.strip()
+    child = client.wait("ledger", child_id, timeout=120)
+    assert (child["parent_job_id"], child["workers"], child["timeout"], child["total_batch_count"]) == (
+        parent["job_id"],
+        1,
+        300,
+        2,
+    )
+
+    healed = client.retry("ledger", child_id, include="unfinished", config={"heal": True})
+    assert healed["parent_job_id"] == child_id
+    assert client.wait("ledger", healed["job_id"], timeout=120)["status"] == status.SUCCEEDED
+    with pytest.raises(BatcheryAPIError) as refused:
+        client.retry("ledger", healed["job_id"])
+    assert refused.value.status == 400 and "has nothing to retry" in refused.value.message
+
+    nothing = cli("retry", "ledger", healed["job_id"], "--include", "unfinished")
+    assert one_error_line(nothing).startswith(f"error: job {healed['job_id']} has nothing to retry")

@@ -4,8 +4,9 @@ failed for good (and, asked for, those that never ran to an outcome), as they we
 The batches keep their ids, their items and their order, so the child's batch `7` is the parent's
 batch `7`; an S3 input's batches are its bodies as the worker received them (lists of paths, or
 byte ranges of the objects as they were listed). The child runs the API as deployed now (a fix
-deployed since the failures applies), with the parent's `workers`, `timeout`, `config` and
-`sqs_dead_letter_queue` unless the request overrides them.
+deployed since the failures applies), with the parent's `workers`, `timeout` and
+`sqs_dead_letter_queue` unless the request overrides them, and the parent's `config` with the
+request's deep-merged over it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from app.errors import InvalidRequest, JobNotFound
 from app.jobs.services import Services
 from app.model import status
-from app.model.job import now
+from app.model.job import deep_merge, now
 from app.store.joblog import for_job
 from app.store.retries import RetryStore
 
@@ -61,7 +62,9 @@ class Retrier:
         """The child's settings: the request's overrides, else the parent's; its dead-letter queue
         checked as a submission's. Raises InvalidRequest."""
         submission = {name: request.get(name, parent.get(name)) for name in OVERRIDABLE}
-        submission["config"] = submission["config"] or {}  # merged over the API's config, as a submission's
+        # the parent's config with the request's merged over it (change one key, keep the rest);
+        # build_spec merges that over the API's config, as a submission's
+        submission["config"] = deep_merge(parent.get("config") or {}, request.get("config") or {})
         dead_letter_queue = submission["sqs_dead_letter_queue"]
         if dead_letter_queue:
             try:

@@ -228,7 +228,7 @@ class RetrySchema(Schema):
     config = fields.Dict(
         keys=fields.String(),
         allow_none=True,
-        metadata={"description": "deep-merged over the API's predictor config (default: the parent's config)"},
+        metadata={"description": "deep-merged over the parent's config (which holds the API's predictor config)"},
     )
 
 
