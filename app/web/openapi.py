@@ -166,7 +166,7 @@ OPERATIONS: dict[tuple[str, str], dict] = {
             "batches with its settings",
             "content": {"application/json": {"schema": "Retry"}},
         },
-        "responses": {"200": json_answer("the new job's spec, with parent_job_id", "JobSpec")},
+        "responses": {"200": {**json_answer("the new job's spec, with parent_job_id", "JobSpec"), "links": JOB_LINKS}},
     },
     ("/healthz", "get"): {
         "responses": {
