@@ -12,6 +12,7 @@ import pytest
 from app.client import BatcheryAPIError, Client
 from app.model import status
 from app.store.retries import RetryStore
+from app.web import responses
 from tests.services import wait_for
 from tests.test_cli import Cli, one_error_line
 
@@ -61,6 +62,10 @@ def test_a_retry_runs_exactly_the_failed_batches_and_a_retry_of_it_with_override
     # exactly the failed batches, their ids and items, in the parent's order (workers 2: either first)
     assert sorted(seen(r, config, child["job_id"])) == [["1", ["fail-c", "d"]], ["3", ["fail-g", "h"]]]
     assert jobs.status("ledger", parent["job_id"])["retry_job_ids"] == [child["job_id"]]
+    # the answers fit their documented schemas (unknown fields refused): parent_job_id, retry_job_ids
+    responses.JobSpecSchema().load(child)
+    responses.JobStatusResponseSchema().load(client.get(f"/batch/ledger?jobID={parent['job_id']}").get_json())
+    responses.JobStatusResponseSchema().load(client.get(f"/batch/ledger?jobID={child['job_id']}").get_json())
 
     # a retry of the retry, its settings overridden: one batch at a time, healed by its config
     answer = retry(client, child["job_id"], {"workers": 1, "timeout": 600, "config": {"heal": True}})
@@ -102,6 +107,26 @@ def test_include_unfinished_retries_what_a_stopped_job_never_ran_and_what_failed
     child = retry(client, parent["job_id"], {"include": "unfinished", "config": {"heal": True}}).get_json()
     assert jobs.wait_final("ledger", child["job_id"])["status"] == status.SUCCEEDED
     assert sorted(seen(r, config, child["job_id"])) == [["1", ["hold-fail"]], ["2", ["c"]], ["3", ["d"]], ["4", ["e"]]]
+
+
+def test_include_unfinished_retries_what_a_timed_out_job_never_ran(jobs, worker, r, probe_config, client):
+    """Timed out with batch 0 inside predict (it succeeds later) and 1 and 2 still in the backlog
+    (3 s: time enough for batch 0 to start on a busy machine, where it waits to be released)."""
+    config = probe_config
+    body = {"workers": 1, "timeout": 3, "config": config, "item_list": {"items": ["hold", "b", "c"], "batch_size": 1}}
+    parent = jobs.submit("ledger", body)
+    wait_for(lambda: seen(r, config, parent["job_id"]), what="batch 0 inside predict")
+    assert jobs.wait_final("ledger", parent["job_id"])["status"] == status.TIMED_OUT
+    r.set(f"ledger:{config['tag']}:release", 1)
+    wait_for(lambda: jobs.status("ledger", parent["job_id"])["batch_metrics"]["succeeded"] == 1, what="batch 0's end")
+    nothing = retry(client, parent["job_id"]).get_json()["message"]
+    assert nothing.endswith(
+        'no batch that failed for good; to run the batches it never ran, send {"include": "unfinished"}'
+    )
+    child = retry(client, parent["job_id"], {"include": "unfinished", "timeout": None}).get_json()
+    assert child["timeout"] is None
+    assert jobs.wait_final("ledger", child["job_id"])["status"] == status.SUCCEEDED
+    assert seen(r, config, child["job_id"]) == [["1", ["b"]], ["2", ["c"]]]
 
 
 def test_the_refusals_say_what_is_wrong(jobs, worker, r, probe_config, client):
