@@ -11,6 +11,7 @@ import pytest
 
 from app.client import BatcheryAPIError, Client
 from app.model import status
+from app.store import keys
 from app.store.retries import RetryStore
 from app.web import responses
 from tests.services import wait_for
@@ -78,6 +79,13 @@ def test_a_retry_runs_exactly_the_failed_batches_and_a_retry_of_it_with_override
     assert completed_with(r, config, grandchild["job_id"])["failed_batch_ids"] == []
     assert jobs.status("ledger", child["job_id"])["retry_job_ids"] == [grandchild["job_id"]]
     assert "retry_job_ids" not in jobs.status("ledger", grandchild["job_id"])
+
+    # a job that ended before its failed batches were kept says so, and where they still are
+    r.delete(keys.failed_batches(child["job_id"]))
+    assert retry(client, child["job_id"]).get_json()["message"] == (
+        f"job {child['job_id']} has nothing to retry: its 2 batches that failed for good were not kept "
+        "(it ended before this version of Batchery); replay them from its dead letters"
+    )
 
     # retried twice: both retries listed, oldest first
     again = retry(client, parent["job_id"]).get_json()

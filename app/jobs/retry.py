@@ -22,8 +22,6 @@ from app.store.retries import RetryStore
 
 log = logging.getLogger(__name__)
 
-# What a retry takes: `failed` (the default) or `unfinished` (the failed ones and those never run).
-INCLUDE = ("failed", "unfinished")
 OVERRIDABLE = ("workers", "timeout", "config", "sqs_dead_letter_queue")
 
 
@@ -50,7 +48,7 @@ class Retrier:
         include = request.get("include", "failed")
         entries = self.retries.entries(job_id, unfinished=include == "unfinished")
         if not entries:
-            raise InvalidRequest(nothing_to_retry(job_id, state["status"], include))
+            raise InvalidRequest(nothing_to_retry(job_id, state, include))
         submission = self._submission(state["spec"], request)
         child = self.services.submitter.submit_batches(api, submission, entries, {"parent_job_id": job_id})
         self.retries.link(job_id, child["job_id"])
@@ -74,8 +72,14 @@ class Retrier:
         return submission
 
 
-def nothing_to_retry(job_id: str, final: str, include: str) -> str:
+def nothing_to_retry(job_id: str, state: dict, include: str) -> str:
     """The 400's message for a job that ended with nothing to retry: why, and what else to ask."""
+    final = state["status"]
+    if state["failed_batches"]:  # counted, but not kept: it ended before Batchery kept them
+        return (
+            f"job {job_id} has nothing to retry: its {state['failed_batches']} batches that failed for good "
+            "were not kept (it ended before this version of Batchery); replay them from its dead letters"
+        )
     if include == "unfinished":
         return f"job {job_id} has nothing to retry: it ended {final}, and every one of its batches succeeded"
     hint = ""
