@@ -11,9 +11,17 @@ from app.jobs.completion import completed_job
 from app.model import status
 from app.store import keys
 from app.store.retries import RetryStore
+from tests.conftest import PREDICTORS
 from tests.services import wait_for
 from workers.namespace import Namespace
 from workers.runtime import LoadedClass, Predictor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ledger_api(flask_app):
+    """The `ledger` test API (tests/predictors/ledger.yaml), deployed for this module's tests."""
+    flask_app.extensions["batchery"].registry.deploy_file(PREDICTORS / "ledger.yaml")
+
 
 EXTRA = {"failed_batch_ids", "failed_batch_ids_truncated"}
 

@@ -14,8 +14,16 @@ from app.model import status
 from app.store import keys
 from app.store.retries import RetryStore
 from app.web import responses
+from tests.conftest import PREDICTORS
 from tests.services import wait_for
 from tests.test_cli import Cli, one_error_line
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ledger_api(flask_app):
+    """The `ledger` test API (tests/predictors/ledger.yaml), deployed for this module's tests."""
+    flask_app.extensions["batchery"].registry.deploy_file(PREDICTORS / "ledger.yaml")
+
 
 ITEMS = ["a", "b", "fail-c", "d", "e", "f", "fail-g", "h"]  # batches of 2: 1 and 3 fail
 

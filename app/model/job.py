@@ -53,6 +53,7 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         "timeout": submission.get("timeout") or None,
         "sqs_dead_letter_queue": dict(dead_letter_queue) if dead_letter_queue else None,
         "created_time": iso(now),
+        "parent_job_id": None,  # a retry's (POST .../retry): the job whose batches it runs again
     }
     return spec
 
@@ -81,6 +82,7 @@ def job_status(state: dict) -> dict:
     view = dict(spec)
     view.setdefault("timeout", None)  # jobs stored before both keys were kept
     view.setdefault("sqs_dead_letter_queue", None)
+    view.setdefault("parent_job_id", None)  # jobs stored before retries
     view["status"] = state["status"]
     if state.get("message"):
         view["message"] = state["message"]

@@ -40,7 +40,11 @@ class JobSpecSchema(Schema):
     sqs_dead_letter_queue = fields.Nested(
         DeadLetterQueueSchema, required=True, allow_none=True, metadata={"description": "null for none"}
     )
-    parent_job_id = text("only in a retry (POST /batch/<api>/<job_id>/retry): the job whose batches it runs again")
+    parent_job_id = text(
+        "of a retry (POST /batch/<api>/<job_id>/retry): the job whose batches it runs again; null for others",
+        required=True,
+        allow_none=True,
+    )
 
 
 class BatchMetricsSchema(Schema):
