@@ -229,3 +229,17 @@ def test_the_cli_and_the_client_retry_a_job(live_url, worker, tmp_path, redis_se
 
     nothing = cli("retry", "ledger", healed["job_id"], "--include", "unfinished")
     assert one_error_line(nothing).startswith(f"error: job {healed['job_id']} has nothing to retry")
+
+
+def test_a_retry_of_a_delimited_files_job_reads_its_failed_byte_ranges_again(jobs, worker, r, probe_config, client):
+    config = probe_config
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/values.jsonl", Body=b'"a"\n"b"\n"c-fail"\n"d"\n"e"\n')
+    source = {"s3_paths": [f"s3://{bucket}/in/"], "batch_size": 2}
+    parent = jobs.submit("ledger", {"workers": 2, "config": config, "delimited_files": source})
+    assert jobs.wait_final("ledger", parent["job_id"])["status"] == status.COMPLETED_WITH_FAILURES
+    child = retry(client, parent["job_id"], {"config": {"heal": True}}).get_json()
+    assert jobs.wait_final("ledger", child["job_id"])["status"] == status.SUCCEEDED
+    assert seen(r, config, child["job_id"]) == [["1", ["c-fail", "d"]]]  # its values, read from its byte range
