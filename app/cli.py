@@ -441,6 +441,30 @@ def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
 @main.command()
 @click.argument("api")
 @click.argument("job_id", metavar="JOB")
+@click.option(
+    "--include",
+    type=click.Choice(["failed", "unfinished"]),
+    default="failed",
+    show_default=True,
+    help="unfinished: also the batches the job never ran (it was stopped or timed out)",
+)
+@click.option("--workers", type=int, help="the new job's workers (default: the job's)")
+@click.option("--timeout", type=int, help="the new job's timeout in seconds (default: the job's)")
+@options
+def retry(
+    api: str, job_id: str, include: str, workers: int | None, timeout: int | None, url: str | None, output: str | None
+) -> None:
+    """Retry the job JOB of API, which ended: a new job of its batches that failed for good; prints its id."""
+    ctx = context(url, output)
+    overrides = {"include": include, "workers": workers, "timeout": timeout}
+    given = {name: value for name, value in overrides.items() if value is not None}
+    answer = ctx.call(ctx.client().retry, api, job_id, **given)
+    click.echo(json.dumps(answer, indent=2) if ctx.output == "json" else answer["job_id"])
+
+
+@main.command()
+@click.argument("api")
+@click.argument("job_id", metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the job ends")
 @click.option("--interval", default=1.0, show_default=True, help="seconds between polls with --follow")
 @options

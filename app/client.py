@@ -106,6 +106,17 @@ class Client:
         """
         return self._request("GET", f"{self._api_path(api)}/logs", params={"jobID": job_id, "after": after}).json()
 
+    def retry(self, api: str, job_id: str, **overrides: Any) -> dict:
+        """Retry a job that ended: a new job of its batches that failed for good, as they were; the
+        new job's spec (with `parent_job_id`). `overrides`: `include="unfinished"` (also the batches
+        it never ran), `workers`, `timeout`, `config`, `sqs_dead_letter_queue`.
+
+        Raises BatcheryAPIError: 400 the job is in progress, has nothing to retry or an override is
+        invalid; 404 unknown API or job.
+        """
+        path = f"{self._api_path(api)}/{quote(job_id, safe='')}/retry"
+        return self._request("POST", path, data=json.dumps(overrides).encode()).json()
+
     def list_jobs(self, api: str) -> list[dict]:
         """The API's job statuses: the jobs in progress, then the most recent, newest first.
 

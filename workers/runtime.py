@@ -116,6 +116,20 @@ def _accepted(func: Any) -> set[str] | None:
     return set(params)
 
 
+def _takes_an_argument(func: Any) -> bool:
+    """Whether `func` (a bound method) takes a positional argument; False if it cannot be inspected."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    return any(p.kind in positional for p in params)
+
+
 def _call_with(func: Any, available: dict, accepted: set[str] | None) -> Any:
     if accepted is None:
         return func(**available)
@@ -144,10 +158,13 @@ class Predictor:
         with _calling(self.modules):
             return _call_with(self.instance.predict, {"payload": payload, "batch_id": batch_id}, self._predict_accepts)
 
-    def on_job_complete(self) -> None:
-        """Run `on_job_complete`."""
+    def on_job_complete(self, job: Callable[[], dict] = dict) -> None:
+        """Run `on_job_complete`: given the job's final status (`job()`, built only then) if it
+        takes a parameter, as `predict` may take `batch_id`; without one, as on Cortex."""
+        method = self.instance.on_job_complete
+        arguments = [job()] if _takes_an_argument(method) else []  # read before the user's code runs
         with _calling(self.modules):
-            self.instance.on_job_complete()
+            method(*arguments)
 
 
 class PredictorCache:

@@ -10,6 +10,7 @@ import uuid
 from functools import partial
 from typing import cast
 
+from app.jobs.completion import completed_job
 from app.jobs.enqueuer import Enqueuer
 from app.jobs.services import Services
 from app.jobs.submission import follow
@@ -19,6 +20,7 @@ from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
+from app.store.retries import RetryStore
 from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
@@ -250,7 +252,9 @@ def _finalize(spec: dict, api: dict) -> None:
         predictor_class = load_class(api, _predictors.deployed).cls
         if callable(getattr(predictor_class, "on_job_complete", None)):
             log.info("running on_job_complete")
-            _predictors.get(spec, api, partial(job_spec_fields, spec)).on_job_complete()
+            # the job as it is about to end, for an on_job_complete(self, job) (built only for one)
+            job = partial(completed_job, state, final, message, RetryStore(store.redis), now())
+            _predictors.get(spec, api, partial(job_spec_fields, spec)).on_job_complete(job)
     except PredictorError as err:
         log.error("job %s: %s", job_id, err, exc_info=err)
         error = str(err)

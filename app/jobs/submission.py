@@ -104,6 +104,17 @@ class Submitter:
             self.store.end(spec, status.ENQUEUE_FAILED, f"could not publish to the broker: {err}", now())
             raise BrokerUnavailable(f"job {spec['job_id']} could not be enqueued: {err}") from None
 
+    def submit_batches(self, api: dict, submission: dict, entries: list[str], spec_fields: dict) -> dict:
+        """Create a job of `api` whose batches are the given backlog entries, as they are (a retry's:
+        app/jobs/retry.py), its spec holding `spec_fields` too. Raises InvalidRequest, BrokerUnavailable."""
+        spec = build_spec(api, submission, self.queue_url, now())
+        spec.update(spec_fields)
+        self.store.create(spec, api, now())
+        with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
+            log.info("enqueued %d batches", len(entries))
+            self._enqueue(spec, entries)
+        return spec
+
     def _enqueue(self, spec: dict, entries: list[str]) -> None:
         # The cursor marks every batch stored: if this process dies before `enqueued`, the watchdog
         # finishes the job's enqueuing instead of failing it.

@@ -55,6 +55,7 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         "created_time": iso(now),
         # null when not given, as timeout: every spec has the same keys
         "webhook": {"url": submission["webhook"]["url"]} if submission.get("webhook") else None,
+        "parent_job_id": None,  # a retry's (POST .../retry): the job whose batches it runs again
     }
     return spec
 
@@ -83,6 +84,7 @@ def job_status(state: dict) -> dict:
     view = dict(spec)
     view.setdefault("timeout", None)  # jobs stored before both keys were kept
     view.setdefault("sqs_dead_letter_queue", None)
+    view.setdefault("parent_job_id", None)  # jobs stored before retries
     view["status"] = state["status"]
     if state.get("message"):
         view["message"] = state["message"]
@@ -98,6 +100,8 @@ def job_status(state: dict) -> dict:
         view["end_time"] = iso(state["end"])
     # the spec's {"url"}, with how its delivery went; null without one (and for jobs older than webhooks)
     view["webhook"] = dict(state["webhook"]) if "webhook" in state else None
+    if state.get("retry_job_ids"):  # retried (POST .../retry): its retries, oldest first
+        view["retry_job_ids"] = state["retry_job_ids"]
     return view
 
 

@@ -361,6 +361,7 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
         "status": job_hash["status"],
         "message": job_hash.get("message", ""),
         "oom_batch": job_hash.get("oom_batch", ""),  # the first batch that failed for good by OOM kills
+        "retry_job_ids": job_hash.get("retry_job_ids", "").split(),  # the jobs retrying it, oldest first
     }
     state.update({name: int(job_hash.get(name, 0)) for name in COUNTERS})
     state.update({name: float(job_hash.get(name, 0)) for name in TIMES})

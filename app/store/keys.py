@@ -131,3 +131,22 @@ def webhook_body(job_id: str) -> str:
     """String: the body of a job's completion webhook, fixed at its first attempt (every attempt
     sends the same event)."""
     return f"{PREFIX}:job:{job_id}:webhook:body"
+
+
+def failed_batches(job_id: str) -> str:
+    """Sorted set: the backlog entries of the job's batches that failed for good, scored by batch
+    number; kept with the job, for a retry of them (app/jobs/retry.py). The store's Lua names it
+    as the job's key and `:failed` (record.lua)."""
+    return f"{job(job_id)}:failed"
+
+
+def unfinished_backlog(job_id: str) -> str:
+    """List: the backlog as it was when the job ended (the batches never released), kept for a
+    retry of the unfinished batches; the Lua names it as the job's key and `:unfinished:backlog`."""
+    return f"{job(job_id)}:unfinished:backlog"
+
+
+def unfinished_inflight(job_id: str) -> str:
+    """Hash: batch id -> entry of the batches in flight when the job ended and that never reported
+    an outcome since; the Lua names it as the job's key and `:unfinished:inflight`."""
+    return f"{job(job_id)}:unfinished:inflight"

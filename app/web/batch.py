@@ -12,11 +12,12 @@ from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
 from app.jobs import webhook
 from app.jobs.idempotency import Idempotency, body_digest, check_key
+from app.jobs.retry import Retrier
 from app.model import job, status
 from app.model.status import IN_PROGRESS, STOPPED
 from app.store.registry import public_spec
 from app.web.context import services
-from app.web.schemas import decode_body, load_submission
+from app.web.schemas import decode_body, load_retry, load_submission
 
 bp = Blueprint("batch", __name__)
 
@@ -217,3 +218,19 @@ def _job_status(api: dict, job_id: str) -> dict:
 def batchery_error(err: BatcheryError) -> tuple[Response, int]:
     """Answer a BatcheryError as `{"kind", "message"}` with its HTTP status."""
     return jsonify({"kind": err.kind, "message": err.message}), err.status
+
+
+@bp.post("/batch/<api_name>/<job_id>/retry")
+def retry(api_name: str, job_id: str) -> Response:
+    """Retry a job that ended: a new job of its batches that failed for good (with `include: unfinished`,
+    also those it never ran), answered with its spec.
+
+    Errors: 400 invalid body, unknown query parameter, job still in progress or nothing to retry;
+    404 unknown API or job; 413 body over 10 MiB; 503 broker or job store unavailable.
+    """
+    _query()
+    raw = _body()
+    if not raw.strip():  # as every POST here: an empty body is a 400 (clients probe with one)
+        raise InvalidRequest("the request body is empty: send a JSON object ({} retries the failed batches)")
+    request_body = load_retry(decode_body(raw))
+    return jsonify(Retrier(services()).retry(api_name, job_id, request_body))

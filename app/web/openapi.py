@@ -167,6 +167,25 @@ OPERATIONS: dict[tuple[str, str], dict] = {
         ],
         "responses": {"200": json_answer("the job's log lines after `after`, oldest first", "JobLogsResponse")},
     },
+    ("/batch/<api_name>/<job_id>/retry", "post"): {
+        "parameters": [
+            API_NAME,
+            {
+                "name": "job_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1},
+                "description": "a job of the API that ended",
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "what to retry and the settings that differ from the job's; `{}` retries its failed "
+            "batches with its settings",
+            "content": {"application/json": {"schema": "Retry"}},
+        },
+        "responses": {"200": {**json_answer("the new job's spec, with parent_job_id", "JobSpec"), "links": JOB_LINKS}},
+    },
     ("/healthz", "get"): {
         "responses": {
             "200": json_answer("Redis and the broker answer", "Health"),
@@ -197,6 +216,7 @@ SCHEMAS = {
     "StopResponse": responses.StopResponseSchema,
     "ApisResponse": responses.ApisResponseSchema,
     "JobLogsResponse": responses.JobLogsResponseSchema,
+    "Retry": schemas.RetrySchema,
     "Error": responses.ErrorSchema,
     "Health": responses.HealthSchema,
 }

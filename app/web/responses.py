@@ -43,6 +43,11 @@ class JobSpecSchema(Schema):
     webhook = fields.Nested(
         WebhookSchema, required=True, allow_none=True, metadata={"description": "the completion webhook; null for none"}
     )
+    parent_job_id = text(
+        "of a retry (POST /batch/<api>/<job_id>/retry): the job whose batches it runs again; null for others",
+        required=True,
+        allow_none=True,
+    )
 
 
 class BatchMetricsSchema(Schema):
@@ -125,6 +130,9 @@ class JobStatusSchema(JobSpecSchema):
         required=True,
         allow_none=True,
         metadata={"description": "the completion webhook and how its delivery went; null for none"},
+    )
+    retry_job_ids = fields.List(
+        fields.String(), metadata={"description": "only once the job was retried: its retries' job ids, oldest first"}
     )
 
 

@@ -226,3 +226,36 @@ def _nested_deeper_than(value: object, limit: int) -> bool:
         if not level:
             return False
     return True
+
+
+class RetrySchema(Schema):
+    """The body of `POST /batch/<api>/<job_id>/retry`: what to retry, and the settings of the new
+    job that differ from its parent's (each checked as in a submission)."""
+
+    include = fields.String(
+        validate=validate.OneOf(["failed", "unfinished"], error="must be failed or unfinished"),
+        metadata={
+            "description": "failed (the default): the batches that failed for good; unfinished: those and the "
+            "batches that never ran to an outcome (the job was stopped or timed out)"
+        },
+    )
+    workers = positive(metadata={"description": "the new job's parallelism (default: the parent's)"})
+    timeout = positive(allow_none=True, metadata={"description": "seconds, from the retry; null for none"})
+    sqs_dead_letter_queue = fields.Nested(
+        DeadLetterQueueSchema, allow_none=True, metadata={"description": "null for none (default: the parent's)"}
+    )
+    config = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        metadata={"description": "deep-merged over the parent's config (which holds the API's predictor config)"},
+    )
+
+
+def load_retry(body: Any) -> dict:
+    """Validate a decoded retry body; raises InvalidRequest naming each bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('the request body must be a JSON object: {} to retry the failed batches as they were')
+    try:
+        return RetrySchema().load(body)
+    except ValidationError as err:
+        raise InvalidRequest(describe(err.normalized_messages())) from None

@@ -91,6 +91,16 @@ local function log_end(final, message)
   redis.call('LTRIM', job_log, -JOB_LOG_LINES, -1)
 end
 
+-- The batches that never ran to an outcome outlive the job's end, for a retry of them
+-- (`{"include": "unfinished"}`, app/jobs/retry.py): the backlog and the in-flight hash are
+-- renamed, O(1), to keys named as app/store/keys.py `unfinished_backlog` and `unfinished_inflight`
+-- (the job's key and a suffix). A late outcome of a batch in flight at the end takes it out
+-- (record.lua).
+local function keep_unfinished()
+  if redis.call('EXISTS', backlog) == 1 then redis.call('RENAME', backlog, job .. ':unfinished:backlog') end
+  if redis.call('EXISTS', inflight) == 1 then redis.call('RENAME', inflight, job .. ':unfinished:inflight') end
+end
+
 -- `ended_at`: when the job ended, if not now (a timeout noticed late ended at its deadline).
 local function end_job(final, message, ended_at)
   if not in_progress() then return 0 end
@@ -102,6 +112,7 @@ local function end_job(final, message, ended_at)
   for i = 1, #flying, 5000 do
     redis.call('SADD', ended_inflight, unpack(flying, i, math.min(i + 4999, #flying)))
   end
+  keep_unfinished()
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
   log_end(final, message)

@@ -8,10 +8,12 @@
 -- ARGV[5] seconds: how long the delivery ran
 -- ARGV[6] proc: the worker process (as named in procs)
 -- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch, ends:<slot>), procs,
--- deliveries (<id>:r), inflight, released, ended_inflight, and what release touches.
+-- deliveries (<id>:r), inflight, released, ended_inflight, the kept failed batches and unfinished
+-- in-flight ones (keys.failed_batches, keys.unfinished_inflight), and what release touches.
 -- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
 
 local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local entry  -- the batch's backlog entry, read when it failed for good
 local live = in_progress()
 if live then
   -- the process no longer runs it (an outcome recorded late: unless it has moved on to another)
@@ -22,6 +24,8 @@ if live then
     redis.call('HINCRBY', job, 'failed', 1)
     return {0}
   end
+  -- a batch that failed for good is kept, its entry with it, for a retry (below)
+  if outcome ~= 'ok' then entry = redis.call('HGET', inflight, id) end
   -- a second delivery of a batch that already finished (at-least-once) is not counted twice
   if redis.call('HDEL', inflight, id) == 0 then return {0} end
   redis.call('ZREM', released, id)
@@ -30,6 +34,9 @@ else
   -- make a job hash of counters alone): count an outcome once, of a batch in flight at the end.
   if redis.call('SREM', ended_inflight, id) == 0 then return {0} end
   if outcome == 'retry' then outcome = 'failed' end  -- it will not run again
+  -- it ran to an outcome after all: no longer unfinished (keep_unfinished in common.lua)
+  entry = redis.call('HGET', job .. ':unfinished:inflight', id)
+  redis.call('HDEL', job .. ':unfinished:inflight', id)
 end
 if outcome == 'ok' then
   redis.call('HINCRBY', job, 'succeeded', 1)
@@ -37,6 +44,9 @@ if outcome == 'ok' then
 else
   if outcome == 'failed' then redis.call('HINCRBY', job, 'failed', 1) end
   redis.call('HINCRBY', job, 'failed_batches', 1)
+  -- by batch number: a retry takes them in the job's order, on_job_complete the first 10,000
+  -- ids (named as app/store/keys.py `failed_batches`: the job's key and a suffix)
+  if entry then redis.call('ZADD', job .. ':failed', tonumber(id) or 0, entry) end
   if outcome == 'oom' then  -- its workers were killed for memory: the job ends status_worker_oom
     redis.call('HINCRBY', job, 'oom_batches', 1)
     redis.call('HSETNX', job, 'oom_batch', id)
