@@ -41,6 +41,21 @@ API_NAME = {
 }
 
 
+# A job in a path (pause, resume): what app/web/batch.py's JOB_ID_IN_PATH takes; another id is a 400.
+JOB_ID_IN_PATH = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    "description": "the job: the `job_id` that `POST /batch/{api_name}` answered",
+}
+NO_BODY = {
+    "required": False,
+    "description": "none, or an empty JSON object",
+    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+}
+
+
 def job_id(required: bool, description: str) -> dict:
     """The OpenAPI description of the `jobID` query parameter (an empty one is refused, given or not)."""
     return {
@@ -148,6 +163,27 @@ OPERATIONS: dict[tuple[str, str], dict] = {
             },
         ],
         "responses": {"200": json_answer("the job's log lines after `after`, oldest first", "JobLogsResponse")},
+    },
+    ("/batch/<api_name>/<job_id>/pause", "post"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "requestBody": NO_BODY,
+        "responses": {
+            "200": json_answer(
+                "the job's status, as GET ?jobID= answers it: status_paused (or the job was paused already)",
+                "JobStatusResponse",
+            )
+        },
+    },
+    ("/batch/<api_name>/<job_id>/resume", "post"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "requestBody": NO_BODY,
+        "responses": {
+            "200": json_answer(
+                "the job's status, as GET ?jobID= answers it: running (or enqueuing) again, or as it was if it "
+                "was not paused",
+                "JobStatusResponse",
+            )
+        },
     },
     ("/healthz", "get"): {
         "responses": {
