@@ -4,19 +4,23 @@ stopped (every batch run once), paused time is not timeout time, and a pause out
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
 import redis
 import requests
 
-from app.client import Client
+from app.client import BatcheryAPIError, Client
 from app.model import status
 from app.model.job import build_spec, now
 from app.store import keys
 from app.store.job_store import JobStore
 from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
-from tests.services import Gunicorn, RedisServer, Worker, wait_for
+from tests.services import ROOT, Gunicorn, RedisServer, Worker, wait_for
 
 # The worker checks the job's state, then calls predict, which notes the time first thing: a batch
 # that passed the check a moment before the pause notes a time a moment after it.
@@ -240,3 +244,40 @@ def _status(api: Gunicorn, job_id: str) -> dict | None:
     except requests.ConnectionError:
         return None
     return response.json()["job_status"] if response.status_code == 200 else None
+
+
+def test_the_client_and_the_cli_pause_and_resume(live_url, worker, redis_server, probe_config):
+    client = Client(live_url, timeout=10)
+    spec = client.submit(
+        "probe",
+        {
+            "workers": 1,
+            "config": dict(probe_config, sleep=0.2),
+            "item_list": {"items": list(range(8)), "batch_size": 1},
+        },
+    )
+    job_id = spec["job_id"]
+    assert client.pause("probe", job_id)["job_status"]["status"] == status.PAUSED
+    env = dict(os.environ, BATCHERY_URL=live_url)
+
+    def batchery(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    paused = batchery("pause", "probe", job_id)
+    assert paused.returncode == 0, paused.stderr
+    assert re.fullmatch(rf"job {job_id}: paused, \d+ batches in queue\n", paused.stdout), paused.stdout
+    resumed = batchery("-o", "json", "resume", "probe", job_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["job_status"]["status"] == status.RUNNING
+    assert client.resume("probe", job_id)["job_status"]["status"] == status.RUNNING  # not paused: unchanged
+    assert client.wait("probe", job_id, timeout=120, poll=0.2)["status"] == status.SUCCEEDED
+    ended = batchery("pause", "probe", job_id)
+    assert (ended.returncode, ended.stderr) == (
+        1,
+        f"error: job {job_id} cannot be paused: it already ended with status_succeeded\n",
+    )
+    with pytest.raises(BatcheryAPIError) as raised:
+        client.resume("probe", job_id)
+    assert (raised.value.status, raised.value.kind) == (400, "job_not_running")
