@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 
+import boto3
 import pytest
 import redis
 import requests
@@ -281,3 +283,33 @@ def test_the_client_and_the_cli_pause_and_resume(live_url, worker, redis_server,
     with pytest.raises(BatcheryAPIError) as raised:
         client.resume("probe", job_id)
     assert (raised.value.status, raised.value.kind) == (400, "job_not_running")
+
+
+def test_an_s3_job_paused_while_enqueuing_resumes_and_runs_every_batch_once(
+    client, jobs, worker, r, moto, probe_config
+):
+    """Paused at once, the S3 enqueuer finishes reading into the backlog, or, had it not begun,
+    the resume starts one: either way nothing starts while paused, and every batch runs once."""
+    bucket = f"bucket-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    total = 8
+    for i in range(total):
+        s3.put_object(Bucket=bucket, Key=f"in/{i}.json", Body=b"{}")
+    body = {
+        "workers": 2,
+        "config": dict(probe_config, sleep=0.1),
+        "file_path_lister": {"s3_paths": [f"s3://{bucket}/in/"], "batch_size": 1},
+    }
+    job_id = jobs.submit("probe", body)["job_id"]
+    assert control(client, job_id, "pause").get_json()["job_status"]["status"] == status.PAUSED
+    paused_at = time.time()
+    wait_for(lambda: jobs.status("probe", job_id)["worker_counts"]["running"] == 0, what="running batches to end")
+    wait_for(lambda: all_held(r, job_id), what="the batches in flight to be held")
+    assert jobs.status("probe", job_id)["status"] == status.PAUSED
+    assert max(starts(r, probe_config, job_id), default=0) < paused_at + CHECK_TO_CALL
+    assert control(client, job_id, "resume").status_code == 200
+    job = jobs.wait_final("probe", job_id)
+    assert job["status"] == status.SUCCEEDED, job
+    assert (job["total_batch_count"], job["batch_metrics"]["succeeded"]) == (total, total)
+    assert runs(r, probe_config, job_id) == {str(i): "1" for i in range(total)}
