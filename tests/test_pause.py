@@ -156,6 +156,8 @@ def test_resuming_a_running_job_changes_nothing_and_bad_requests_are_4xx(client,
     with_body = client.post(f"/batch/probe/{job_id}/pause", data=json.dumps({"workers": 3}))
     assert with_body.status_code == 400
     assert with_body.get_json()["message"] == f"/batch/probe/{job_id}/pause takes no body: send none, or {{}}"
+    too_large = client.post(f"/batch/probe/{job_id}/pause", data=b" " * (10 * 2**20 + 1))
+    assert (too_large.status_code, too_large.get_json()["kind"]) == (413, "payload_too_large")
     assert control(client, job_id, "resume").get_json()["job_status"]["status"] != status.PAUSED  # nothing paused it
     job = jobs.wait_final("probe", job_id)
     assert job["status"] == status.SUCCEEDED

@@ -211,8 +211,8 @@ def pause(api_name: str, job_id: str) -> Response:
     """Pause a job: no batch of it starts until it is resumed; batches inside predict finish. Pausing a paused job
     changes nothing. Answers the job's status, as `GET ?jobID=`.
 
-    Errors: 400 a job id that is not one, an unknown query parameter or a job that ended (its status is in the
-    message); 404 unknown API or job; 503 job store unavailable.
+    Errors: 400 a job id that is not one, an unknown query parameter, a body other than none or {}, or a job that
+    ended (its status is in the message); 404 unknown API or job; 413 body over 10 MiB; 503 job store unavailable.
     """
     return _control(api_name, job_id, pausing.pause)
 
@@ -222,8 +222,8 @@ def resume(api_name: str, job_id: str) -> Response:
     """Resume a paused job where it stopped, with the same workers. Resuming a job that is not paused changes
     nothing. Answers the job's status, as `GET ?jobID=`.
 
-    Errors: 400 a job id that is not one, an unknown query parameter or a job that ended (its status is in the
-    message); 404 unknown API or job; 503 job store unavailable.
+    Errors: 400 a job id that is not one, an unknown query parameter, a body other than none or {}, or a job that
+    ended (its status is in the message); 404 unknown API or job; 413 body over 10 MiB; 503 job store unavailable.
     """
     return _control(api_name, job_id, pausing.resume)
 
@@ -234,7 +234,7 @@ def _control(api_name: str, job_id: str, action: Callable[[Services, dict], str]
     api = services().registry.get(api_name)
     _query()
     if not JOB_ID_IN_PATH.fullmatch(job_id):
-        answered = f"a job id is the job_id that POST /batch/{api_name} answered"
+        answered = f"a job id is the job_id that POST /batch/{api_name} answered (letters, digits, - and _)"
         raise InvalidRequest(f"{job_id[:80]!r} is not a job id: {answered}")
     raw = _body()
     if raw.strip() and decode_body(raw) != {}:
