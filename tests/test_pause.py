@@ -100,7 +100,7 @@ def test_a_paused_job_starts_nothing_and_resumes_where_it_stopped(client, jobs, 
 
 
 def test_time_paused_does_not_count_toward_the_timeout(client, jobs, worker, r, probe_config):
-    timeout = 3
+    timeout = 4  # the job needs under a second of it: 4 batches of 0.2 s, paused at once
     spec = long_job(jobs, probe_config, items=4, workers=1, timeout=timeout)
     job_id = spec["job_id"]
     assert control(client, job_id, "pause").status_code == 200
