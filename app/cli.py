@@ -6,6 +6,7 @@
     batchery get <api> <job> [--watch]   a job's status (--watch: a live progress bar until it ends)
     batchery submit <api> job.json       submit a job, print its id
     batchery delete <api> <job>          stop a job
+    batchery pause <api> <job>           pause a job (nothing of it starts); resume: go on
 
 Everything but `deploy` goes through the HTTP API (app.client); `-o json` prints the API's JSON.
 """
@@ -543,6 +544,38 @@ def seconds(value: float) -> str:
     minutes, secs = divmod(int(value), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# --- pause, resume ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("api")
+@click.argument("job_id", metavar="JOB")
+@options
+def pause(api: str, job_id: str, url: str | None, output: str | None) -> None:
+    """Pause the job JOB of API: no batch of it starts until `batchery resume`."""
+    ctx = context(url, output)
+    show_control(ctx, ctx.call(ctx.client().pause, api, job_id))
+
+
+@main.command()
+@click.argument("api")
+@click.argument("job_id", metavar="JOB")
+@options
+def resume(api: str, job_id: str, url: str | None, output: str | None) -> None:
+    """Resume the paused job JOB of API where it stopped."""
+    ctx = context(url, output)
+    show_control(ctx, ctx.call(ctx.client().resume, api, job_id))
+
+
+def show_control(ctx: Context, answer: dict) -> None:
+    """Print a pause's or a resume's answer: `job <id>: paused, 12 batches in queue`, or the JSON."""
+    if ctx.output == "json":
+        click.echo(json.dumps(answer, indent=2))
+        return
+    job = answer["job_status"]
+    click.echo(f"job {job['job_id']}: {readable(job['status'])}, {job['batches_in_queue']} batches in queue")
 
 
 if __name__ == "__main__":

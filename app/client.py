@@ -148,6 +148,20 @@ class Client:
                 raise TimeoutError(f"job {job_id} of api {api} did not end within {timeout:g}s (last status: {last})")
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
 
+    def pause(self, api: str, job_id: str) -> dict:
+        """Pause a job (no batch of it starts until it is resumed): its status answer, as `get_job`'s.
+
+        Raises BatcheryAPIError: 400 the job already ended, 404 unknown API or job.
+        """
+        return self._request("POST", f"{self._api_path(api)}/{quote(job_id, safe='')}/pause").json()
+
+    def resume(self, api: str, job_id: str) -> dict:
+        """Resume a paused job where it stopped: its status answer, as `get_job`'s.
+
+        Raises BatcheryAPIError: 400 the job already ended, 404 unknown API or job.
+        """
+        return self._request("POST", f"{self._api_path(api)}/{quote(job_id, safe='')}/resume").json()
+
     def _api_path(self, api: str) -> str:
         return "/batch/" + quote(api, safe="")
 

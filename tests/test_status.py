@@ -10,7 +10,7 @@ import pytest
 from app.model import status
 
 # DESIGN.md: stopped > timed_out > worker_oom > worker_error > enqueue_failed > unexpected_error >
-# completed_with_failures > succeeded > running > enqueuing
+# completed_with_failures > succeeded > paused > running > enqueuing (paused: Batchery's own, not final)
 STRONGEST_FIRST = [
     status.STOPPED,
     status.TIMED_OUT,
@@ -20,6 +20,7 @@ STRONGEST_FIRST = [
     status.UNEXPECTED_ERROR,
     status.COMPLETED_WITH_FAILURES,
     status.SUCCEEDED,
+    status.PAUSED,
     status.RUNNING,
     status.ENQUEUING,
 ]
@@ -38,8 +39,9 @@ def test_strongest_of_all_statuses_is_stopped_and_of_one_is_itself():
         assert status.strongest(code) == code
 
 
-def test_only_enqueuing_and_running_are_not_final():
-    assert {code for code in STRONGEST_FIRST if not status.is_final(code)} == {status.ENQUEUING, status.RUNNING}
+def test_only_enqueuing_running_and_paused_are_not_final():
+    not_final = {status.ENQUEUING, status.RUNNING, status.PAUSED}
+    assert {code for code in STRONGEST_FIRST if not status.is_final(code)} == not_final
     assert set(STRONGEST_FIRST) == set(status.PRECEDENCE)
 
 

@@ -16,6 +16,7 @@ class Status(StrEnum):
     WORKER_OOM = "status_worker_oom"
     TIMED_OUT = "status_timed_out"
     STOPPED = "status_stopped"
+    PAUSED = "status_paused"  # Batchery's: not final; nothing of the job starts until it is resumed
 
 
 # The codes by their short names, as the rest of the code and the tests use them (`status.RUNNING`).
@@ -29,11 +30,13 @@ WORKER_ERROR = Status.WORKER_ERROR
 WORKER_OOM = Status.WORKER_OOM
 TIMED_OUT = Status.TIMED_OUT
 STOPPED = Status.STOPPED
+PAUSED = Status.PAUSED
 
 # Lowest first: when two statuses could apply, the later one in this list wins.
 PRECEDENCE: list[str] = [
     ENQUEUING,
     RUNNING,
+    PAUSED,
     SUCCEEDED,
     COMPLETED_WITH_FAILURES,
     UNEXPECTED_ERROR,
@@ -43,7 +46,7 @@ PRECEDENCE: list[str] = [
     TIMED_OUT,
     STOPPED,
 ]
-IN_PROGRESS = frozenset({ENQUEUING, RUNNING})
+IN_PROGRESS = frozenset({ENQUEUING, RUNNING, PAUSED})
 FINAL = frozenset(PRECEDENCE) - IN_PROGRESS
 
 

@@ -36,6 +36,8 @@ SCRIPTS = (
     "reclaim",
     "finalizing",
     "published",
+    "pause",
+    "resume",
 )
 
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
@@ -71,6 +73,17 @@ class Delivery:
     number: int = 0
     reason: str = ""
     oom_kills: int = 0  # of a dead batch: how many of its deliveries the kernel killed for memory
+
+
+@dataclass
+class Resumed:
+    """What resuming a job did: whether it was paused (`changed`), its status now, the batches held
+    while it was paused to publish again (`(generation, entry)`), and what the refilled window released."""
+
+    changed: bool
+    status: str
+    held: list[tuple[int, str]] = field(default_factory=list)
+    outcome: Outcome = field(default_factory=Outcome)
 
 
 class JobStore:
@@ -278,6 +291,23 @@ class JobStore:
             self._call("published", spec, spec["api_name"], flag, *ids[start : start + 1000], now=0.0)
             flag = "0"
 
+    def pause(self, spec: dict, now: float) -> tuple[bool, str]:
+        """Pause a job in progress: (paused now, its status); (False, status) if it was paused
+        already or has ended; (False, "") if there is no such job."""
+        changed, *found = self._call("pause", spec, spec["api_name"], now=now)
+        return bool(changed), (found[0].decode() if found else "")
+
+    def resume(self, spec: dict, now: float) -> Resumed:
+        """Resume a paused job: its held batches to publish again, and the window refilled
+        (`Resumed.outcome`, for `follow`); `changed` False if it was not paused ("" status: no job)."""
+        reply = self._call("resume", spec, spec["api_name"], now=now)
+        if reply[0] == 0:
+            return Resumed(False, reply[1].decode() if len(reply) > 1 else "")
+        finalize, held = reply[2] == 1, int(reply[3])
+        again = [_generation_entry(item) for item in reply[4 : 4 + held]]
+        released = [entry.decode() for entry in reply[4 + held :]]
+        return Resumed(True, reply[1].decode(), again, Outcome(released=released, finalize=finalize))
+
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
@@ -375,6 +405,8 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     states = [parse_process_record(value)[0] for value in procs.values()]
     working = states.count(INITIALIZING) + states.count(RUNNING)
     pending = max(0, inflight - working)
+    if job_hash["status"] == status.PAUSED:  # its batches wait for a resume, not for a worker
+        pending = 0
     # No delivery began and no batch was released since `stalled_before`: no worker is taking the
     # job's batches (none consumes its queue, or all are busy), so its pending batches are stalled.
     last_move = max(float(job_hash.get("last_delivery", 0)), float(job_hash.get("last_release", 0)))

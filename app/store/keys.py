@@ -51,7 +51,8 @@ def ended_inflight(job_id: str) -> str:
 
 def deliveries(job_id: str) -> str:
     """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded,
-    `<batch>:g` -> times the watchdog published it again, `<batch>:oom` -> deliveries killed for memory."""
+    `<batch>:g` -> times the watchdog published it again, `<batch>:oom` -> deliveries killed for memory,
+    `<batch>:h` -> held: delivered while the job was paused, to publish again on resume."""
     return f"{PREFIX}:job:{job_id}:deliveries"
 
 

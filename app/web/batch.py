@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -10,9 +11,10 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
-from app.jobs import webhook
+from app.jobs import pausing, webhook
 from app.jobs.idempotency import Idempotency, body_digest, check_key
 from app.jobs.retry import Retrier
+from app.jobs.services import Services
 from app.model import job, status
 from app.model.status import IN_PROGRESS, STOPPED
 from app.store.registry import public_spec
@@ -234,3 +236,45 @@ def retry(api_name: str, job_id: str) -> Response:
         raise InvalidRequest("the request body is empty: send a JSON object ({} retries the failed batches)")
     request_body = load_retry(decode_body(raw))
     return jsonify(Retrier(services()).retry(api_name, job_id, request_body))
+
+
+# A job id in a path: Batchery's are 16 hex digits; anything else of letters, digits, `-` and `_`
+# is looked up (a 404), the rest refused.
+JOB_ID_IN_PATH = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@bp.post("/batch/<api_name>/<job_id>/pause")
+def pause(api_name: str, job_id: str) -> Response:
+    """Pause a job: no batch of it starts until it is resumed; batches inside predict finish. Pausing a paused job
+    changes nothing. Answers the job's status, as `GET ?jobID=`.
+
+    Errors: 400 a job id that is not one, an unknown query parameter, a body other than none or {}, or a job that
+    ended (its status is in the message); 404 unknown API or job; 413 body over 10 MiB; 503 job store unavailable.
+    """
+    return _control(api_name, job_id, pausing.pause)
+
+
+@bp.post("/batch/<api_name>/<job_id>/resume")
+def resume(api_name: str, job_id: str) -> Response:
+    """Resume a paused job where it stopped, with the same workers. Resuming a job that is not paused changes
+    nothing. Answers the job's status, as `GET ?jobID=`.
+
+    Errors: 400 a job id that is not one, an unknown query parameter, a body other than none or {}, or a job that
+    ended (its status is in the message); 404 unknown API or job; 413 body over 10 MiB; 503 job store unavailable.
+    """
+    return _control(api_name, job_id, pausing.resume)
+
+
+def _control(api_name: str, job_id: str, action: Callable[[Services, dict], str]) -> Response:
+    """Run `action` (pausing.pause or pausing.resume) on the job and answer its status; raises
+    InvalidRequest for a bad job id, a query parameter or a body, JobNotFound, JobNotRunning."""
+    api = services().registry.get(api_name)
+    _query()
+    if not JOB_ID_IN_PATH.fullmatch(job_id):
+        answered = f"a job id is the job_id that POST /batch/{api_name} answered (letters, digits, - and _)"
+        raise InvalidRequest(f"{job_id[:80]!r} is not a job id: {answered}")
+    raw = _body()
+    if raw.strip() and decode_body(raw) != {}:
+        raise InvalidRequest(f"{request.path} takes no body: send none, or {{}}")
+    action(services(), _state(api_name, job_id)["spec"])
+    return jsonify(_job_status(api, job_id))

@@ -50,6 +50,19 @@ IDEMPOTENCY_KEY = {
     "(whitespace and key order aside) within BATCHERY_IDEMPOTENCY_SECONDS answers 200 with the job the first "
     "request created, with `Idempotent-Replayed: true`, and creates no other; with another body, a 409",
 }
+# A job in a path (pause, resume): what app/web/batch.py's JOB_ID_IN_PATH takes; another id is a 400.
+JOB_ID_IN_PATH = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    "description": "the job: the `job_id` that `POST /batch/{api_name}` answered",
+}
+NO_BODY = {
+    "required": False,
+    "description": "none, or an empty JSON object",
+    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+}
 
 
 def job_id(required: bool, description: str) -> dict:
@@ -185,6 +198,27 @@ OPERATIONS: dict[tuple[str, str], dict] = {
             "content": {"application/json": {"schema": "Retry"}},
         },
         "responses": {"200": {**json_answer("the new job's spec, with parent_job_id", "JobSpec"), "links": JOB_LINKS}},
+    },
+    ("/batch/<api_name>/<job_id>/pause", "post"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "requestBody": NO_BODY,
+        "responses": {
+            "200": json_answer(
+                "the job's status, as GET ?jobID= answers it: status_paused (or the job was paused already)",
+                "JobStatusResponse",
+            )
+        },
+    },
+    ("/batch/<api_name>/<job_id>/resume", "post"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "requestBody": NO_BODY,
+        "responses": {
+            "200": json_answer(
+                "the job's status, as GET ?jobID= answers it: running (or enqueuing) again, or as it was if it "
+                "was not paused",
+                "JobStatusResponse",
+            )
+        },
     },
     ("/healthz", "get"): {
         "responses": {

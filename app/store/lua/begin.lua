@@ -7,7 +7,8 @@
 -- ARGV[5] generation: how many times the batch had been published again when this message was sent
 -- ARGV[6] ready: '1' if the process has the job's predictor loaded (it runs the batch at once)
 -- Touches: job (last_delivery, delivered_release, failed, skipped), inflight, deliveries
--- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom), released, procs; at the deadline, what end_job touches.
+-- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom, <id>:h), released, unpublished, procs; at the deadline,
+-- what end_job touches.
 -- Returns {'run', delivery number}, {'skip', reason} or {'dead', deliveries, OOM kills among them}.
 
 local id, proc, generation, ready = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -27,6 +28,11 @@ local released_at = redis.call('ZSCORE', released, id)
 if released_at and tonumber(released_at) < math.huge
     and tonumber(released_at) > tonumber(redis.call('HGET', job, 'delivered_release') or '0') then
   redis.call('HSET', job, 'delivered_release', released_at)
+end
+-- paused: the batch waits for RESUME, neither a delivery nor a failed attempt counted
+if paused() then
+  hold(id)
+  return {'skip', 'paused'}
 end
 local started = redis.call('HINCRBY', deliveries, id, 1)
 redis.call('HSET', deliveries, id .. ':b', generation)  -- this generation's delivery began

@@ -77,7 +77,13 @@ end
 
 local function in_progress()
   local st = redis.call('HGET', job, 'status')
-  return st == STATUS_ENQUEUING or st == STATUS_RUNNING
+  return st == STATUS_ENQUEUING or st == STATUS_RUNNING or st == STATUS_PAUSED
+end
+
+-- A paused job is in progress, but releases no batch, starts none and claims no finalizer
+-- (pause.lua, resume.lua).
+local function paused()
+  return redis.call('HGET', job, 'status') == STATUS_PAUSED
 end
 
 -- The job's log says how it ended, whoever ended it (a stop, the timeout a reader noticed, a
@@ -157,7 +163,7 @@ end
 -- Returns the entries the caller must publish (none when it pushed their messages itself).
 local function release()
   local out = {}
-  if not in_progress() then return out end
+  if not in_progress() or paused() then return out end
   local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
   local count = tonumber(redis.call('HGET', job, 'released'))
   local moved = 0
@@ -186,7 +192,7 @@ end
 
 -- 1 for the single caller that sees the job's last batch end (HSETNX, as Celery's chord counter).
 local function claim_finalizer()
-  if not in_progress() then return 0 end
+  if not in_progress() or paused() then return 0 end
   local v = redis.call('HMGET', job, 'enqueued', 'total', 'succeeded', 'failed_batches')
   if v[1] ~= '1' or tonumber(v[3]) + tonumber(v[4]) < tonumber(v[2]) then return 0 end
   -- the claim time: the watchdog finds lost ones (sooner while `finalizer_published` is not set)
@@ -205,4 +211,13 @@ local function release_and_claim()
   local out = release()
   table.insert(out, 1, claim_finalizer())
   return out
+end
+
+-- A batch delivered while its job is paused does not start, and its delivery is not counted: it
+-- is held, in flight (its place in the `workers` window kept), until RESUME publishes it again.
+-- Waiting for a resume is not being lost: the watchdog's lost-release scan leaves it (+inf).
+local function hold(id)
+  redis.call('HSET', deliveries, id .. ':h', '1')
+  redis.call('ZADD', released, '+inf', id)
+  redis.call('ZREM', unpublished, id)
 end

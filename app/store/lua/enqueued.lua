@@ -16,6 +16,7 @@ if redis.call('HGET', job, 'total') == '0' then
   return {0}
 end
 if redis.call('HGET', job, 'status') == STATUS_ENQUEUING then move_status(STATUS_ENQUEUING, STATUS_RUNNING) end
-redis.call('HSET', job, 'enqueued', '1', 'status', STATUS_RUNNING)
+redis.call('HSET', job, 'enqueued', '1')
+if not paused() then redis.call('HSET', job, 'status', STATUS_RUNNING) end  -- RESUME makes it running
 redis.call('DEL', lease)
 return release_and_claim()
