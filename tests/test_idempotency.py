@@ -49,6 +49,7 @@ def stored(r, key: str, api: str = API) -> str | None:
     return r.get(keys.idempotency(api, hashlib.sha256(key.encode()).hexdigest()))
 
 
+@pytest.mark.parametrize("broker", ["redis", "sqs"], indirect=True)
 def test_the_same_key_and_json_body_answer_with_the_first_job_and_create_no_other(client, r):
     key, before = new_key(), job_count(r)
     first = post(client, BODY, key)
