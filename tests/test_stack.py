@@ -101,7 +101,8 @@ def test_compose_api_and_worker_share_the_results_volume(compose):
         service = compose["services"][name]
         assert "results:/app/results" in service["volumes"], name
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-        assert service["build"] == "."
+        assert service["image"] == compose["services"]["api"]["image"]  # the image built from . (one build)
+    assert compose["services"]["api"]["build"] == "."
     assert "results" in compose["volumes"]
     api = compose["services"]["api"]
     assert "8080:8080" in api["ports"]
