@@ -204,3 +204,26 @@ def test_the_flower_healthcheck_answers_without_flowers_login(compose, worker_en
         stop_process(flower, group=True)
         log.close()
     assert run_check(healthcheck_argv(service), env).returncode != 0  # and a Flower that is gone fails it
+
+
+# --- the README's recipe -----------------------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n### {title}\n")
+    end = re.compile(r"\n##+ ").search(text, start + 1)
+    return text[start : end.start() if end else len(text)]
+
+
+def test_the_readme_compose_recipe_matches_the_file(compose):
+    recipe = readme_section("With docker compose")
+    api = compose["services"]["api"]
+    host_port = api["ports"][0].split(":")[0]
+    assert "docker compose up --build --wait" in recipe
+    assert f"batchery deploy ./myproject --url http://127.0.0.1:{host_port}" in recipe
+    assert f"BATCHERY_API_TOKEN={api['environment']['BATCHERY_API_TOKEN']}" in recipe
+    assert "batchery delete hello" in recipe
+    # the images it lists are the file's
+    listed = recipe.split("$ docker compose config --images\n", 1)[1].split("```", 1)[0].split()
+    assert sorted(listed) == sorted(service["image"] for service in compose["services"].values())
