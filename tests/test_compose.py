@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 import yaml
+from celery.utils.nodenames import default_nodename
 
 from tests.services import ROOT, VENV_BIN, Worker, free_port, stop_process, wait_for
 
@@ -165,7 +166,10 @@ def test_the_api_healthcheck_passes_on_a_live_api_and_fails_on_none(compose, liv
 
 def test_the_worker_healthcheck_pings_its_own_node(compose, worker_env, tmp_path):
     """Compose's worker is `celery@<container hostname>`, and $HOSTNAME is that hostname."""
-    argv = healthcheck_argv(compose["services"]["worker"])
+    service = compose["services"]["worker"]
+    assert "--hostname" not in service["command"][2] and " -n " not in service["command"][2]
+    assert default_nodename(None) == f"celery@{socket.gethostname()}"  # what the worker is named, then
+    argv = healthcheck_argv(service)
     worker = Worker(worker_env, tmp_path, "celery", concurrency=1)  # node name celery@<this host>
     try:
         here = {**worker_env, "HOSTNAME": socket.gethostname()}
