@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -126,31 +125,6 @@ def test_nothing_of_the_users_project_is_mounted(compose):
         for volume in compose["services"][name].get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
             assert source in compose["volumes"], f"{name} mounts {source} from the host"
-
-
-def compose_binary() -> list[str] | None:
-    """The Compose v2 command line of this machine, if it has one."""
-    candidates = [["docker", "compose"], ["docker-compose"]]
-    for command in candidates:
-        if not shutil.which(command[0]):
-            continue
-        version = subprocess.run([*command, "version"], capture_output=True, text=True)
-        if version.returncode == 0 and re.search(r"v2\.\d+", version.stdout):
-            return command
-    return None
-
-
-def test_docker_compose_renders_and_validates_the_file():
-    command = compose_binary()
-    if command is None:
-        pytest.skip("no Compose v2 here (`docker compose` or `docker-compose` v2): the YAML checks above stand")
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": "batchery-test"}
-    quiet = subprocess.run([*command, "config", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert quiet.returncode == 0, quiet.stderr
-    rendered = subprocess.run([*command, "config", "--format", "json"], cwd=ROOT, env=env, capture_output=True)
-    services = yaml.safe_load(rendered.stdout)["services"]
-    assert [name for name, service in services.items() if "build" in service] == ["api"]
-    assert all("healthcheck" in service for service in services.values())
 
 
 # --- each healthcheck against the process it checks -------------------------------------------
