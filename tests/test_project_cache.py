@@ -28,7 +28,7 @@ from workers.runtime import PredictorCache
 # --- a project deployed as the contract says (until the HTTP deploy stores it: app/store) -----------------
 
 
-def pack(folder: Path) -> bytes:
+def pack(folder: Path, level: int = 9) -> bytes:
     """A project folder as the deploy stores it: a gzip-compressed PAX tar of its files and folders,
     sorted by path, relative to the folder, with mtime 0, uid/gid 0, modes 0o644 / 0o755."""
     members = []
@@ -38,7 +38,7 @@ def pack(folder: Path) -> bytes:
             members.append(entry(relative, tarfile.DIRTYPE))
         else:
             members.append(entry(relative, data=path.read_bytes()))
-    return blob_of(members)
+    return blob_of(members, level)
 
 
 def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> tuple[tarfile.TarInfo, bytes]:
@@ -50,11 +50,11 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str
     return info, data
 
 
-def blob_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+def blob_of(members: list[tuple[tarfile.TarInfo, bytes]], level: int = 9) -> bytes:
     """The gzip-compressed tar of `members`, whatever they hold (the tests' hostile blobs too)."""
     buffer = io.BytesIO()
     with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=level) as zipped,
         tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for info, data in members:

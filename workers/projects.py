@@ -126,7 +126,7 @@ class ProjectCache:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         log.info(
-            "project %s: fetched and unpacked (%d bytes) in %.2fs", project_id, len(blob), time.perf_counter() - started
+            "project %s: fetched and unpacked (%d bytes) in %.3fs", project_id, len(blob), time.perf_counter() - started
         )
 
     def clean(self, now: float | None = None) -> list[str]:
