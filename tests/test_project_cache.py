@@ -245,6 +245,26 @@ def test_a_blob_that_is_not_its_id_or_not_a_tar_is_refused(tmp_path):
         cache_of(tmp_path / "cache", blob).folder("../../etc")
 
 
+def test_a_project_larger_unpacked_than_the_free_space_is_refused(tmp_path, monkeypatch):
+    blob = small_project(tmp_path)
+    root = tmp_path / "cache"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ProjectError, match="bytes unpacked, more than the 1000 bytes free"):
+        cache_of(root, blob).folder(project_id_of(blob))
+    assert not (root / project_id_of(blob)).exists()
+
+
+def test_a_failed_fetch_holds_nothing_and_its_lock_file_is_cleaned(tmp_path):
+    root = tmp_path / "cache"
+    cache = ProjectCache(root, 3600, read=lambda project_id: None)
+    with pytest.raises(ProjectError, match="no longer in the job store"):
+        cache.folder("a" * 32)
+    assert cache.held() == set()
+    age(root, "a" * 32, 7200)
+    cache.clean()
+    assert list(root.iterdir()) == []
+
+
 def age(root: Path, project_id: str, seconds: float) -> None:
     """Make a version's last use `seconds` ago."""
     then = time.time() - seconds

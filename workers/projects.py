@@ -65,14 +65,19 @@ class ProjectCache:
         process until `release`; raises ProjectError (no such blob, a bad blob, a full disk)."""
         if not isinstance(project_id, str) or not PROJECT_ID.match(project_id):
             raise ProjectError(f"the API's project_id {project_id!r} is not a project id: deploy the API again")
+        held_before = project_id in self._held
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._hold(project_id)
             folder = self.root / project_id
             if not folder.is_dir():
                 self._fetch(project_id, folder)
-        except OSError as err:
-            raise ProjectError(f"cannot unpack the project {project_id} under {self.root}: {err}") from err
+        except BaseException as err:
+            if not held_before:  # nothing of it runs here: the cleanup may have its lock file
+                self.release(set(self._held) - {project_id})
+            if isinstance(err, OSError):
+                raise ProjectError(f"cannot unpack the project {project_id} under {self.root}: {err}") from err
+            raise
         self._loads += 1
         if self._loads % CLEAN_EVERY == 1:  # the first load of a process, then every CLEAN_EVERY
             self.clean()
@@ -142,6 +147,8 @@ class ProjectCache:
             try:
                 if PROJECT_ID.match(entry.name) and entry.is_dir() and self._remove_if_unused(entry.name, now):
                     removed.append(entry.name)
+                elif entry.suffix == ".lock" and PROJECT_ID.match(entry.stem) and not (self.root / entry.stem).exists():
+                    self._remove_if_unused(entry.stem, now, create=False)  # of a version whose fetch failed
                 elif entry.name.startswith(TEMP_PREFIX) and now - entry.stat().st_mtime > self.keep_seconds:
                     shutil.rmtree(entry, ignore_errors=True)  # a process died while unpacking
             except OSError as err:
@@ -150,38 +157,43 @@ class ProjectCache:
             log.info("project cache: removed %d unused version(s): %s", len(removed), ", ".join(removed))
         return removed
 
-    def _remove_if_unused(self, project_id: str, now: float) -> bool:
+    def _remove_if_unused(self, project_id: str, now: float, create: bool = True) -> bool:
         if project_id in self._held:
             return False
         lock = self._lock_path(project_id)
         try:
-            fd = _locked(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = _locked(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, create)
         except BlockingIOError:
             return False  # a process of this host has a predictor of it loaded
+        except FileNotFoundError:
+            return False  # removed meanwhile, with its version
         try:
             if now - os.fstat(fd).st_mtime <= self.keep_seconds:
                 return False
-            # moved aside first: a folder under its id is whole or absent, never half removed
-            doomed = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{project_id}-", dir=self.root))
-            os.rename(self.root / project_id, doomed / project_id)
-            shutil.rmtree(doomed, ignore_errors=True)
+            if (self.root / project_id).exists():
+                # moved aside first: a folder under its id is whole or absent, never half removed
+                doomed = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{project_id}-", dir=self.root))
+                os.rename(self.root / project_id, doomed / project_id)
+                shutil.rmtree(doomed, ignore_errors=True)
             lock.unlink()  # a process waiting on it sees another file by that name and locks that (_locked)
             return True
         finally:
             os.close(fd)
 
 
-def _locked(path: Path, operation: int) -> int:
+def _locked(path: Path, operation: int, create: bool = True) -> int:
     """An open descriptor of the lock file at `path` holding `flock(operation)`, on the file that
     has that name once locked (a cleanup may have removed the one opened); raises OSError,
-    BlockingIOError when LOCK_NB could not lock it."""
+    BlockingIOError when LOCK_NB could not lock it, FileNotFoundError when not `create` and none is there."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         try:
             fcntl.flock(fd, operation)
             opened, named = os.fstat(fd), os.stat(path)
         except FileNotFoundError:
             os.close(fd)
+            if not create:
+                raise
             continue
         except BaseException:
             os.close(fd)
@@ -199,6 +211,7 @@ def unpack(blob: bytes, folder: Path) -> None:
             members = tar.getmembers()
             for member in members:
                 _check(member)
+            _check_room(sum(member.size for member in members), folder)
             # the standard library's own checks too ("data": no links out, no devices, sane modes)
             tar.extractall(folder, members=members, filter="data")
     except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as err:  # the disk's errors are OSErrors
@@ -214,3 +227,14 @@ def _check(member: tarfile.TarInfo) -> None:
     path = PurePosixPath(name)
     if not name or path.is_absolute() or ".." in path.parts or "\\" in name or "\x00" in name:
         raise ProjectError(f"the deployed project is refused: the path {name!r} leaves the project's folder")
+
+
+def _check_room(size: int, folder: Path) -> None:
+    """Refuse a project larger unpacked than the free space of the cache's disk (a gzip bomb would
+    otherwise fill it, and every other version's fetch would fail with it)."""
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise ProjectError(
+            f"the deployed project holds {size} bytes unpacked, more than the {free} bytes free where the "
+            "worker unpacks projects (BATCHERY_PROJECT_CACHE): free some space or point it elsewhere"
+        )
