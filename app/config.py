@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,9 @@ class Settings:
     webhook_retry_seconds: float = 86400.0  # a failing webhook is retried this long after the job ended
     webhook_backoff_seconds: float = 10.0  # the first retry's delay; each next one doubles (at most an hour)
     webhook_deny_private: bool = False  # refuse webhook targets on loopback, link-local, private addresses
+    # where workers unpack the deployed projects they run (workers/projects.py), and how long an unused one stays
+    project_cache: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "batchery-projects"))
+    project_cache_seconds: float = 86400.0
 
     @property
     def broker(self) -> str:
@@ -100,6 +104,8 @@ class Settings:
             ),
             webhook_deny_private=env.get("BATCHERY_WEBHOOK_DENY_PRIVATE", "").strip().lower()
             in ("1", "true", "yes", "on"),
+            project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
+            project_cache_seconds=float(env.get("BATCHERY_PROJECT_CACHE_SECONDS", default.project_cache_seconds)),
         )
 
 

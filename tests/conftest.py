@@ -84,13 +84,20 @@ def settings(broker, redis_server, queue_name, moto) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def worker_env(broker, settings, moto) -> dict:
+def project_cache(tmp_path_factory) -> Path:
+    """Where the test workers unpack deployed projects (BATCHERY_PROJECT_CACHE): one per session."""
+    return tmp_path_factory.mktemp("project-cache")
+
+
+@pytest.fixture(scope="session")
+def worker_env(broker, settings, moto, project_cache) -> dict:
     env = dict(os.environ)
     env.update(
         REDIS_URL=settings.redis_url,
         BATCHERY_QUEUE=settings.queue,
         PYTHONPATH=str(ROOT),
         BATCHERY_ENQUEUE_LEASE="4",
+        BATCHERY_PROJECT_CACHE=str(project_cache),
         **moto.env(),
     )
     env.pop("BROKER_URL", None)

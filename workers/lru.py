@@ -43,6 +43,10 @@ class Lru(Generic[K, V]):
             self._items.popitem(last=False)
         return value
 
+    def values(self) -> list[V]:
+        """The entries, least recently used first (reading them does not make them used)."""
+        return list(self._items.values())
+
     def pop(self, key: K) -> None:
         """Drop the entry for `key`, if there is one."""
         self._items.pop(key, None)

@@ -15,6 +15,7 @@ import billiard.common
 from app.store import code
 from workers import namespace
 from workers.lru import Lru
+from workers.projects import ProjectCache, ProjectError
 
 
 class PredictorError(Exception):
@@ -65,10 +66,11 @@ def _default_sigterm() -> Iterator[None]:
 
 
 class LoadedClass:
-    """A predictor's `PythonPredictor` class and the namespace its modules live in."""
+    """A predictor's `PythonPredictor` class and the namespace its modules live in (and the
+    deployed project it runs from, if the workers fetch it: workers/projects.py)."""
 
-    def __init__(self, cls: type, modules: namespace.Namespace):
-        self.cls, self.modules = cls, modules
+    def __init__(self, cls: type, modules: namespace.Namespace, project_id: str | None = None):
+        self.cls, self.modules, self.project_id = cls, modules, project_id
 
 
 # api_id -> its class, imported once per process; the latest few (each redeploy is a new api_id,
@@ -77,10 +79,13 @@ LOADED_APIS = 8
 _loaded: Lru[str, LoadedClass] = Lru(LOADED_APIS)
 
 
-def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> LoadedClass:
+def load_class(
+    api: dict, deployed: Callable[[str], dict[str, str] | None], projects: ProjectCache | None = None
+) -> LoadedClass:
     """Import an API's predictor from the code deployed with it (`deployed(code_id)`; read from its
     project folder for an API deployed before Batchery kept its code) and return its
-    `PythonPredictor`; raises PredictorError."""
+    `PythonPredictor`, run from its project as fetched into `projects` when the API has a
+    `project_id`; raises PredictorError."""
     api_id = api["api_id"]
     found = _loaded.get(api_id)
     if found is not None:
@@ -88,6 +93,9 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     file = Path(api["predictor_file"])
     root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
     relative = file.relative_to(root).as_posix()
+    project_id = api.get("project_id") if projects is not None else None
+    if projects is not None and project_id:  # the project as deployed, on this host's disk, not the deployer's path
+        root = _fetched(projects, project_id)
     sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
     modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
     namespace.install()
@@ -98,7 +106,19 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
         cls = module.PythonPredictor
     except Exception as err:
         raise PredictorError(f"importing {file.name} failed: {type(err).__name__}: {err}") from err
-    return _loaded.put(api_id, LoadedClass(cls, modules))
+    return _loaded.put(api_id, LoadedClass(cls, modules, project_id))
+
+
+def _fetched(projects: ProjectCache, project_id: str) -> Path:
+    try:
+        return projects.folder(project_id)
+    except ProjectError as err:
+        raise PredictorError(str(err)) from err
+
+
+def loaded_projects() -> set[str]:
+    """The deployed projects of the predictor classes this process keeps imported."""
+    return {loaded.project_id for loaded in _loaded.values() if loaded.project_id}
 
 
 def _read_folder(folder: Path) -> dict[str, str]:
@@ -141,6 +161,7 @@ class Predictor:
 
     def __init__(self, loaded: LoadedClass, config: dict, job_spec: dict):
         self.modules = loaded.modules
+        self.project_id = loaded.project_id
         cls = loaded.cls
         try:
             with _calling(self.modules):
@@ -170,8 +191,14 @@ class Predictor:
 class PredictorCache:
     """The predictors of the latest few jobs this process worked on (loading a model is slow)."""
 
-    def __init__(self, size: int = 2, deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None):
+    def __init__(
+        self,
+        size: int = 2,
+        deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None,
+        projects: ProjectCache | None = None,
+    ):
         self.deployed = deployed  # code_id -> the code deployed (the registry's)
+        self.projects = projects  # where the deployed projects are fetched to (None: run from project_dir)
         self._items: Lru[str, Predictor] = Lru(size)
 
     @property
@@ -186,9 +213,11 @@ class PredictorCache:
         found = self._items.get(job_id)
         if found is not None:
             return found
-        loaded = load_class(api, self.deployed)
+        loaded = load_class(api, self.deployed, self.projects)
         job_spec = {**copy.deepcopy(spec), **more()}  # the predictor's own: what it does to it stays with it
-        return self._items.put(job_id, Predictor(loaded, job_spec["config"], job_spec))
+        predictor = self._items.put(job_id, Predictor(loaded, job_spec["config"], job_spec))
+        self._release_projects()
+        return predictor
 
     def cached(self, job_id: str) -> bool:
         """Whether this process holds the job's predictor."""
@@ -197,3 +226,10 @@ class PredictorCache:
     def evict(self, job_id: str) -> None:
         """Drop a finished job's predictor."""
         self._items.pop(job_id)
+        self._release_projects()
+
+    def _release_projects(self) -> None:
+        """Let the cleanup have the project versions no predictor of this process runs from."""
+        if self.projects is not None:
+            mine = {predictor.project_id for predictor in self._items.values() if predictor.project_id}
+            self.projects.release(mine | loaded_projects())

@@ -10,6 +10,8 @@ import uuid
 from functools import partial
 from typing import cast
 
+from celery import signals
+
 from app.jobs.completion import completed_job
 from app.jobs.enqueuer import Enqueuer
 from app.jobs.services import Services
@@ -18,6 +20,7 @@ from app.model import status
 from app.model.job import iso, now, retry_limits
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
+from app.store import keys
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.store.retries import RetryStore
@@ -25,6 +28,7 @@ from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
 from workers.lru import Lru
+from workers.projects import ProjectCache
 from workers.runtime import PredictorCache, PredictorError, load_class
 from workers.visibility import kept_invisible
 
@@ -32,7 +36,13 @@ log = logging.getLogger(__name__)
 
 _services: Services | None = None
 # the predictors' code is the code deployed with their API, kept in Redis (app/store/code.py)
-_predictors = PredictorCache(settings.predictor_cache, deployed=lambda code_id: services().registry.code(code_id))
+# and the rest of their project (models, data), fetched from Redis to this host's disk (workers/projects.py)
+_projects = ProjectCache(
+    settings.project_cache, settings.project_cache_seconds, read=lambda project_id: _project_blob(project_id)
+)
+_predictors = PredictorCache(
+    settings.predictor_cache, deployed=lambda code_id: services().registry.code(code_id), projects=_projects
+)
 # A job's spec and API never change once it is stored, so a process reads them once per job, not
 # once per batch (the JSON of a spec with a large config is parsed once too).
 SPEC_CACHE = 64
@@ -49,6 +59,17 @@ def services() -> Services:
     if _services is None:
         _services = Services.build(settings, celery, patient=True)
     return _services
+
+
+def _project_blob(project_id: str) -> bytes | None:
+    """A deployed project's blob, as the deploy stored it; None if the job store has none."""
+    return cast(bytes | None, services().redis.get(keys.project(project_id)))
+
+
+@signals.worker_ready.connect
+def _clean_project_cache(**kwargs: object) -> None:
+    """The worker's start: versions of projects unused for BATCHERY_PROJECT_CACHE_SECONDS go."""
+    _projects.clean()
 
 
 def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
@@ -249,7 +270,7 @@ def _finalize(spec: dict, api: dict) -> None:
         final, message = status.WORKER_OOM, oom_message(state["oom_batch"], state["oom_batches"])
     error = ""
     try:
-        predictor_class = load_class(api, _predictors.deployed).cls
+        predictor_class = load_class(api, _predictors.deployed, _projects).cls
         if callable(getattr(predictor_class, "on_job_complete", None)):
             log.info("running on_job_complete")
             # the job as it is about to end, for an on_job_complete(self, job) (built only for one)
