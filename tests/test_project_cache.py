@@ -145,6 +145,7 @@ def test_a_project_missing_from_the_job_store_fails_the_job_saying_so(jobs, clie
     name = f"fetched-{uuid.uuid4().hex[:8]}"
     store = redis.Redis.from_url(redis_server.url)
     spec = deploy_fetched(store, write_project(tmp_path / "project", name))
+    shutil.rmtree(tmp_path / "project")  # deployed from elsewhere: this host has only the job store's copy
     store.delete(keys.project(spec["project_id"]))  # the version was cleaned, or Redis lost it
     body = {
         "workers": 1,

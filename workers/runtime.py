@@ -94,8 +94,13 @@ def load_class(
     root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
     relative = file.relative_to(root).as_posix()
     project_id = api.get("project_id") if projects is not None else None
-    if projects is not None and project_id:  # the project as deployed, on this host's disk, not the deployer's path
+    # A project deployed from a folder this host has (the local stack, an image holding it) runs from
+    # that folder, as before: the examples write `../results` beside it. One deployed over HTTP, or
+    # whose folder is not on this host, runs from its copy fetched into this host's cache.
+    if projects is not None and project_id and not root.is_dir():
         root = _fetched(projects, project_id)
+    else:
+        project_id = None
     sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
     modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
     namespace.install()
