@@ -56,6 +56,7 @@ class Settings:
     webhook_retry_seconds: float = 86400.0  # a failing webhook is retried this long after the job ended
     webhook_backoff_seconds: float = 10.0  # the first retry's delay; each next one doubles (at most an hour)
     webhook_deny_private: bool = False  # refuse webhook targets on loopback, link-local, private addresses
+    max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
 
     @property
     def broker(self) -> str:
@@ -95,11 +96,10 @@ class Settings:
             idempotency_seconds=int(env.get("BATCHERY_IDEMPOTENCY_SECONDS", default.idempotency_seconds)),
             webhook_secret=env.get("BATCHERY_WEBHOOK_SECRET", "").strip(),
             webhook_retry_seconds=float(env.get("BATCHERY_WEBHOOK_RETRY_SECONDS", default.webhook_retry_seconds)),
-            webhook_backoff_seconds=float(
-                env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)
-            ),
+            webhook_backoff_seconds=float(env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)),
             webhook_deny_private=env.get("BATCHERY_WEBHOOK_DENY_PRIVATE", "").strip().lower()
             in ("1", "true", "yes", "on"),
+            max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
         )
 
 

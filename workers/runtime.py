@@ -89,7 +89,9 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     root = Path(api.get("project_dir") or file.parent)  # older APIs: the predictor's folder
     relative = file.relative_to(root).as_posix()
     sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
-    modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
+    # Cortex's predictor.python_path (a folder of the project) is searched first, then the predictor's folder
+    search = [*filter(None, [api["predictor"].get("python_path")]), str(Path(relative).parent)]
+    modules = namespace.Namespace(root, sources, search, api.get("env") or {})
     namespace.install()
     try:
         with _calling(modules):
