@@ -90,7 +90,7 @@ def load_class(api: dict, deployed: Callable[[str], dict[str, str] | None]) -> L
     relative = file.relative_to(root).as_posix()
     sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
     # Cortex's predictor.python_path (a folder of the project) is searched first, then the predictor's folder
-    search = [*filter(None, [api["predictor"].get("python_path")]), str(Path(relative).parent)]
+    search = [*filter(None, [(api.get("predictor") or {}).get("python_path")]), str(Path(relative).parent)]
     modules = namespace.Namespace(root, sources, search, api.get("env") or {})
     namespace.install()
     try:

@@ -70,7 +70,10 @@ def deploy() -> Response:
 def _upload(limit: int) -> IO[bytes]:
     """The uploaded archive in a temporary file, read at most `limit` bytes; raises ProjectTooLarge,
     InvalidRequest."""
-    request.max_content_length = limit  # Flask refuses a longer Content-Length before reading it
+    # refused before a byte is read: the app's own limit (10 MiB, for jobs) does not apply here
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    request.max_content_length = limit
     content_type = request.mimetype
     if content_type == "multipart/form-data":
         upload = request.files.get("file")
