@@ -96,7 +96,9 @@ class Settings:
             idempotency_seconds=int(env.get("BATCHERY_IDEMPOTENCY_SECONDS", default.idempotency_seconds)),
             webhook_secret=env.get("BATCHERY_WEBHOOK_SECRET", "").strip(),
             webhook_retry_seconds=float(env.get("BATCHERY_WEBHOOK_RETRY_SECONDS", default.webhook_retry_seconds)),
-            webhook_backoff_seconds=float(env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)),
+            webhook_backoff_seconds=float(
+                env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)
+            ),
             webhook_deny_private=env.get("BATCHERY_WEBHOOK_DENY_PRIVATE", "").strip().lower()
             in ("1", "true", "yes", "on"),
             max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),

@@ -123,6 +123,10 @@ def bad_uploads(name: str) -> dict[str, tuple[bytes, int, str]]:
         **{"ok.py": b"class PythonPredictor:\n    pass\n"},
     )
     outside = dict(good, **{"cortex.yaml": cortex_yaml(name).replace("python_path: lib", "python_path: ..").encode()})
+    missing_path = dict(
+        good, **{"cortex.yaml": cortex_yaml(name).replace("python_path: lib", "python_path: nope").encode()}
+    )
+    models = dict(good, **{"cortex.yaml": cortex_yaml(name, "    models: {path: s3://b/m}\n").encode()})
     no_yaml = {key: value for key, value in good.items() if key != "cortex.yaml"}
     return {
         "dotdot": (tar_gz({**good, "../evil.py": b"x"}), 400, "../evil.py: a path with '..'"),
@@ -138,6 +142,8 @@ def bad_uploads(name: str) -> dict[str, tuple[bytes, int, str]]:
         "not-batch-api": (tar_gz(realtime), 400, "kind 'RealtimeAPI' is not BatchAPI"),
         "second-api-bad": (tar_gz(second_bad), 400, "line 2"),
         "python-path-outside": (tar_gz(outside), 400, "python_path .. lies outside the project"),
+        "python-path-missing": (tar_gz(missing_path), 400, "python_path nope is not a folder of the project"),
+        "models-key": (tar_gz(models), 400, "predictor.models is not supported by Batchery"),
     }
 
 
@@ -266,3 +272,19 @@ def test_the_cli_deploys_a_folder_over_http_and_deletes_the_api(live_url, worker
     again = cli("delete", name)
     assert again.returncode == 1 and again.stderr.startswith(f"error: api {name} is not deployed")
     wait_for(lambda: jobs.client.get(f"/batch/{name}").status_code == 404, timeout=10, what="the API to be gone")
+
+
+def test_an_api_undeployed_on_purpose_is_not_restored_by_the_process_that_deployed_it_at_start(redis_server, tmp_path):
+    """The watchdog deploys BATCHERY_APIS again when Redis lost them, but not after DELETE /apis/<api>."""
+    from app.store.registry import Registry, read_deployments
+
+    name = new_name()
+    folder = write(tmp_path / "p", project_files(name))
+    registry = Registry(redis_server.client)
+    deployments = registry.deploy(read_deployments(folder / "cortex.yaml"))
+    registry.undeploy(name)
+    assert registry.restore_missing(deployments) == [] and name not in registry.names()
+    registry.deploy(deployments)  # deploying it again lifts that
+    redis_server.client.delete(keys.api(name))  # ...and a Redis that lost it gets it back
+    assert registry.restore_missing(deployments) == [name]
+    registry.undeploy(name)
