@@ -175,9 +175,12 @@ def _deploy_over_http(ctx: Context, project: str) -> list[dict]:
     from app.model.project_archive import ProjectError
 
     try:
-        return ctx.call(ctx.client().deploy, project)
+        answer = ctx.call(ctx.client().deploy, project)
     except (ValueError, ProjectError) as err:
         fail(str(err))
+    for warning in answer.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    return answer["apis"]
 
 
 def _deploy_into_redis(project: str, redis_url: str) -> list[dict]:

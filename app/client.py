@@ -163,10 +163,10 @@ class Client:
         """
         return self._request("POST", f"{self._api_path(api)}/{quote(job_id, safe='')}/resume").json()
 
-    def deploy(self, path: str | Path) -> list[dict]:
+    def deploy(self, path: str | Path) -> dict:
         """Deploy the BatchAPIs of a project folder (or of the folder of a cortex.yaml) over HTTP:
-        the folder is packed (`.cortexignore` honoured) and uploaded; the APIs deployed (`name`,
-        `api_id`, `project_id`, `endpoint`).
+        the folder is packed (`.cortexignore` honoured) and uploaded. The answer: `apis` deployed
+        (`name`, `api_id`, `project_id`, `endpoint`) and `warnings` (keys Batchery ignores).
 
         Raises BatcheryAPIError: 400 an invalid project (the message names the file and line),
         413 over BATCHERY_MAX_PROJECT_BYTES; ValueError when the folder has no cortex.yaml.
@@ -182,7 +182,7 @@ class Client:
         headers = {"Content-Type": "application/gzip"}
         # a project takes longer to upload and check than a job: at least a few minutes
         response = self._request("POST", "/apis", data=packed.blob, headers=headers, timeout=max(self.timeout, 300))
-        return response.json()["apis"]
+        return response.json()
 
     def apis(self) -> list[dict]:
         """Every deployed API with its ids: `name`, `api_id`, `project_id`, `compute`, `python_path`,

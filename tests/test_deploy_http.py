@@ -200,6 +200,7 @@ def test_an_upload_deploys_lists_runs_with_python_path_and_undeploys(client, job
     assert response.status_code == 200, response.get_json()
     (deployed,) = response.get_json()["apis"]
     assert deployed["name"] == name and deployed["endpoint"].endswith(f"/batch/{name}")
+    assert response.get_json()["warnings"] == []
     blob = redis_server.client.get(keys.project(deployed["project_id"]))
     assert project_id(blob) == deployed["project_id"]
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
@@ -256,8 +257,10 @@ def test_the_cli_deploys_a_folder_over_http_and_deletes_the_api(live_url, worker
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 
+    (folder / "cortex.yaml").write_text(cortex_yaml(name, "    image: quay.io/cortexlabs/python-predictor-cpu\n"))
     deployed = cli("deploy", str(folder))
     assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stderr == f"warning: API {name}: predictor.image is not used by Batchery and is ignored\n"
     assert deployed.stdout.startswith(f"deployed {name} (api_id "), deployed.stdout
     done = jobs.wait_final(
         name, jobs.submit(name, {"workers": 1, "item_list": {"items": [7], "batch_size": 1}})["job_id"]

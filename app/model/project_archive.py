@@ -119,7 +119,7 @@ def pack(folder: str | Path, max_bytes: int | None = None) -> Packed:
     files: list[str] = []
     # gzip's header holds a time and a name: fixed, so that the same files make the same bytes
     with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as zipped,
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6) as zipped,
         tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for relative, path, is_dir in project_files(folder):

@@ -7,7 +7,11 @@ into the job store, where every worker fetches them, so no worker needs the path
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -62,9 +66,31 @@ def deploy() -> Response:
         folder.mkdir()
         with _upload(limit) as upload:
             _unpack(upload, folder, limit)
-        deployments = _read(folder, limit)
+        with _warnings() as warnings:
+            deployments = _read(folder, limit)
         deployed = services().registry.deploy(deployments)
-    return jsonify({"apis": [_deployed(deployment.spec) for deployment in deployed]})
+    return jsonify({"apis": [_deployed(deployment.spec) for deployment in deployed], "warnings": warnings})
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The registry's warnings about this request's cortex.yaml (keys Batchery ignores), for its
+    answer: over HTTP the user does not see the API's log."""
+    found: list[str] = []
+    thread = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread and record.levelno >= logging.WARNING:
+                found.append(record.getMessage())
+
+    handler = Collect()
+    registry_log = logging.getLogger("app.store.registry")
+    registry_log.addHandler(handler)
+    try:
+        yield found
+    finally:
+        registry_log.removeHandler(handler)
 
 
 def _upload(limit: int) -> IO[bytes]:

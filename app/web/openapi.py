@@ -129,7 +129,12 @@ DEPLOYED_APIS = {
                     "spec": {"$ref": "#/components/schemas/ApiSpec"},
                 },
             },
-        }
+        },
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "POST only: the cortex.yaml's keys Batchery does not use, ignored",
+        },
     },
 }
 
