@@ -128,6 +128,8 @@ def bad_uploads(name: str) -> dict[str, tuple[bytes, int, str]]:
     )
     models = dict(good, **{"cortex.yaml": cortex_yaml(name, "    models: {path: s3://b/m}\n").encode()})
     no_yaml = {key: value for key, value in good.items() if key != "cortex.yaml"}
+    server_file = str(Path(__file__).resolve().parent / "predictors" / "minimal.py")
+    elsewhere = dict(good, **{"cortex.yaml": cortex_yaml(name).replace("src/predictor.py", server_file).encode()})
     return {
         "dotdot": (tar_gz({**good, "../evil.py": b"x"}), 400, "../evil.py: a path with '..'"),
         "absolute": (tar_gz({**good, "/etc/evil.py": b"x"}), 400, "/etc/evil.py: an absolute path"),
@@ -143,6 +145,7 @@ def bad_uploads(name: str) -> dict[str, tuple[bytes, int, str]]:
         "second-api-bad": (tar_gz(second_bad), 400, "line 2"),
         "python-path-outside": (tar_gz(outside), 400, "python_path .. lies outside the project"),
         "python-path-missing": (tar_gz(missing_path), 400, "python_path nope is not a folder of the project"),
+        "predictor-outside": (tar_gz(elsewhere), 400, "minimal.py lies outside the project folder"),
         "models-key": (tar_gz(models), 400, "predictor.models is not supported by Batchery"),
     }
 

@@ -108,6 +108,8 @@ def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bo
     _warn_unknown(name, entry, KNOWN_API_KEYS, "")
     predictor = _predictor(name, entry.get("predictor"))
     source = _predictor_file(name, base, predictor["path"])
+    if strict and not source.is_relative_to(base.resolve()):  # an upload names no file of the server's
+        raise DeployError(f"API {name}: predictor.path {predictor['path']} lies outside the project folder")
     # Cortex's project is the folder of cortex.yaml: its files, its imports, the predictors' cwd
     root = base if source.is_relative_to(base) else source.parent
     sources, env = _project(name, root, predictor.pop("env"))
