@@ -172,7 +172,7 @@ def deploy(project: str, redis_url: str | None, url: str | None, output: str | N
 
 
 def _deploy_over_http(ctx: Context, project: str) -> list[dict]:
-    from app.model.project_archive import ProjectError
+    from app.project_archive import ProjectError
 
     try:
         answer = ctx.call(ctx.client().deploy, project)

@@ -19,8 +19,9 @@ from urllib.parse import quote
 
 import requests
 
+from app import project_archive
 from app.config import client_env
-from app.model import project_archive, status
+from app.model import status
 
 DEFAULT_TIMEOUT = 30.0  # seconds for one HTTP request
 

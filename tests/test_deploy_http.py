@@ -19,7 +19,7 @@ import pytest
 
 from app import create_app
 from app.model import status
-from app.model.project_archive import pack, project_id
+from app.project_archive import pack, project_id
 from app.store import keys
 from tests.services import ROOT, wait_for
 

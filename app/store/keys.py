@@ -15,7 +15,7 @@ def code(code_id: str) -> str:
 
 
 def project(project_id: str) -> str:
-    """String: a deployed project as a gzip-compressed tar (app/model/project_archive.py), named by the
+    """String: a deployed project as a gzip-compressed tar (app/project_archive.py), named by the
     SHA-256 of its bytes; one per distinct content, written with SET NX."""
     return f"{PREFIX}:project:{project_id}"
 

@@ -17,9 +17,9 @@ import redis
 import yaml
 from redis.typing import EncodableT, FieldT
 
+from app import project_archive
 from app.errors import ApiNotFound, DeployError, PayloadTooLarge
-from app.model import project_archive
-from app.model.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
+from app.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
 from app.store import code, keys
 from app.store.replies import as_text
 

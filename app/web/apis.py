@@ -17,10 +17,11 @@ from typing import IO, cast
 
 from flask import Blueprint, Response, jsonify, request
 
+from app import project_archive
 from app.errors import ApiNotFound, DeployError, InvalidRequest
-from app.model import job, project_archive
-from app.model.project_archive import ProjectError
+from app.model import job
 from app.model.status import STOPPED
+from app.project_archive import ProjectError
 from app.store import keys
 from app.store.registry import ProjectTooLarge, public_spec, read_deployments
 from app.store.replies import as_text
