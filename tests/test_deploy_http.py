@@ -79,11 +79,15 @@ def tar_gz(files: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> bytes:
     return buffer.getvalue()
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
+def zipped(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for relative, content in files.items():
             archive.writestr(relative, content)
+        for relative, target in (links or {}).items():  # a symlink as zip -y stores it
+            info = zipfile.ZipInfo(relative)
+            info.external_attr = 0o120777 << 16
+            archive.writestr(info, target)
     return buffer.getvalue()
 
 
@@ -135,6 +139,7 @@ def bad_uploads(name: str) -> dict[str, tuple[bytes, int, str]]:
         "absolute": (tar_gz({**good, "/etc/evil.py": b"x"}), 400, "/etc/evil.py: an absolute path"),
         "symlink-out": (tar_gz(good, [link("model.bin", "/etc/passwd")]), 400, "model.bin: a link"),
         "hardlink-out": (tar_gz(good, [link("model.bin", "../../x", hard=True)]), 400, "model.bin: a link"),
+        "zip-symlink": (zipped(good, {"model.bin": "/etc/passwd"}), 400, "model.bin: a link"),
         "zip-bomb": (zipped({**good, "zeros.bin": bytes(5 * SMALL_LIMIT)}), 413, "once uncompressed"),
         "too-large": (os.urandom(SMALL_LIMIT + 1), 413, f"BATCHERY_MAX_PROJECT_BYTES ({SMALL_LIMIT} bytes)"),
         "not-an-archive": (b"just some text", 400, "not a readable"),
@@ -158,7 +163,7 @@ def test_a_bad_upload_is_a_4xx_saying_what_and_nothing_is_deployed(small_app, r,
     name = new_name()
     body, code, said = bad_uploads(name)[case]
     client = small_app.test_client()
-    response = upload(client, body, "application/zip" if case == "zip-bomb" else "application/gzip")
+    response = upload(client, body, "application/zip" if case.startswith("zip") else "application/gzip")
     assert response.status_code == code, response.get_json()
     answer = response.get_json()
     assert said in answer["message"], answer
@@ -237,8 +242,9 @@ def test_an_upload_deploys_lists_runs_with_python_path_and_undeploys(client, job
 @pytest.mark.parametrize("broker", ["sqs"], indirect=True)
 def test_python_path_works_on_the_sqs_broker_too(client, jobs, worker):
     name = new_name()
+    files = {**project_files(name), "model.bin": os.urandom(11 * 1024 * 1024)}  # over the app's 10 MiB
     response = client.post(
-        "/apis", data={"file": (io.BytesIO(zipped(project_files(name))), "p.zip")}, content_type="multipart/form-data"
+        "/apis", data={"file": (io.BytesIO(zipped(files)), "p.zip")}, content_type="multipart/form-data"
     )
     assert response.status_code == 200, response.get_json()
     done = jobs.wait_final(
