@@ -235,6 +235,7 @@ def test_an_upload_deploys_lists_runs_with_python_path_and_undeploys(client, job
     assert client.get(f"/batch/{name}").status_code == 404
     assert client.get(f"/batch/{name}?jobID={running['job_id']}").status_code == 404
     assert client.delete(f"/apis/{name}").status_code == 404
+    assert not redis_server.client.exists(keys.project(deployed["project_id"]))  # no API uses it any more
     assert name not in {api["name"] for api in client.get("/apis").get_json()["apis"]}
     assert client.delete(f"/apis/{name}?force=maybe").status_code == 400
 
@@ -294,7 +295,13 @@ def test_an_api_undeployed_on_purpose_is_not_restored_by_the_process_that_deploy
     folder = write(tmp_path / "p", project_files(name))
     registry = Registry(redis_server.client)
     deployments = registry.deploy(read_deployments(folder / "cortex.yaml"))
+    other = dict(deployments[0].spec, name=name + "-twin")  # the same project, under another name
+    registry.redis.hset(keys.api(other["name"]), "spec", json.dumps(other))
+    registry.redis.sadd(keys.apis(), other["name"])
     registry.undeploy(name)
+    assert registry.redis.exists(keys.project(other["project_id"]))  # still used by the twin
+    registry.undeploy(other["name"])
+    assert not registry.redis.exists(keys.project(other["project_id"]))
     assert registry.restore_missing(deployments) == [] and name not in registry.names()
     registry.deploy(deployments)  # deploying it again lifts that
     redis_server.client.delete(keys.api(name))  # ...and a Redis that lost it gets it back

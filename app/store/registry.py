@@ -348,13 +348,31 @@ class Registry:
         """Remove a deployed API: its routes answer 404 from then on. Its jobs' records stay until
         they expire (BATCHERY_JOB_RETENTION_SECONDS), as does its project while another API uses it;
         raises ApiNotFound."""
-        self.get(name)
+        project_id = self.get(name).get("project_id")
         pipe = self.redis.pipeline()
         pipe.delete(keys.api(name))
         pipe.srem(keys.apis(), name)
         pipe.sadd(keys.undeployed(), name)  # not restored by a process that deployed it at start
         pipe.execute()
+        if project_id:
+            self._forget_project(project_id)
         log.info("undeployed API %s", name)
+
+    def _forget_project(self, project_id: str) -> None:
+        """Delete a project no deployed API uses any more. Watched: a deploy of the same content
+        meanwhile (any API record, or the set of names, written) keeps it."""
+        with self.redis.pipeline() as pipe:
+            try:
+                names = [as_text(n) for n in self.redis.smembers(keys.apis())]
+                pipe.watch(keys.apis(), *[keys.api(n) for n in names])
+                specs = [pipe.hget(keys.api(n), "spec") for n in names]
+                if any(spec and json.loads(spec).get("project_id") == project_id for spec in specs):
+                    return
+                pipe.multi()
+                pipe.delete(keys.project(project_id))
+                pipe.execute()
+            except redis.WatchError:
+                pass  # something was deployed meanwhile: keep the project (an orphan at worst)
 
     def code(self, code_id: str) -> dict[str, str] | None:
         """The Python files of a deployed project (by path in its folder); None if not kept."""
