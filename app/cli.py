@@ -1,14 +1,15 @@
 """`batchery`: the command line of Batchery, with the verbs of Cortex's CLI.
 
-    batchery deploy cortex.yaml          deploy the BatchAPIs of a cortex.yaml (into the job store)
+    batchery deploy [DIR|cortex.yaml]    deploy a project's BatchAPIs over HTTP (--redis: into the job store)
     batchery get                         the APIs: jobs in progress, latest job
     batchery get <api>                   the API's jobs
     batchery get <api> <job> [--watch]   a job's status (--watch: a live progress bar until it ends)
     batchery submit <api> job.json       submit a job, print its id
     batchery delete <api> <job>          stop a job
+    batchery delete <api> [--force]      undeploy an API
     batchery pause <api> <job>           pause a job (nothing of it starts); resume: go on
 
-Everything but `deploy` goes through the HTTP API (app.client); `-o json` prints the API's JSON.
+Everything but `deploy --redis` goes through the HTTP API (app.client); `-o json` prints the API's JSON.
 """
 
 from __future__ import annotations
@@ -137,44 +138,71 @@ def main(ctx: click.Context, url: str, output: str, token: str | None) -> None:
 
 
 @main.command()
-@click.argument("cortex_yaml", type=click.Path(dir_okay=False))
+@click.argument("project", default=".", type=click.Path(exists=True), metavar="[DIR|cortex.yaml]")
 @click.option(
+    "--redis",
     "--redis-url",
-    # as `make up` starts it: on REDIS_PORT (as the other commands follow PORT)
-    default=lambda: client_env().redis_url,
-    show_default="$REDIS_URL, else redis://127.0.0.1:$REDIS_PORT/0",
-    help="the job store the API and workers use",
+    "redis_url",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[URL]",
+    help="write into the job store at URL directly instead (the local stack only; alone: $REDIS_URL, else "
+    "redis://127.0.0.1:$REDIS_PORT/0)",
 )
 @options
-def deploy(cortex_yaml: str, redis_url: str, url: str | None, output: str | None) -> None:
-    """Deploy the BatchAPIs of CORTEX_YAML into the job store at REDIS_URL.
+def deploy(project: str, redis_url: str | None, url: str | None, output: str | None) -> None:
+    """Deploy the BatchAPIs of a project (DIR, or the folder of its cortex.yaml) over HTTP.
 
-    The project's Python files are kept in the job store; its other files (models, data) are read
-    from its absolute path, which must be valid on every worker (the same checkout, or a volume).
+    The folder is packed (`.cortexignore` honoured) and uploaded to the API at --url / $BATCHERY_URL,
+    with the token: the workers fetch it from the job store, so no path needs to exist on them.
     """
+    ctx = context(url, output)
+    if redis_url is not None:
+        specs = _deploy_into_redis(project, redis_url or client_env().redis_url)
+    else:
+        specs = _deploy_over_http(ctx, project)
+    if ctx.output == "json":
+        click.echo(json.dumps(specs, indent=2))
+        return
+    if not specs:
+        click.echo(f"{project} holds no BatchAPI")
+    for spec in specs:
+        click.echo(f"deployed {spec['name']} (api_id {spec['api_id']})")
+
+
+def _deploy_over_http(ctx: Context, project: str) -> list[dict]:
+    from app.project_archive import ProjectError
+
+    try:
+        answer = ctx.call(ctx.client().deploy, project)
+    except (ValueError, ProjectError) as err:
+        fail(str(err))
+    for warning in answer.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    return answer["apis"]
+
+
+def _deploy_into_redis(project: str, redis_url: str) -> list[dict]:
+    """Deploy into the job store directly (`--redis`): the public specs deployed."""
+    from pathlib import Path
+
     import redis
 
     from app.config import redacted
-    from app.errors import DeployError
+    from app.errors import BatcheryError
     from app.store.registry import Registry, public_spec
 
-    ctx = context(url, output)
+    cortex_yaml = Path(project) / "cortex.yaml" if Path(project).is_dir() else Path(project)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # keys Batchery ignores
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
     try:
-        specs = Registry(client).deploy_file(cortex_yaml)
-    except DeployError as err:
+        return [public_spec(spec) for spec in Registry(client).deploy_file(cortex_yaml)]
+    except BatcheryError as err:
         fail(err.message)
     except redis.RedisError as err:
         where = redacted(f"{redis_url}: {err}")
         fail(f"cannot reach the job store at {where} (start the stack with `make up`, or set REDIS_URL)")
-    if ctx.output == "json":
-        click.echo(json.dumps([public_spec(spec) for spec in specs], indent=2))
-        return
-    if not specs:
-        click.echo(f"{cortex_yaml} holds no BatchAPI")
-    for spec in specs:
-        click.echo(f"deployed {spec['name']} (api_id {spec['api_id']})")
 
 
 # --- get -------------------------------------------------------------------------------------
@@ -430,12 +458,16 @@ def submit(api: str, job_file, dry_run: bool, idempotency_key: str | None, url: 
 
 @main.command()
 @click.argument("api")
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="[JOB]", required=False)
+@click.option("-f", "--force", is_flag=True, help="without JOB: stop the API's jobs in progress, then undeploy it")
 @options
-def delete(api: str, job_id: str, url: str | None, output: str | None) -> None:
-    """Stop the job JOB of API."""
+def delete(api: str, job_id: str | None, force: bool, url: str | None, output: str | None) -> None:
+    """Stop the job JOB of API; without JOB, undeploy API (as `cortex delete <api>`)."""
     ctx = context(url, output)
-    answer = ctx.call(ctx.client().stop_job, api, job_id)
+    if job_id is None:
+        answer = ctx.call(ctx.client().undeploy, api, force)
+    else:
+        answer = ctx.call(ctx.client().stop_job, api, job_id)
     click.echo(json.dumps(answer, indent=2) if ctx.output == "json" else answer["message"])
 
 

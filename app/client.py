@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from app import project_archive
 from app.config import client_env
 from app.model import status
 
@@ -162,15 +164,50 @@ class Client:
         """
         return self._request("POST", f"{self._api_path(api)}/{quote(job_id, safe='')}/resume").json()
 
+    def deploy(self, path: str | Path) -> dict:
+        """Deploy the BatchAPIs of a project folder (or of the folder of a cortex.yaml) over HTTP:
+        the folder is packed (`.cortexignore` honoured) and uploaded. The answer: `apis` deployed
+        (`name`, `api_id`, `project_id`, `endpoint`) and `warnings` (keys Batchery ignores).
+
+        Raises BatcheryAPIError: 400 an invalid project (the message names the file and line),
+        413 over BATCHERY_MAX_PROJECT_BYTES; ValueError when the folder has no cortex.yaml.
+        """
+        folder = Path(path)
+        if folder.is_file():
+            if folder.name != "cortex.yaml":
+                raise ValueError(f"{path}: deploy a project folder, or its cortex.yaml (named cortex.yaml)")
+            folder = folder.parent
+        if not (folder / "cortex.yaml").is_file():
+            raise ValueError(f"{path}: no cortex.yaml in this folder")
+        packed = project_archive.pack(folder)
+        headers = {"Content-Type": "application/gzip"}
+        # a project takes longer to upload and check than a job: at least a few minutes
+        response = self._request("POST", "/apis", data=packed.blob, headers=headers, timeout=max(self.timeout, 300))
+        return response.json()
+
+    def apis(self) -> list[dict]:
+        """Every deployed API with its ids: `name`, `api_id`, `project_id`, `compute`, `python_path`,
+        `deployed_at`, `endpoint`, `spec`."""
+        return self._request("GET", "/apis").json()["apis"]
+
+    def undeploy(self, api: str, force: bool = False) -> dict:
+        """Undeploy an API: `{"message", "stopped_jobs"}`; `force=True` stops its jobs in progress first.
+
+        Raises BatcheryAPIError: 404 unknown API, 409 jobs of it in progress (without force).
+        """
+        params = {"force": "true"} if force else None
+        return self._request("DELETE", "/apis/" + quote(api, safe=""), params=params).json()
+
     def _api_path(self, api: str) -> str:
         return "/batch/" + quote(api, safe="")
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = self.base_url + path
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            kwargs.setdefault("timeout", self.timeout)
+            response = self.session.request(method, url, **kwargs)
         except requests.Timeout:
-            raise BatcheryConnectionError(self.base_url, f"no answer within {self.timeout:g}s") from None
+            raise BatcheryConnectionError(self.base_url, f"no answer within {kwargs['timeout']:g}s") from None
         except requests.ConnectionError as err:
             raise BatcheryConnectionError(self.base_url, _reason(err)) from None
         if response.status_code >= 400:

@@ -60,6 +60,7 @@ class Settings:
     # where workers unpack the deployed projects they run (workers/projects.py), and how long an unused one stays
     project_cache: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "batchery-projects"))
     project_cache_seconds: float = 86400.0
+    max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
 
     @property
     def broker(self) -> str:
@@ -106,6 +107,7 @@ class Settings:
             in ("1", "true", "yes", "on"),
             project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
             project_cache_seconds=float(env.get("BATCHERY_PROJECT_CACHE_SECONDS", default.project_cache_seconds)),
+            max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
         )
 
 

@@ -258,7 +258,7 @@ def test_deploy_without_redis_url_follows_redis_port_as_make_up_does(cli, tmp_pa
     port = free_port()  # nothing listens: the error names where it went
     env = {name: value for name, value in cli.env.items() if name != "REDIS_URL"}
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "deploy", str(tmp_path / "ok.yaml")],
+        [sys.executable, "-m", "app.cli", "deploy", str(tmp_path / "ok.yaml"), "--redis"],
         cwd=ROOT,
         env=dict(env, REDIS_PORT=str(port)),
         capture_output=True,

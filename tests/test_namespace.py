@@ -166,10 +166,12 @@ def test_an_edited_helper_makes_a_new_api_id(tmp_path):
     """So that a redeploy with a helper edited is a new API version, as an edited predictor was."""
     project(tmp_path / "a", "a")
     before = read_cortex_yaml(write_yaml(tmp_path))[0]["api_id"]
-    (tmp_path / "a" / "label.txt").write_text("data files are not code")
-    assert read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"] == before
     (tmp_path / "a" / "helpers.py").write_text("WHO = 'b'\n")
-    assert read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"] != before
+    edited = read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"]
+    assert edited != before
+    # issue 18: the workers run from the deployed project, so a data file edited is a new version too
+    (tmp_path / "a" / "label.txt").write_text("data files are deployed with the project")
+    assert read_cortex_yaml(tmp_path / "cortex.yaml")[0]["api_id"] not in (before, edited)
 
 
 def test_a_predictor_folder_with_too_much_python_is_refused_saying_why(tmp_path, monkeypatch):

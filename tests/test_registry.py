@@ -78,10 +78,14 @@ def test_read_cortex_yaml_ignores_unknown_keys_with_a_warning(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="app.store.registry"):
         (spec,) = read_cortex_yaml(path)
-    assert set(spec) == {"name", "kind", "predictor", "api_id", "predictor_file", "project_dir", "env", "code_id"}
+    assert set(spec) == {
+        "name", "kind", "predictor", "api_id", "predictor_file", "project_dir", "env", "code_id",
+        "compute", "project_id", "project_bytes",
+    }  # fmt: skip
+    assert spec["compute"] == {"cpu": 1, "gpu": 1}  # recorded for the fleet (issue 18), no longer ignored
     assert set(spec["predictor"]) == {"type", "path", "config"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    for key in ("compute", "networking", "predictor.image"):
+    for key in ("networking", "predictor.image"):
         assert any("API api" in w and key in w and "ignored" in w for w in warnings), (key, warnings)
 
 

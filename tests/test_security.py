@@ -155,7 +155,7 @@ def test_the_cli_deploy_error_does_not_show_the_password(locked_redis):
     wrong = "wrong-pass-42"
     env = dict(os.environ, REDIS_URL=locked_redis.url.replace(PASSWORD, wrong))
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "deploy", str(PREDICTORS / "cortex.yaml")],
+        [sys.executable, "-m", "app.cli", "deploy", str(PREDICTORS / "cortex.yaml"), "--redis"],
         cwd=ROOT,
         env=env,
         capture_output=True,

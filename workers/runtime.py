@@ -102,7 +102,9 @@ def load_class(
     else:
         project_id = None
     sources = (api.get("code_id") and deployed(api["code_id"])) or _read_folder(root)
-    modules = namespace.Namespace(root, sources, [str(Path(relative).parent)], api.get("env") or {})
+    # Cortex's predictor.python_path (a folder of the project) is searched first, then the predictor's folder
+    search = [*filter(None, [(api.get("predictor") or {}).get("python_path")]), str(Path(relative).parent)]
+    modules = namespace.Namespace(root, sources, search, api.get("env") or {})
     namespace.install()
     try:
         with _calling(modules):

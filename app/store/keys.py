@@ -14,6 +14,18 @@ def code(code_id: str) -> str:
     return f"{PREFIX}:code:{code_id}"
 
 
+def project(project_id: str) -> str:
+    """String: a deployed project as a gzip-compressed tar (app/project_archive.py), named by the
+    SHA-256 of its bytes; one per distinct content, written with SET NX."""
+    return f"{PREFIX}:project:{project_id}"
+
+
+def undeployed() -> str:
+    """Set: names of the APIs undeployed on purpose (DELETE /apis/<name>), which the API processes
+    that deployed them at start do not deploy again; a deploy of the name removes it."""
+    return f"{PREFIX}:apis:undeployed"
+
+
 def apis() -> str:
     """Set: names of the deployed APIs."""
     return f"{PREFIX}:apis"

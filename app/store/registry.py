@@ -17,14 +17,20 @@ import redis
 import yaml
 from redis.typing import EncodableT, FieldT
 
-from app.errors import ApiNotFound, DeployError
+from app import project_archive
+from app.errors import ApiNotFound, DeployError, PayloadTooLarge
+from app.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
 from app.store import code, keys
 from app.store.replies import as_text
 
 log = logging.getLogger(__name__)
 
-KNOWN_API_KEYS = {"name", "kind", "predictor"}
-KNOWN_PREDICTOR_KEYS = {"type", "path", "config", "env"}
+KNOWN_API_KEYS = {"name", "kind", "predictor", "compute"}
+KNOWN_PREDICTOR_KEYS = {"type", "path", "config", "env", "python_path"}
+# Cortex keys that the job needs and Batchery cannot give it: a deploy error, not a warning (a
+# python predictor with `models` expects a `python_client` argument in its __init__)
+UNSUPPORTED_PREDICTOR_KEYS = {"models", "model_path", "multi_model_reloading"}
+COMPUTE_KEYS = {"cpu", "gpu", "mem", "inf", "shm"}
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -33,6 +39,7 @@ class Deployment(NamedTuple):
 
     spec: dict
     code: dict[str, str]
+    project: Packed | None = None  # the packed project folder, stored with the API (project_archive)
 
 
 def read_cortex_yaml(path: str | Path) -> list[dict]:
@@ -41,8 +48,12 @@ def read_cortex_yaml(path: str | Path) -> list[dict]:
     return [deployment.spec for deployment in read_deployments(path)]
 
 
-def read_deployments(path: str | Path) -> list[Deployment]:
-    """Parse and check a cortex.yaml, and read its predictors' code; raises DeployError."""
+def read_deployments(
+    path: str | Path, max_project_bytes: int = MAX_PROJECT_BYTES, strict: bool = False
+) -> list[Deployment]:
+    """Parse and check a cortex.yaml, and read its predictors' code and pack their project folders;
+    `strict`: an API of another kind than BatchAPI is an error, not skipped with a warning. Raises
+    DeployError, PayloadTooLarge (a project over `max_project_bytes` packed)."""
     path = Path(path).resolve()
     try:
         text = path.read_text()
@@ -55,7 +66,8 @@ def read_deployments(path: str | Path) -> list[Deployment]:
         raise DeployError(f"{path.name} must hold a list of APIs")
     for entry, written in zip(documents, as_written, strict=True):
         _env_as_written(entry, written)
-    deployments = [_api_spec(entry, path.parent, i) for i, entry in enumerate(documents)]
+    packer = _Packer(max_project_bytes)
+    deployments = [_api_spec(entry, path.parent, i, packer, strict) for i, entry in enumerate(documents)]
     names: list[str] = [entry["name"] for entry in documents]  # each one a dict with a name (_api_spec)
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -82,33 +94,99 @@ def _scalar(value: object) -> bool:
     return value is not None and not isinstance(value, (dict, list))
 
 
-def _api_spec(entry: object, base: Path, index: int) -> Deployment | None:
+def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bool = False) -> Deployment | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise DeployError(f"API #{index + 1}: each API needs a `name`")
     name = entry["name"]
     if not NAME.match(name):
         raise DeployError(f"API {name!r}: names use lowercase letters, digits and '-' (at most 63)")
+    if entry.get("kind") != "BatchAPI" and strict:
+        raise DeployError(f"API {name}: kind {entry.get('kind')!r} is not BatchAPI (Batchery deploys BatchAPIs only)")
     if entry.get("kind") != "BatchAPI":
         log.warning("skipping API %s: kind %r is not BatchAPI", name, entry.get("kind"))
         return None
     _warn_unknown(name, entry, KNOWN_API_KEYS, "")
     predictor = _predictor(name, entry.get("predictor"))
     source = _predictor_file(name, base, predictor["path"])
+    if strict and not source.is_relative_to(base.resolve()):  # an upload names no file of the server's
+        raise DeployError(f"API {name}: predictor.path {predictor['path']} lies outside the project folder")
     # Cortex's project is the folder of cortex.yaml: its files, its imports, the predictors' cwd
     root = base if source.is_relative_to(base) else source.parent
     sources, env = _project(name, root, predictor.pop("env"))
+    _python_path(name, root, predictor)
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
+    if "compute" in entry:
+        spec["compute"] = _compute(name, entry["compute"])
+    packed = packer.pack(name, root)
     code_digest = code.digest(sources)
-    spec["api_id"] = _api_id(spec, code_digest + json.dumps(env, sort_keys=True).encode())
+    # the project's id too: an edit of any of its files (a model, a label list) makes a new api_id
+    spec["api_id"] = _api_id(spec, code_digest + json.dumps(env, sort_keys=True).encode() + packed.project_id.encode())
     # kept out of public_spec:
     spec.update(predictor_file=str(source), project_dir=str(root), env=env, code_id=code_digest.hex()[:32])
-    return Deployment(spec, sources)
+    spec.update(project_id=packed.project_id, project_bytes=len(packed.blob))
+    return Deployment(spec, sources, packed)
+
+
+class _Packer:
+    """Packs each project folder once, however many APIs of the cortex.yaml it holds."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.packed: dict[Path, Packed] = {}
+
+    def pack(self, name: str, root: Path) -> Packed:
+        """The packed folder; raises DeployError, PayloadTooLarge."""
+        if root not in self.packed:
+            try:
+                self.packed[root] = project_archive.pack(root, self.max_bytes)
+            except ProjectError as err:
+                if err.status == 413:
+                    raise ProjectTooLarge(f"API {name}: {err.message}") from None
+                raise DeployError(f"API {name}: {err.message}") from None
+        return self.packed[root]
+
+
+class ProjectTooLarge(PayloadTooLarge):
+    """A project over BATCHERY_MAX_PROJECT_BYTES, packed."""
+
+    kind = "project_too_large"
+
+
+def _python_path(name: str, root: Path, predictor: dict) -> None:
+    """Check `predictor.python_path` (Cortex: a folder of the project put on the import path) and
+    keep it as a POSIX path relative to the project; raises DeployError."""
+    value = predictor.pop("python_path", None)
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise DeployError(f"API {name}: predictor.python_path must be a folder of the project (a relative path)")
+    folder = (root / value).resolve()
+    if not folder.is_relative_to(root.resolve()):
+        raise DeployError(f"API {name}: predictor.python_path {value} lies outside the project folder")
+    if not folder.is_dir():
+        raise DeployError(f"API {name}: predictor.python_path {value} is not a folder of the project")
+    predictor["python_path"] = folder.relative_to(root.resolve()).as_posix()
+
+
+def _compute(name: str, compute: object) -> dict:
+    """`compute` as recorded with the API (cpu, gpu, mem: for the fleet to route on); raises DeployError."""
+    if not isinstance(compute, dict):
+        raise DeployError(f"API {name}: compute must be a mapping (cpu, gpu, mem)")
+    _warn_unknown(name, compute, COMPUTE_KEYS, "compute.")
+    kept = {key: value for key, value in compute.items() if key in COMPUTE_KEYS}
+    return cast(dict, _json_value(kept, f"API {name}: compute"))
 
 
 def _predictor(name: str, predictor: object) -> dict:
     """The checked `predictor` section: type, path, config (as JSON) and env; raises DeployError."""
     if not isinstance(predictor, dict):
         raise DeployError(f"API {name}: `predictor` is required (type, path, config)")
+    unsupported = sorted(UNSUPPORTED_PREDICTOR_KEYS & set(predictor))
+    if unsupported:
+        raise DeployError(
+            f"API {name}: predictor.{unsupported[0]} is not supported by Batchery (load the model in the "
+            "predictor's __init__ from its project folder or S3 instead)"
+        )
     _warn_unknown(name, predictor, KNOWN_PREDICTOR_KEYS, "predictor.")
     if predictor.get("type", "python") != "python":
         raise DeployError(f"API {name}: predictor.type must be python (got {predictor.get('type')!r})")
@@ -117,7 +195,10 @@ def _predictor(name: str, predictor: object) -> dict:
         raise DeployError(f"API {name}: predictor.config must be a mapping")
     config = _json_value(config, f"API {name}: predictor.config")
     env = _env(name, predictor.get("env") or {})
-    return {"type": "python", "path": predictor.get("path"), "config": config, "env": env}
+    checked = {"type": "python", "path": predictor.get("path"), "config": config, "env": env}
+    if "python_path" in predictor:
+        checked["python_path"] = predictor["python_path"]
+    return checked
 
 
 def _env(name: str, env: object) -> dict[str, str]:
@@ -206,20 +287,28 @@ class Registry:
     def __init__(self, client: redis.Redis):
         self.redis = client
 
-    def deploy_file(self, path: str | Path) -> list[dict]:
-        """Deploy every BatchAPI of a cortex.yaml, with its predictor's code; raises DeployError
-        if any is invalid."""
-        return [deployment.spec for deployment in self.deploy(read_deployments(path))]
+    def deploy_file(
+        self, path: str | Path, max_project_bytes: int = MAX_PROJECT_BYTES, strict: bool = False
+    ) -> list[dict]:
+        """Deploy every BatchAPI of a cortex.yaml, with its predictor's code and its project;
+        raises DeployError if any is invalid (nothing is stored then), PayloadTooLarge if its
+        project is over `max_project_bytes` packed."""
+        return [deployment.spec for deployment in self.deploy(read_deployments(path, max_project_bytes, strict))]
 
     def deploy(self, deployments: list[Deployment]) -> list[Deployment]:
         """Store read deployments (over what was deployed under their names); returns them."""
         pipe = self.redis.pipeline()
-        for spec, sources in deployments:
+        deployed_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        for spec, sources, project in deployments:
+            spec["deployed_at"] = deployed_at
+            if project is not None:  # once per content: the same files, the same key and value
+                pipe.set(keys.project(project.project_id), project.blob, nx=True)
             # the code first: a worker loading the API finds it (the same id, the same code)
             # path -> source, all str: a Mapping's key type is invariant, so say it is redis-py's wider one
             pipe.hset(keys.code(spec["code_id"]), mapping=cast(Mapping[FieldT, EncodableT], sources))
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
+            pipe.srem(keys.undeployed(), spec["name"])
         pipe.execute()
         for deployment in deployments:
             log.info("deployed API %s (api_id %s)", deployment.spec["name"], deployment.spec["api_id"])
@@ -232,7 +321,13 @@ class Registry:
         pipe = self.redis.pipeline(transaction=False)
         for deployment in deployments:
             pipe.exists(keys.api(deployment.spec["name"]))
-        missing = [d for d, found in zip(deployments, pipe.execute(), strict=True) if not found]
+        pipe.smembers(keys.undeployed())
+        *found, undeployed = pipe.execute()
+        # an API undeployed on purpose (DELETE /apis/<name>) stays undeployed
+        undeployed = {as_text(name) for name in undeployed}
+        missing = [
+            d for d, there in zip(deployments, found, strict=True) if not there and d.spec["name"] not in undeployed
+        ]
         for deployment in missing:
             log.warning("API %s is no longer in Redis (it lost its data?): deploying it again", deployment.spec["name"])
         return [deployment.spec["name"] for deployment in self.deploy(missing)] if missing else []
@@ -248,6 +343,36 @@ class Registry:
     def names(self) -> list[str]:
         """Names of the deployed APIs."""
         return sorted(as_text(n) for n in self.redis.smembers(keys.apis()))
+
+    def undeploy(self, name: str) -> None:
+        """Remove a deployed API: its routes answer 404 from then on. Its jobs' records stay until
+        they expire (BATCHERY_JOB_RETENTION_SECONDS), as does its project while another API uses it;
+        raises ApiNotFound."""
+        project_id = self.get(name).get("project_id")
+        pipe = self.redis.pipeline()
+        pipe.delete(keys.api(name))
+        pipe.srem(keys.apis(), name)
+        pipe.sadd(keys.undeployed(), name)  # not restored by a process that deployed it at start
+        pipe.execute()
+        if project_id:
+            self._forget_project(project_id)
+        log.info("undeployed API %s", name)
+
+    def _forget_project(self, project_id: str) -> None:
+        """Delete a project no deployed API uses any more. Watched: a deploy of the same content
+        meanwhile (any API record, or the set of names, written) keeps it."""
+        with self.redis.pipeline() as pipe:
+            try:
+                names = [as_text(n) for n in self.redis.smembers(keys.apis())]
+                pipe.watch(keys.apis(), *[keys.api(n) for n in names])
+                specs = [pipe.hget(keys.api(n), "spec") for n in names]
+                if any(spec and json.loads(spec).get("project_id") == project_id for spec in specs):
+                    return
+                pipe.multi()
+                pipe.delete(keys.project(project_id))
+                pipe.execute()
+            except redis.WatchError:
+                pass  # something was deployed meanwhile: keep the project (an orphan at worst)
 
     def code(self, code_id: str) -> dict[str, str] | None:
         """The Python files of a deployed project (by path in its folder); None if not kept."""

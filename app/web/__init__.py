@@ -46,10 +46,11 @@ def create_app(config: dict | None = None) -> Flask:
         webhooks.start()
         flask_app.extensions["batchery_webhooks"] = webhooks
 
+    from app.web import apis, ops
     from app.web import batch as api
-    from app.web import ops
 
     flask_app.register_blueprint(api.bp)
+    flask_app.register_blueprint(apis.bp)
     flask_app.register_blueprint(ops.bp)
     require_token(flask_app, settings.api_token)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)

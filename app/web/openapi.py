@@ -109,6 +109,35 @@ def json_answer(description: str, schema: str | dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+DEPLOYED_APIS = {
+    "type": "object",
+    "required": ["apis"],
+    "properties": {
+        "apis": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "api_id", "endpoint"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "api_id": {"type": "string"},
+                    "project_id": {"type": "string", "nullable": True},
+                    "endpoint": {"type": "string"},
+                    "compute": {"type": "object", "nullable": True},
+                    "python_path": {"type": "string", "nullable": True},
+                    "deployed_at": {"type": "string", "nullable": True},
+                    "spec": {"$ref": "#/components/schemas/ApiSpec"},
+                },
+            },
+        },
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "POST only: the cortex.yaml's keys Batchery does not use, ignored",
+        },
+    },
+}
+
 OPERATIONS: dict[tuple[str, str], dict] = {
     ("/batch", "get"): {
         "responses": {
@@ -165,6 +194,54 @@ OPERATIONS: dict[tuple[str, str], dict] = {
     ("/batch/<api_name>", "delete"): {
         "parameters": [API_NAME, job_id(True, "the job to stop")],
         "responses": {"200": json_answer("the job stopped: no batch of it starts any more", "StopResponse")},
+    },
+    ("/apis", "post"): {
+        "requestBody": {
+            "required": True,
+            "description": "the project (the folder of cortex.yaml, or one holding it as its single top folder) "
+            "as a .tar.gz, .tar or .zip: the raw body (Content-Type application/octet-stream; application/gzip, "
+            "application/x-tar and application/zip are taken too), or the multipart form field `file`; at most "
+            "BATCHERY_MAX_PROJECT_BYTES (256 MiB)",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+            },
+        },
+        "responses": {"200": json_answer("the APIs deployed", DEPLOYED_APIS)},
+    },
+    ("/apis", "get"): {
+        "responses": {"200": json_answer("every deployed API with its ids", DEPLOYED_APIS)},
+    },
+    ("/apis/<api_name>", "delete"): {
+        "parameters": [
+            API_NAME,
+            {
+                "name": "force",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "stop the API's jobs in progress first (without: a 409 while it has some)",
+            },
+        ],
+        "responses": {
+            "200": json_answer(
+                "the API undeployed",
+                {
+                    "type": "object",
+                    "required": ["message", "stopped_jobs"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "stopped_jobs": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            )
+        },
     },
     ("/batch/<api_name>/logs", "get"): {
         "parameters": [

@@ -142,6 +142,7 @@ class PredictorSchema(Schema):
     type = text("always python", required=True)
     path = text("the predictor file, relative to the cortex.yaml", required=True)
     config = fields.Dict(required=True, metadata={"description": "merged under each job's config"})
+    python_path = text("Cortex's predictor.python_path: a folder of the project searched first for its imports")
 
 
 class ApiSpecSchema(Schema):
@@ -151,6 +152,10 @@ class ApiSpecSchema(Schema):
     kind = text("always BatchAPI", required=True)
     predictor = fields.Nested(PredictorSchema, required=True)
     api_id = text("a hash of the spec and the predictor file", required=True)
+    compute = fields.Dict(metadata={"description": "cortex.yaml's compute (cpu, gpu, mem), recorded for the fleet"})
+    project_id = text("the deployed project's content id: the files the workers fetch and run from")
+    project_bytes = count("the deployed project's size, packed (.tar.gz)")
+    deployed_at = text("RFC 3339, UTC: when it was deployed")
 
 
 class JobStatusResponseSchema(Schema):
