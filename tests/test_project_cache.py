@@ -20,7 +20,7 @@ import redis
 
 from app.model import status
 from app.store import keys
-from app.store.registry import Deployment, Registry, read_deployments
+from app.store.registry import Registry, read_deployments
 from tests.conftest import BOTH_BROKERS
 from workers.projects import ProjectCache, ProjectError
 from workers.runtime import PredictorCache
@@ -67,14 +67,11 @@ def project_id_of(blob: bytes) -> str:
 
 
 def deploy_fetched(client: redis.Redis, yaml_path: Path) -> dict:
-    """Deploy a cortex.yaml's one API with its project stored in the job store, as the HTTP deploy
-    does: the blob at `keys.project(id)`, `project_id` and `project_bytes` in the API's record."""
-    ((spec, code),) = read_deployments(yaml_path)
-    blob = pack(yaml_path.parent)
-    project_id = project_id_of(blob)
-    client.set(keys.project(project_id), blob, nx=True)
-    spec = {**spec, "project_id": project_id, "project_bytes": len(blob)}
-    Registry(client).deploy([Deployment(spec, code)])
+    """Deploy a cortex.yaml's one API as every deploy does: its project packed into the job store
+    (the blob at `keys.project(id)`, `project_id` and `project_bytes` in the API's record)."""
+    (spec,) = Registry(client).deploy_file(yaml_path)
+    blob = client.get(keys.project(spec["project_id"]))
+    assert blob is not None and project_id_of(blob) == spec["project_id"]  # the contract's id
     return spec
 
 

@@ -163,9 +163,3 @@ def unfinished_inflight(job_id: str) -> str:
     """Hash: batch id -> entry of the batches in flight when the job ended and that never reported
     an outcome since; the Lua names it as the job's key and `:unfinished:inflight`."""
     return f"{job(job_id)}:unfinished:inflight"
-
-
-def project(project_id: str) -> str:
-    """String: a deployed project (the folder of its cortex.yaml) as a gzip-compressed tar, named by
-    the first 32 hex digits of its SHA-256; one per distinct content, read by the workers."""
-    return f"{PREFIX}:project:{project_id}"
