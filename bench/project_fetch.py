@@ -69,14 +69,19 @@ def deploy(stack: Stack, folder: Path, model_mb: int) -> tuple[dict, dict, dict]
     """Deploy one fresh project twice: fetched by the workers, and from this disk; (timings, both APIs)."""
     name = f"fetch-{uuid.uuid4().hex[:6]}"
     yaml = write_project(folder / name, name, model_mb)
-    ((spec, code),) = read_deployments(yaml)
+    ((spec, code, _),) = read_deployments(yaml)
     registry = Registry(stack.redis)
     found: dict = {}
     found["pack_9"], blob = timed(lambda: pack(yaml.parent, 9))
     found["pack_1"], _ = timed(lambda: pack(yaml.parent, 1))
     project_id = project_id_of(blob)
     found["store"], _ = timed(lambda: stack.redis.set(keys.project(project_id), blob, nx=True))
+    # as deployed over HTTP: from a folder that no worker has (a worker runs a project whose folder
+    # it has from that folder, and fetches only what it lacks)
+    elsewhere = Path("/deployed-elsewhere") / name
+    relative = Path(spec["predictor_file"]).relative_to(spec["project_dir"])
     fetched = {**spec, "project_id": project_id, "project_bytes": len(blob)}
+    fetched.update(project_dir=str(elsewhere), predictor_file=str(elsewhere / relative))
     registry.deploy([Deployment(fetched, code)])
     found["bytes"] = len(blob)
     # the baselines: the Python files alone (the deploy before projects were stored), the raw bytes
