@@ -96,6 +96,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/status.py --quick
 	$(BIN)/python bench/stop.py --quick
 	$(BIN)/python bench/enqueue.py --quick
+	$(BIN)/python bench/output.py --quick
 
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
@@ -103,3 +104,4 @@ bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/status.py
 	$(BIN)/python bench/stop.py --repeat 3
 	$(BIN)/python bench/enqueue.py --repeat 3
+	$(BIN)/python bench/output.py --repeat 3
