@@ -1,11 +1,12 @@
 """Output benchmark: a job's predictions written to S3, against the same job without output.
 
-    .venv/bin/python bench/output.py [--size-mb 1024] [--batch-size 1000] [--parts 8] [--quick]
+    .venv/bin/python bench/output.py [--size-mb 1024] [--batch-size 1000] [--parts N] [--quick]
                                      [--repeat N] [--workers 4]
 
 Starts its own redis-server, moto_server, the API (gunicorn) and one Celery worker (prefork,
 concurrency 2) on free ports, uploads a generated NDJSON input as bench/enqueue.py does (rows
-like {"id": n, "text": "<100 bytes>", "score": 0.5}), then runs, in each round, two
+like {"id": n, "text": "<100 bytes>", "score": 0.5}; in objects of 8 MiB unless `--parts` says
+otherwise), then runs, in each round, two
 `delimited_files` jobs of the `noop` API with `echo` on (predict returns its payload):
 - **baseline**: without `output`: predict's return value is ignored, as on Cortex;
 - **output**: with `output: {"s3_path": "s3://<bucket>/out/"}`: every batch's predictions
@@ -80,6 +81,7 @@ def main(args: argparse.Namespace) -> int:
     from tests.services import MotoServer
 
     size_mb = 64 if args.quick else args.size_mb
+    args.parts = args.parts or max(1, size_mb // 8)
     moto_dir = Path(tempfile.mkdtemp(prefix="batchery-bench-moto-"))
     moto = MotoServer(moto_dir)
     stack = None
@@ -168,7 +170,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="input size in MiB (default 1024)")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch (~143 KB: under 256 KiB)")
-    parser.add_argument("--parts", type=int, default=8, help="number of S3 objects (default 8)")
+    # Each batch is a ranged GET of its object; moto's cost per ranged GET grows with the object's
+    # size (10 batches/s from 128 MiB objects, ~50 from 8 MiB ones): 8 MiB objects, as --quick's.
+    parser.add_argument("--parts", type=int, default=0, help="number of S3 objects (default: 8 MiB each)")
     parser.add_argument("--workers", type=int, default=4, help="the jobs' workers")
     parser.add_argument("--quick", action="store_true", help="~64 MiB input, for CI-sized runs")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each: one job without output, one with)")

@@ -114,6 +114,12 @@ def test_a_retried_batch_writes_its_last_attempt_once_and_a_batch_failed_for_goo
     written = [m for m in messages if m.startswith("batch 1: succeeded in") and "output: 1 lines" in m]
     assert len(written) == 1, messages
 
+    # a retry of the job writes where the job did, under its own id (its batch 2 fails again: no file)
+    child = client.post(f"/batch/echo/{job_id}/retry", data="{}").get_json()
+    assert child["output"] == body["output"]
+    assert jobs.wait_final("echo", child["job_id"])["status"] == status.COMPLETED_WITH_FAILURES
+    assert keys_under(bucket, child["job_id"]) == []
+
 
 def test_a_return_value_json_cannot_hold_fails_the_attempt_and_writes_nothing(
     jobs, worker, client, bucket, probe_config
