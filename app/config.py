@@ -53,6 +53,7 @@ class Settings:
     job_log_lines: int = 10_000  # lines of each job's log kept in Redis
     log_format: str = "json"  # process logs: one JSON object a line, or "text"
     idempotency_seconds: int = 86400  # an Idempotency-Key answers with its job this long
+    output_store_bytes: int = 64 << 20  # a job's predictions kept in the job store (`output: {store: redis}`) at most
     webhook_secret: str = field(default="", repr=False)  # signs completion webhooks; empty: none taken
     webhook_retry_seconds: float = 86400.0  # a failing webhook is retried this long after the job ended
     webhook_backoff_seconds: float = 10.0  # the first retry's delay; each next one doubles (at most an hour)
@@ -98,6 +99,7 @@ class Settings:
             job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),
             log_format=env.get("BATCHERY_LOG_FORMAT", default.log_format),
             idempotency_seconds=int(env.get("BATCHERY_IDEMPOTENCY_SECONDS", default.idempotency_seconds)),
+            output_store_bytes=int(env.get("BATCHERY_OUTPUT_STORE_BYTES", default.output_store_bytes)),
             webhook_secret=env.get("BATCHERY_WEBHOOK_SECRET", "").strip(),
             webhook_retry_seconds=float(env.get("BATCHERY_WEBHOOK_RETRY_SECONDS", default.webhook_retry_seconds)),
             webhook_backoff_seconds=float(

@@ -44,6 +44,7 @@ def test_every_route_is_documented_with_its_errors(flask_app, document):
         ("/batch/{api_name}/{job_id}/retry", "post"): {"400", "404", "413", "503"},
         ("/batch/{api_name}/{job_id}/pause", "post"): {"400", "404", "413", "503"},
         ("/batch/{api_name}/{job_id}/resume", "post"): {"400", "404", "413", "503"},
+        ("/batch/{api_name}/{job_id}/output", "get"): {"400", "404", "503"},
         ("/healthz", "get"): {"503"},
         ("/apis", "post"): {"400", "413", "503"},
         ("/apis", "get"): {"400", "503"},

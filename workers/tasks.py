@@ -14,6 +14,7 @@ from celery import signals
 
 from app.jobs.completion import completed_job
 from app.jobs.enqueuer import Enqueuer
+from app.jobs.output import OutputStore
 from app.jobs.services import Services
 from app.jobs.submission import follow
 from app.model import status
@@ -28,6 +29,7 @@ from workers import late_outcomes, liveness
 from workers.celery_app import celery, settings
 from workers.heartbeat import heartbeat
 from workers.lru import Lru
+from workers.output import write_batch_output
 from workers.projects import ProjectCache
 from workers.runtime import PredictorCache, PredictorError, load_class
 from workers.visibility import kept_invisible
@@ -79,6 +81,11 @@ def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
         return found
     found = services().store.spec_and_api(job_id)
     return None if found is None else _specs.put(job_id, found)
+
+
+def output_store() -> OutputStore:
+    """Where jobs with `output: {store: redis}` keep their predictions (the job store's Redis)."""
+    return OutputStore(services().redis, settings.output_store_bytes)
 
 
 def process_id() -> str:
@@ -149,12 +156,14 @@ class BatchRun:
         try:
             items = payload(self.body)  # reads S3 for delimited_files: not predict's time
             started = time.perf_counter()
-            predictor.predict(items, self.batch_id)
-        except Exception as err:  # noqa: BLE001 - any error in user code is a failed attempt
+            prediction = predictor.predict(items, self.batch_id)
+            seconds = time.perf_counter() - started
+            # before the outcome is counted: a batch counted as succeeded has its output written
+            written = write_batch_output(self.spec, self.batch_id, items, prediction, output_store)
+        except Exception as err:  # noqa: BLE001 - any error in user code (or writing its output) is a failed attempt
             self._failed(task, delivery.number, err)
             return
-        seconds = time.perf_counter() - started
-        log.info("batch %s: succeeded in %.3fs", self.batch_id, seconds)
+        log.info("batch %s: succeeded in %.3fs%s", self.batch_id, seconds, f"; {written}" if written else "")
         self._record("ok", seconds)
 
     def _predictor(self):

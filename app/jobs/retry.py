@@ -63,6 +63,7 @@ class Retrier:
         # the parent's config with the request's merged over it (change one key, keep the rest);
         # build_spec merges that over the API's config, as a submission's
         submission["config"] = deep_merge(parent.get("config") or {}, request.get("config") or {})
+        submission["output"] = parent.get("output")  # the retried batches' predictions go where the parent's went
         dead_letter_queue = submission["sqs_dead_letter_queue"]
         if dead_letter_queue:
             try:

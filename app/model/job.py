@@ -56,6 +56,8 @@ def build_spec(api: dict, submission: dict, queue_url: str, now: float) -> dict:
         # null when not given, as timeout: every spec has the same keys
         "webhook": {"url": submission["webhook"]["url"]} if submission.get("webhook") else None,
         "parent_job_id": None,  # a retry's (POST .../retry): the job whose batches it runs again
+        # where predict's return values go ({"s3_path"} or {"store"}); null for none, as timeout
+        "output": dict(submission["output"]) if submission.get("output") else None,
     }
     return spec
 
@@ -85,6 +87,7 @@ def job_status(state: dict) -> dict:
     view.setdefault("timeout", None)  # jobs stored before both keys were kept
     view.setdefault("sqs_dead_letter_queue", None)
     view.setdefault("parent_job_id", None)  # jobs stored before retries
+    view.setdefault("output", None)  # jobs stored before predictions were collected
     view["status"] = state["status"]
     if state.get("message"):
         view["message"] = state["message"]

@@ -102,6 +102,17 @@ def job_log_seq(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:log:seq"
 
 
+def job_output(job_id: str) -> str:
+    """Hash: batch id -> the NDJSON lines of its predictions, for a job with `output: {store: redis}`
+    (app/jobs/output.py); kept as long as the job."""
+    return f"{PREFIX}:job:{job_id}:output"
+
+
+def job_output_bytes(job_id: str) -> str:
+    """Counter: the bytes in the job's output hash, checked against BATCHERY_OUTPUT_STORE_BYTES."""
+    return f"{PREFIX}:job:{job_id}:output:bytes"
+
+
 def enqueuer(job_id: str) -> str:
     """String with a TTL: the lease of the process enqueuing the job (renewed with each chunk)."""
     return f"{PREFIX}:job:{job_id}:enqueuer"

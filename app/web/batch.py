@@ -11,12 +11,13 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
-from app.jobs import pausing, webhook
+from app.jobs import output, pausing, webhook
 from app.jobs.idempotency import Idempotency, body_digest, check_key
 from app.jobs.retry import Retrier
 from app.jobs.services import Services
 from app.model import job, status
 from app.model.status import IN_PROGRESS, STOPPED
+from app.sources import s3
 from app.store.registry import public_spec
 from app.web.context import services
 from app.web.schemas import decode_body, load_retry, load_submission
@@ -58,8 +59,9 @@ def submit(api_name: str) -> Response:
     """Submit a job; `?dryRun=true` only validates. With an `Idempotency-Key`, the same key and body
     answer with the job the first request created (`Idempotent-Replayed: true`).
 
-    Errors: 400 invalid job, unknown query parameter, dryRun not true/false/1/0, a bad Idempotency-Key
-    or a webhook without BATCHERY_WEBHOOK_SECRET; 404 unknown API; 409 Idempotency-Key used with another
+    Errors: 400 invalid job, unknown query parameter, dryRun not true/false/1/0, a bad Idempotency-Key,
+    a webhook without BATCHERY_WEBHOOK_SECRET or an output.s3_path whose bucket does not exist;
+    404 unknown API; 409 Idempotency-Key used with another
     body, or its first request still running; 413 body over 10 MiB; 503 broker or job store unavailable.
     """
     dry_run = _dry_run(_query("dryRun"))
@@ -70,6 +72,7 @@ def submit(api_name: str) -> Response:
     body = decode_body(_body())
     submission = load_submission(body)
     webhook.check_submission(submission, services().settings)
+    output.check_submission(submission)
 
     def create() -> dict | Iterator[str]:
         return services().submitter.submit(api, submission, dry_run=dry_run)
@@ -278,3 +281,42 @@ def _control(api_name: str, job_id: str, action: Callable[[Services, dict], str]
         raise InvalidRequest(f"{request.path} takes no body: send none, or {{}}")
     action(services(), _state(api_name, job_id)["spec"])
     return jsonify(_job_status(api, job_id))
+
+
+@bp.get("/batch/<api_name>/<job_id>/output")
+def job_output(api_name: str, job_id: str) -> Response:
+    """A job's predictions: with `output.s3_path`, a page of its NDJSON files (`?after=<batch_id>` for the
+    next); with `output.store: redis`, the stored NDJSON itself, batch by batch.
+
+    Errors: 400 a job id that is not one, an unknown query parameter, or S3 not answering the listing;
+    404 unknown API or job, or a job submitted without output; 503 job store unavailable.
+    """
+    services().registry.get(api_name)
+    args = _query("after")
+    if not JOB_ID_IN_PATH.fullmatch(job_id):
+        raise InvalidRequest(f"{job_id[:80]!r} is not a job id: the job_id that POST /batch/{api_name} answered")
+    state = _state(api_name, job_id)
+    destination = state["spec"].get("output")
+    if not destination:
+        raise JobNotFound(
+            f"job {job_id} has no output: its predictions were not collected (submit a job with "
+            '"output": {"s3_path": "s3://bucket/prefix/"} or {"store": "redis"})'
+        )
+    if "s3_path" not in destination:
+        store = output.OutputStore(services().redis, services().settings.output_store_bytes)
+        return Response(store.lines(job_id), mimetype=output.NDJSON)
+    try:
+        files, following = output.list_files(
+            output.S3Destination.of(destination["s3_path"]), job_id, args.get("after", "")
+        )
+    except s3.S3Error as err:
+        raise InvalidRequest(f"cannot list the job's output: {err}") from None
+    return jsonify(
+        {
+            "job_id": job_id,
+            "status": state["status"],
+            "s3_path": destination["s3_path"],
+            "files": files,
+            "next": following,
+        }
+    )

@@ -297,6 +297,32 @@ OPERATIONS: dict[tuple[str, str], dict] = {
             )
         },
     },
+    ("/batch/<api_name>/<job_id>/output", "get"): {
+        "parameters": [
+            API_NAME,
+            JOB_ID_IN_PATH,
+            {
+                "name": "after",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "output.s3_path: the `next` of the last page, to list the files after it",
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "output.s3_path: a page of the job's files; output.store redis: its NDJSON, one "
+                "line per prediction, batch by batch",
+                "content": {
+                    "application/json": {"schema": "OutputFilesResponse"},
+                    "application/x-ndjson": {
+                        "schema": {"type": "string"},
+                        "example": '{"batch_id":"0","index":0,"prediction":{"label":"cat"}}\n',
+                    },
+                },
+            }
+        },
+    },
     ("/healthz", "get"): {
         "responses": {
             "200": json_answer("Redis and the broker answer", "Health"),
@@ -328,6 +354,7 @@ SCHEMAS = {
     "ApisResponse": responses.ApisResponseSchema,
     "JobLogsResponse": responses.JobLogsResponseSchema,
     "Retry": schemas.RetrySchema,
+    "OutputFilesResponse": responses.OutputFilesResponseSchema,
     "Error": responses.ErrorSchema,
     "Health": responses.HealthSchema,
 }
@@ -387,6 +414,7 @@ def build(flask_app: Flask) -> dict:
     _exactly_one_source(document["components"]["schemas"]["JobSubmission"])
     _null_means_null(document["components"]["schemas"])
     _webhooks_if_signed(flask_app, document["components"]["schemas"]["JobSubmission"])
+    _exactly_one_destination(document["components"]["schemas"]["Output"])
     return document
 
 
@@ -414,6 +442,11 @@ def _exactly_one_source(submission: dict) -> None:
     """Say in the schema what the API checks: exactly one of the three inputs, given and not null
     (a null one counts as not given, as on Cortex)."""
     submission["oneOf"] = [{"required": [name], "properties": {name: {"type": "object"}}} for name in schemas.SOURCES]
+
+
+def _exactly_one_destination(output: dict) -> None:
+    """Say in the schema what the API checks: `output` is either `s3_path` or `store`, not both."""
+    output["oneOf"] = [{"required": ["s3_path"]}, {"required": ["store"]}]
 
 
 def _null_means_null(components: dict) -> None:

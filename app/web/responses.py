@@ -6,7 +6,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from app.model import status
-from app.web.schemas import DeadLetterQueueSchema, WebhookSchema
+from app.web.schemas import DeadLetterQueueSchema, OutputSchema, WebhookSchema
 
 
 def text(description: str, **kwargs) -> fields.String:
@@ -47,6 +47,12 @@ class JobSpecSchema(Schema):
         "of a retry (POST /batch/<api>/<job_id>/retry): the job whose batches it runs again; null for others",
         required=True,
         allow_none=True,
+    )
+    output = fields.Nested(
+        OutputSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "where predict's return values go (GET /batch/<api>/<job_id>/output); null for none"},
     )
 
 
@@ -238,3 +244,25 @@ class HealthSchema(Schema):
     status = text("ok or unhealthy", required=True, validate=validate.OneOf(["ok", "unhealthy"]))
     redis = text("ok, or error: <what failed>", required=True)
     broker = text("ok, or error: <what failed>", required=True)
+
+
+class OutputFileSchema(Schema):
+    """A file of a job's predictions on S3."""
+
+    path = text("s3://bucket/<prefix><job_id>/<batch_id>.ndjson", required=True)
+    batch_id = text("the batch whose predictions it holds", required=True)
+    size = count("bytes", required=True)
+
+
+class OutputFilesResponseSchema(Schema):
+    """`GET /batch/<api>/<job_id>/output` of a job with `output.s3_path`: a page of its files."""
+
+    job_id = text("the job", required=True)
+    status = text("the job's status code", required=True, validate=validate.OneOf(status.PRECEDENCE))
+    s3_path = text("the job's output.s3_path", required=True)
+    files = fields.List(
+        fields.Nested(OutputFileSchema), required=True, metadata={"description": "in key order, at most 1000"}
+    )
+    next = text(
+        "the batch id to send as ?after= for the next page; null on the last page", required=True, allow_none=True
+    )

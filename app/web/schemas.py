@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from app.errors import InvalidRequest
+from app.jobs.output import BUCKET_NAME, MAX_PREFIX_BYTES
 from app.sources import jsonstream
 
 SOURCES = ("item_list", "file_path_lister", "delimited_files")
@@ -104,6 +105,35 @@ class WebhookSchema(Schema):
     )
 
 
+class OutputSchema(Schema):
+    """`output`: where `predict`'s return values are written, as NDJSON (exactly one of the two keys)."""
+
+    s3_path = fields.String(
+        validate=validate.Regexp(
+            rf"^s3://{BUCKET_NAME}(/.{{0,{MAX_PREFIX_BYTES}}})?$",
+            error="must be s3://<bucket>/<prefix>/ (a bucket name of 3 to 63 lowercase letters, digits, dots "
+            f"and hyphens; a prefix of at most {MAX_PREFIX_BYTES} characters)",
+        ),
+        metadata={
+            "description": "an S3 folder: each batch's predictions go to <s3_path><job_id>/<batch_id>.ndjson "
+            "(the bucket must exist)"
+        },
+    )
+    store = fields.String(
+        validate=validate.OneOf(["redis"], error="must be redis (or give s3_path instead)"),
+        metadata={"description": "redis: keep the predictions in the job store (BATCHERY_OUTPUT_STORE_BYTES at most)"},
+    )
+
+    @validates_schema
+    def exactly_one_destination(self, data: dict, **kwargs: Any) -> None:
+        """One place for the predictions: an S3 folder, or the job store."""
+        given = [name for name in ("s3_path", "store") if name in data]
+        if len(given) != 1:
+            raise ValidationError(
+                'give exactly one of s3_path or store: {"s3_path": "s3://bucket/prefix/"} or {"store": "redis"}'
+            )
+
+
 class JobSubmissionSchema(Schema):
     """The body of `POST /batch/<api>`."""
 
@@ -136,6 +166,12 @@ class JobSubmissionSchema(Schema):
         allow_none=True,
         load_default=None,
         metadata={"description": "where to POST a signed job.ended event when the job ends (BATCHERY_WEBHOOK_SECRET)"},
+    )
+    output = fields.Nested(
+        OutputSchema,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "where predict's return values go, as NDJSON; without it they are ignored"},
     )
 
     @pre_load
@@ -254,7 +290,7 @@ class RetrySchema(Schema):
 def load_retry(body: Any) -> dict:
     """Validate a decoded retry body; raises InvalidRequest naming each bad field."""
     if not isinstance(body, dict):
-        raise InvalidRequest('the request body must be a JSON object: {} to retry the failed batches as they were')
+        raise InvalidRequest("the request body must be a JSON object: {} to retry the failed batches as they were")
     try:
         return RetrySchema().load(body)
     except ValidationError as err:

@@ -1,7 +1,8 @@
 """Cortex's load-test `sum` API: each item is a list of numbers; the job's result is their sums.
 
 Each batch writes its sums to <results_dir>/<job_id>/<batch_id>.json; `on_job_complete` gathers
-them into one file per job, <results_dir>/<job_id>.json (Cortex wrote the same to S3).
+them into one file per job, <results_dir>/<job_id>.json (Cortex wrote the same to S3). A job
+submitted with `output` also gets the sums from `predict`'s return value, one NDJSON line per item.
 """
 
 import json
@@ -22,6 +23,7 @@ class PythonPredictor:
         tmp = part.with_suffix(".tmp")
         tmp.write_text(json.dumps(sums))
         os.replace(tmp, part)  # a redelivered batch overwrites, never duplicates
+        return sums  # written as the batch's predictions when the job asks for its output
 
     def on_job_complete(self):
         parts = sorted(self.parts.glob("*.json"), key=lambda p: int(p.stem))
