@@ -307,3 +307,20 @@ def test_an_api_undeployed_on_purpose_is_not_restored_by_the_process_that_deploy
     redis_server.client.delete(keys.api(name))  # ...and a Redis that lost it gets it back
     assert registry.restore_missing(deployments) == [name]
     registry.undeploy(name)
+
+
+def test_an_import_nothing_provides_is_a_warning_in_the_answer_and_python_path_clears_it(small_app, r):
+    """Cortex projects that relied on python_path deployed fine, then failed every batch with
+    `No module named`: the deploy now names the import, its file and its line."""
+    name = new_name()
+    files = project_files(name)
+    files["src/predictor.py"] = b"import json\nimport redis\nfrom tripler import triple\n" + PREDICTOR.encode()
+    without = dict(files, **{"cortex.yaml": cortex_yaml(name).replace("    python_path: lib\n", "").encode()})
+    answer = upload(small_app.test_client(), tar_gz(without))
+    assert answer.status_code == 200, answer.get_json()
+    warned = [text for text in answer.get_json()["warnings"] if "imports tripler" in text]
+    assert warned and "src/predictor.py line 3" in warned[0] and "python_path" in warned[0], answer.get_json()
+    # json (the standard library), redis (installed here) and tripler under python_path: no warning
+    answer = upload(small_app.test_client(), tar_gz(files))
+    assert answer.status_code == 200, answer.get_json()
+    assert not [text for text in answer.get_json()["warnings"] if " imports " in text], answer.get_json()

@@ -10,7 +10,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, cast
 
 import redis
@@ -20,7 +20,7 @@ from redis.typing import EncodableT, FieldT
 from app import project_archive
 from app.errors import ApiNotFound, DeployError, PayloadTooLarge
 from app.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
-from app.store import code, keys
+from app.store import code, imports, keys
 from app.store.replies import as_text
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bo
     root = base if source.is_relative_to(base) else source.parent
     sources, env = _project(name, root, predictor.pop("env"))
     _python_path(name, root, predictor)
+    _warn_unresolved_imports(name, source.relative_to(root).as_posix(), sources, predictor.get("python_path"))
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
     if "compute" in entry:
         spec["compute"] = _compute(name, entry["compute"])
@@ -166,6 +167,26 @@ def _python_path(name: str, root: Path, predictor: dict) -> None:
     if not folder.is_dir():
         raise DeployError(f"API {name}: predictor.python_path {value} is not a folder of the project")
     predictor["python_path"] = folder.relative_to(root.resolve()).as_posix()
+
+
+def _warn_unresolved_imports(name: str, relative: str, sources: dict[str, str], python_path: str | None) -> None:
+    """Warn of each module the predictor imports that neither the project nor this host provides
+    (app/store/imports.py): a missing python_path fails every batch otherwise, found only then."""
+    predictor_folder = PurePosixPath(relative).parent.as_posix()
+    search = ["", "" if predictor_folder == "." else predictor_folder, *([python_path] if python_path else [])]
+    for line, module in imports.unresolved(sources.get(relative, ""), set(sources), search):
+        log.warning(
+            "API %s: %s line %d imports %s, which is neither in the project (its root, the predictor's folder%s) "
+            "nor installed where the API runs: if the workers lack it too, every batch fails with "
+            "No module named '%s'%s",
+            name,
+            relative,
+            line,
+            module,
+            ", python_path" if python_path else "",
+            module,
+            "" if python_path else " (set predictor.python_path to the project folder that holds it?)",
+        )
 
 
 def _compute(name: str, compute: object) -> dict:
