@@ -12,20 +12,12 @@ import json
 import redis
 
 from app.store import keys
+from app.store.scripts import lua_file
 
 BATCH_ERRORS_KEPT = 100
 MAX_ERROR_CHARS = 2000
 
-# Atomic, so that concurrent workers never keep more than BATCH_ERRORS_KEPT: the attempts are the
-# deliveries begun, from the deliveries hash (still there: the job is in progress while a batch fails).
-_NOTE = """
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  return 0
-end
-local attempts = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({attempts = attempts, error = ARGV[2]}))
-return 1
-"""
+_NOTE = lua_file("batch_error")  # atomic: concurrent workers never keep more than BATCH_ERRORS_KEPT
 
 
 def note(client: redis.Redis, job_id: str, batch_id: str, error: str) -> bool:
