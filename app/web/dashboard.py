@@ -36,9 +36,7 @@ def job_page(api_name: str, job_id: str) -> str:
     """
     if not JOB_ID_IN_PATH.fullmatch(job_id):
         abort(404)
-    return render_template(
-        "job.html", api_name=api_name, job_id=job_id, token_required=token_required(current_app)
-    )
+    return render_template("job.html", api_name=api_name, job_id=job_id, token_required=token_required(current_app))
 
 
 @bp.get("/batch/<api_name>/<job_id>/throughput")

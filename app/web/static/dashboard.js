@@ -44,10 +44,12 @@
     document.getElementById("signin-error").textContent = why || "";
   }
 
+  // The badge's class gives its colour and its border (solid, dashed, double): the text says the status anyway.
+  var BADGES = {status_enqueuing: "running", status_running: "running", status_paused: "paused",
+                status_succeeded: "succeeded", status_stopped: "stopped"};
+
   function badge(status) {
-    var kind = status.indexOf("status_") === 0 ? (status === "status_succeeded" ? "succeeded" : "failed") : status;
-    if (status === "status_paused") kind = "paused";
-    return el("span", {"class": "badge " + kind, text: status.replace("status_", "")});
+    return el("span", {"class": "badge " + (BADGES[status] || "failed"), text: status.replace("status_", "")});
   }
 
   function bar(progress) {
@@ -164,8 +166,13 @@
     line.setAttribute("points", coords.join(" ")); line.setAttribute("fill", "none");
     line.setAttribute("stroke", "#111"); line.setAttribute("stroke-width", "2"); line.setAttribute("class", "series");
     svg.appendChild(line);
+    coords.forEach(function (xy) {  // a dot per point: a job of one bucket is still drawn
+      var dot = document.createElementNS(ns, "circle"), at = xy.split(",");
+      dot.setAttribute("cx", at[0]); dot.setAttribute("cy", at[1]); dot.setAttribute("r", "3");
+      svg.appendChild(dot);
+    });
     var label = document.createElementNS(ns, "text");
-    label.setAttribute("x", "2"); label.setAttribute("y", "20"); label.textContent = top.toFixed(2) + "/s";
+    label.setAttribute("x", "2"); label.setAttribute("y", "20"); label.setAttribute("font-size", "12"); label.textContent = top.toFixed(2) + "/s";
     svg.appendChild(label);
     document.getElementById("chart-caption").textContent = points.length + " points of " + series.bucket_seconds +
       " s; peak " + top.toFixed(2) + " batches per second";
@@ -180,7 +187,7 @@
       " batches, " + p.batches_per_second + " per second, ETA " + (p.eta_seconds === null ? "–" : duration(p.eta_seconds))})]);
     var m = job.batch_metrics || {};
     definitions(document.getElementById("metrics"), [["Succeeded", m.succeeded], ["Failed attempts", m.failed],
-      ["Average time per batch", m.avg_time_per_batch === null ? "–" : m.avg_time_per_batch + " s"],
+      ["Average time per batch", m.avg_time_per_batch == null ? "–" : m.avg_time_per_batch.toFixed(3) + " s"],
       ["In queue", job.batches_in_queue], ["Started", job.start_time || "–"], ["Duration", duration(elapsed(job))]]);
     var w = job.worker_counts || {};
     definitions(document.getElementById("workers"), [["Workers (cap)", job.workers], ["Running", w.running || 0],
