@@ -9,11 +9,13 @@ import pytest
 from app import create_app
 from app.model import status
 from app.store import batch_errors, throughput
+from tests.conftest import BOTH_BROKERS
 
 TOKEN = "tok-dash-7c1e"
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # what Chromium sends
 
 
+@BOTH_BROKERS
 def test_a_jobs_throughput_and_dead_letters(client, jobs, worker, probe_config):
     items = [1, 2, {"fail": "always"}, 3]
     spec = jobs.submit("probe", {"workers": 2, "config": probe_config, "item_list": {"items": items, "batch_size": 1}})
