@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 
@@ -10,6 +11,7 @@ from app import create_app
 from app.model import status
 from app.store import batch_errors, throughput
 from tests.conftest import BOTH_BROKERS
+from tests.services import ROOT
 
 TOKEN = "tok-dash-7c1e"
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # what Chromium sends
@@ -81,3 +83,11 @@ def test_with_a_token_the_shells_are_open_and_the_data_is_not(guarded):
     for path in ("/batch/probe/0123456789abcdef/throughput", "/batch/probe/0123456789abcdef/dead_letters", "/batch"):
         assert guarded.get(path).status_code == 401
         assert guarded.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code != 401
+
+
+def test_make_up_prints_the_dashboards_address(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("stack_for_dashboard", ROOT / "scripts" / "stack.py")
+    stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack)
+    stack.print_urls(stack.Config({"PORT": "18080", "BATCHERY_RUN_DIR": str(tmp_path)}))
+    assert "Dashboard: http://127.0.0.1:18080/" in capsys.readouterr().out
