@@ -1,5 +1,5 @@
-"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint needs it but /healthz and
-the API's own documentation (/openapi.json, /docs)."""
+"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint needs it but /healthz,
+the API's own documentation (/openapi.json, /docs) and the dashboard's HTML shells and static files."""
 
 from __future__ import annotations
 

@@ -443,7 +443,7 @@ DESCRIPTION = (
 )
 WITH_TOKEN = (
     " This server asks for a token (its BATCHERY_API_TOKEN): every endpoint needs `Authorization: Bearer <token>` "
-    "but /healthz, /openapi.json and /docs."
+    "but /healthz, /openapi.json and /docs, and the dashboard's HTML pages (/ and /jobs/...), which hold no job data."
 )
 WITHOUT_TOKEN = " This server asks for no token (it sets no BATCHERY_API_TOKEN)."
 
