@@ -470,6 +470,7 @@ def print_urls(config: Config) -> None:
     if config.api_token:
         print("        every endpoint but /healthz needs `Authorization: Bearer $BATCHERY_API_TOKEN`")
     print(f"Flower: {config.flower_url}")
+    print(f"Dashboard: {config.api_url}/   (every job at a glance, in a browser)")
     if config.env.get("FLOWER_BASIC_AUTH"):
         print("        behind basic auth: the user and password of $FLOWER_BASIC_AUTH")
     if config.local_s3:
@@ -638,6 +639,7 @@ def demo(config: Config) -> int:
     stack.up()
     try:
         print(f"the stack is up: API {config.api_url}, Flower {config.flower_url}")
+        print(f"watch the demo's jobs run on the dashboard: {config.api_url}/")
         jobs = [follow_job(config, "sum", json.loads((ROOT / "examples" / "sum" / "job.json").read_text()))]
         jobs.append(follow_job(config, "text-stats", TEXT_JOB))
         jobs += s3_demo(config)
@@ -652,6 +654,8 @@ def demo(config: Config) -> int:
             signal.signal(signal.SIGTERM, previous[1])
     ok = all(job["status"] == "status_succeeded" for job in jobs)
     print("demo " + ("succeeded" if ok else "FAILED: " + ", ".join(f"{j['job_id']} {j['status']}" for j in jobs)))
+    # the demo stopped the stack: `make up` serves the dashboard again
+    print(f"the dashboard: {config.api_url}/   (run `make up` to open it again)")
     return 0 if ok else 1
 
 

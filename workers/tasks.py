@@ -21,7 +21,7 @@ from app.model import status
 from app.model.job import iso, now, retry_limits
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
-from app.store import keys
+from app.store import batch_errors, keys
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.store.retries import RetryStore
@@ -208,6 +208,7 @@ class BatchRun:
                     "failed_time": now(),
                 },
             )
+        batch_errors.note(self.store.redis, self.spec["job_id"], self.batch_id, error)  # the dashboard's dead letters
         self._record(outcome, 0.0)
 
     def _items_for_letter(self) -> list | dict:

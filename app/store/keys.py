@@ -174,3 +174,15 @@ def unfinished_inflight(job_id: str) -> str:
     """Hash: batch id -> entry of the batches in flight when the job ended and that never reported
     an outcome since; the Lua names it as the job's key and `:unfinished:inflight`."""
     return f"{job(job_id)}:unfinished:inflight"
+
+
+def throughput(job_id: str) -> str:
+    """Hash: `<epoch second of a 10-s bucket's start>` -> batches of the job that ended in it; written by
+    RECORD (record.lua names it as the job's key and `:throughput`), kept with the job."""
+    return f"{job(job_id)}:throughput"
+
+
+def batch_errors(job_id: str) -> str:
+    """Hash: batch id -> `{"attempts", "error"}` (JSON) of the job's first batches that failed for good
+    (app/store/batch_errors.py), at most BATCH_ERRORS_KEPT of them."""
+    return f"{job(job_id)}:batch_errors"

@@ -46,12 +46,13 @@ def create_app(config: dict | None = None) -> Flask:
         webhooks.start()
         flask_app.extensions["batchery_webhooks"] = webhooks
 
-    from app.web import apis, ops
+    from app.web import apis, dashboard, ops
     from app.web import batch as api
 
     flask_app.register_blueprint(api.bp)
     flask_app.register_blueprint(apis.bp)
     flask_app.register_blueprint(ops.bp)
+    flask_app.register_blueprint(dashboard.bp)
     require_token(flask_app, settings.api_token)
     flask_app.register_error_handler(RequestEntityTooLarge, _too_large)
     flask_app.register_error_handler(HTTPException, _http_error)

@@ -1,5 +1,5 @@
-"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint needs it but /healthz and
-the API's own documentation (/openapi.json, /docs)."""
+"""Optional bearer-token auth: with BATCHERY_API_TOKEN set, every endpoint needs it but /healthz,
+the API's own documentation (/openapi.json, /docs) and the dashboard's HTML shells and static files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from flask import Flask, Response, current_app, jsonify, request
 # describes the routes of this open-source API, no data: a browser (which sends no bearer token)
 # must be able to read /docs, and fuzzers and client generators /openapi.json; every call they
 # document still needs the token.
-OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.openapi_json", "ops.docs"})
+# The dashboard's HTML shells and static files carry no job data: their script reads it through the
+# token-checked JSON API, with the token the person gives the page (app/web/dashboard.py).
+OPEN_ENDPOINTS = frozenset(
+    {"ops.healthz", "ops.openapi_json", "ops.docs", "dashboard.index", "dashboard.job_page", "static"}
+)
 
 
 def require_token(flask_app: Flask, token: str) -> None:

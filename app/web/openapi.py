@@ -104,6 +104,9 @@ API_LINKS = {
 }
 
 
+HTML_PAGE = {"text/html": {"schema": {"type": "string"}}}
+
+
 def json_answer(description: str, schema: str | dict) -> dict:
     """An OpenAPI response with a JSON body of the given schema."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -323,6 +326,65 @@ OPERATIONS: dict[tuple[str, str], dict] = {
             }
         },
     },
+    ("/", "get"): {
+        "responses": {"200": {"description": "the dashboard, an HTML page", "content": HTML_PAGE}},
+    },
+    ("/jobs/<api_name>/<job_id>", "get"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "responses": {"200": {"description": "a job's page, HTML", "content": HTML_PAGE}},
+    },
+    ("/batch/<api_name>/<job_id>/throughput", "get"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "responses": {
+            "200": json_answer(
+                "`points`: batches ended per second in each `bucket_seconds` from `time` (epoch seconds), oldest first",
+                {
+                    "type": "object",
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "bucket_seconds": {"type": "integer"},
+                        "points": {
+                            "type": "array",
+                            "maxItems": 360,
+                            "items": {
+                                "type": "object",
+                                "properties": {"time": {"type": "integer"}, "batches_per_second": {"type": "number"}},
+                            },
+                        },
+                    },
+                },
+            )
+        },
+    },
+    ("/batch/<api_name>/<job_id>/dead_letters", "get"): {
+        "parameters": [API_NAME, JOB_ID_IN_PATH],
+        "responses": {
+            "200": json_answer(
+                "the first 100 batches that failed for good (`attempts` and `error` null past the first 100 kept), "
+                "`total` in all and `more` not listed",
+                {
+                    "type": "object",
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "total": {"type": "integer"},
+                        "more": {"type": "integer"},
+                        "dead_letters": {
+                            "type": "array",
+                            "maxItems": 100,
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "batch_id": {"type": "string"},
+                                    "attempts": {"type": "integer", "nullable": True},
+                                    "error": {"type": "string", "nullable": True},
+                                },
+                            },
+                        },
+                    },
+                },
+            )
+        },
+    },
     ("/healthz", "get"): {
         "responses": {
             "200": json_answer("Redis and the broker answer", "Health"),
@@ -381,7 +443,7 @@ DESCRIPTION = (
 )
 WITH_TOKEN = (
     " This server asks for a token (its BATCHERY_API_TOKEN): every endpoint needs `Authorization: Bearer <token>` "
-    "but /healthz, /openapi.json and /docs."
+    "but /healthz, /openapi.json and /docs, and the dashboard's HTML pages (/ and /jobs/...), which hold no job data."
 )
 WITHOUT_TOKEN = " This server asks for no token (it sets no BATCHERY_API_TOKEN)."
 

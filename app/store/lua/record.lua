@@ -8,7 +8,7 @@
 -- ARGV[5] seconds: how long the delivery ran
 -- ARGV[6] proc: the worker process (as named in procs)
 -- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch, ends:<slot>), procs,
--- deliveries (<id>:r), inflight, released, ended_inflight, the kept failed batches and unfinished
+-- job:throughput, deliveries (<id>:r), inflight, released, ended_inflight, the kept failed batches and unfinished
 -- in-flight ones (keys.failed_batches, keys.unfinished_inflight), and what release touches.
 -- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
 
@@ -61,4 +61,7 @@ local bucket = 'ends:' .. (second % PROGRESS_SLOTS)
 local at, count = string.match(redis.call('HGET', job, bucket) or '', '^(%d+) (%d+)$')
 if tonumber(at) ~= second then count = 0 end
 redis.call('HSET', job, bucket, second .. ' ' .. (count + 1))
+-- The job's throughput over its life (GET .../throughput, app/store/throughput.py): batches ended
+-- per 10-s bucket, in a hash kept with the job, `<bucket's first second>` -> count: one command.
+redis.call('HINCRBY', job .. ':throughput', second - second % 10, 1)
 return release_and_claim()
