@@ -63,7 +63,9 @@ up: $(STACK_STAMP)
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/stack.py down; else $(PYTHON) scripts/stack.py down; fi
 
+# Debian's redis-server, chromium and chromium-driver, installed when missing (as root).
 test: $(DEV_STAMP)
+	bash scripts/system_packages.sh
 	$(BIN)/python -m pytest
 
 FAULT_TESTS := tests/test_faults.py tests/test_failures.py tests/test_oom.py tests/test_api_restart.py \

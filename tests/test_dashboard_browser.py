@@ -1,5 +1,6 @@
 """The dashboard in a real browser: Debian's chromium, driven by its chromium-driver through selenium, against
-the real API and a real worker. Skipped where chromium or chromium-driver is not installed (.ci/run installs them).
+the real API and a real worker. They fail, saying what to install, where chromium or chromium-driver is missing
+(`make test` installs them as root: scripts/system_packages.sh).
 
 With BATCHERY_SCREENSHOTS=1 the tests also write docs/dashboard.png and docs/job-page.png.
 """
@@ -12,19 +13,16 @@ import shutil
 
 import pytest
 import requests
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from app import create_app
 from app.model import status
 from tests.services import ROOT, served
 
-selenium = pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver")
 
 PAGE_BUDGET_BYTES = 150 * 1024
 TOKEN = "tok-dash-browser-5b2d"
@@ -33,6 +31,9 @@ WAIT = 90  # generous: a busy 2-core machine
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
+    # No skip: a test that needs a browser fails loudly without one (a skip would count as a pass).
+    needs = "the dashboard tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
+    assert CHROMIUM and CHROMEDRIVER, needs
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
