@@ -115,7 +115,10 @@ def test_what_a_predictor_prints_is_in_its_job_log_and_the_process_log_stays_jso
         ("stdout", "info", "probe prints batch 1"),
     ]
     raw = [text for text in worker.output().splitlines() if "probe prints" in text or "probe warns" in text]
-    assert raw and all(json.loads(text)["job_id"] == spec["job_id"] for text in raw)
+    # the worker is shared: other tests' jobs print too (the dashboard's), each line with its own job
+    parsed = [json.loads(text) for text in raw]  # every line JSON
+    assert all(line.get("job_id") for line in parsed)
+    assert len([line for line in parsed if line["job_id"] == spec["job_id"]]) == 4
 
 
 def test_logged_lines_log_each_line_once_it_ends(caplog):
