@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import io
 import logging
 import os
@@ -37,6 +36,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
+
+from app import project_archive
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ProjectCache:
                 f"the project {project_id} of this API is no longer in the job store (the API was deployed "
                 "again and this version cleaned, or Redis lost its data): deploy the API again and resubmit"
             )
-        if hashlib.sha256(blob).hexdigest()[:32] != project_id:
+        if project_archive.project_id(blob) != project_id:
             raise ProjectError(f"the project {project_id} in the job store does not match its id: deploy the API again")
         temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{project_id}-", dir=self.root))
         try:
