@@ -14,6 +14,7 @@ import shutil
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -55,13 +56,23 @@ def driver(tmp_path_factory):
     browser.quit()
 
 
+# The pages re-render every poll: an element found a moment ago may be gone (stale); look again.
+STALE = (StaleElementReferenceException,)
+
+
 def wait(driver, condition, what: str, timeout: float = WAIT):
-    return WebDriverWait(driver, timeout).until(condition, message=f"waited {timeout}s for {what}")
+    waiting = WebDriverWait(driver, timeout, ignored_exceptions=STALE)
+    return waiting.until(condition, message=f"waited {timeout}s for {what}")
 
 
 def text_of(driver, selector: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else ""
+    for _ in range(10):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, selector)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
+    return ""
 
 
 def console_errors(driver) -> list[dict]:
@@ -129,7 +140,8 @@ def test_the_job_page_shows_the_chart_a_dead_letter_and_a_printed_line(driver, l
 
 
 def click_and_confirm(driver, action: str) -> None:
-    driver.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]').click()
+    button = f'button[data-action="{action}"]'
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, button).click() or True, f"a click on {action}")
     wait(driver, expected_conditions.alert_is_present(), f"the {action} confirmation", timeout=30)
     driver.switch_to.alert.accept()
 
