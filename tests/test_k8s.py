@@ -37,9 +37,11 @@ PROCFILE_ENTRIES = {"api": "web", "worker": "worker", "control": "control", "flo
 CONTRACT_CONTROL = (
     "BATCHERY_LANE=control celery -A workers worker --loglevel INFO --concurrency 1 --hostname control@%h"
 )
-# Settings of issue 20.1 that the pools branch adds to app/config.py and the README's table; the
-# manifests use them already. Redundant (and removable) once that branch is merged.
-PENDING_SETTINGS = {"BATCHERY_QUEUES", "BATCHERY_LANE"}
+# Settings that other branches of this round add to app/config.py and the README's table, and that
+# the manifests (or the README's Sentinel overlay) set already: the pools branch's BATCHERY_QUEUES
+# and BATCHERY_LANE (issue 20.1), the sentinel branch's REDIS_SENTINEL_MASTER (issue 20.4).
+# Redundant, and to be removed, once those branches are merged.
+PENDING_SETTINGS = {"BATCHERY_QUEUES", "BATCHERY_LANE", "REDIS_SENTINEL_MASTER"}
 
 
 def kubectl() -> Path:
@@ -486,3 +488,19 @@ def test_the_readme_shows_the_commands_a_user_runs():
     assert "batchery submit" in section
     assert "KEDA" in section and "Prometheus" in section
     assert "images:" in section and "newName:" in section
+
+
+def test_the_readme_sentinel_overlay_replaces_the_redis_statefulset(tmp_path):
+    """The README's overlay for a Redis behind Sentinel renders: no Redis of the base's, the settings
+    point at the sentinels, and every name it sets is a setting."""
+    section = readme_section("Running on Kubernetes")
+    snippet = section.split("**Redis.**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    overlay = tmp_path / "sentinel"
+    overlay.mkdir()
+    kustomization = {"resources": [relative(K8S / "redis", overlay)], **yaml.safe_load(snippet)}
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = render(overlay)
+    assert not of_kind(objects, "StatefulSet") and "batchery-redis" not in of_kind(objects, "Service")
+    (configmap,) = of_kind(objects, "ConfigMap").values()
+    assert configmap["data"]["REDIS_URL"].startswith("sentinel://")
+    assert set(configmap["data"]) - known_settings() - PENDING_SETTINGS == set()
