@@ -5,15 +5,22 @@ the schemas cannot say: the commands are the Procfile's, Celery is each worker c
 process, the grace period outlasts the longest batch, KEDA scales a Deployment of the same render on
 the demand metric of the queue that Deployment serves, and every setting named is one Batchery knows.
 
-No cluster runs in the suite: a render is data, checked here field by field.
+No cluster runs in the suite: a render is data, checked here field by field; and the worker's,
+control lane's and API's containers are run here as the kubelet would start them (the argv with
+its $(VAR) expanded from the render, no shell), against the suite's Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import shlex
+import signal
 import subprocess
+import urllib.request
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -21,7 +28,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.services import ROOT, VENV_BIN
+from app import create_app
+from app.model import status
+from tests.conftest import Jobs
+from tests.services import ROOT, VENV_BIN, free_port, stop_process, wait_for
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("redis", "sqs", "gpu-pool")  # each rendered by `kubectl kustomize deploy/k8s/<overlay>`
@@ -504,3 +514,144 @@ def test_the_readme_sentinel_overlay_replaces_the_redis_statefulset(tmp_path):
     (configmap,) = of_kind(objects, "ConfigMap").values()
     assert configmap["data"]["REDIS_URL"].startswith("sentinel://")
     assert set(configmap["data"]) - known_settings() - PENDING_SETTINGS == set()
+
+
+# --- the containers run as the kubelet starts them -----------------------------------------------
+
+
+def kubelet_env(objects: list[dict], container: dict, **overrides: str) -> dict[str, str]:
+    """The variables `container` gets, with placeholder values for the Secret's keys (no real
+    secret here), and `overrides` (the suite's Redis and a queue of the test's own)."""
+    env = {
+        name: value if value is not None else f"placeholder-{name.lower()}"
+        for name, value in environment(objects, container).items()
+    }
+    return {**env, **overrides}
+
+
+def kubelet_argv(container: dict, env: dict[str, str]) -> list[str]:
+    """The argv Kubernetes executes for `container`: its command with each $(VAR) expanded."""
+    command = [*container["command"], *container.get("args", [])]
+    return [re.sub(r"\$\(([A-Za-z0-9_]+)\)", lambda match: env[match[1]], word) for word in command]
+
+
+class ContainerProcess:
+    """A container's command run here as its first process: the exact argv, `celery` and `gunicorn`
+    found on PATH as in the image (the virtualenv's here)."""
+
+    def __init__(self, objects: list[dict], container: dict, base_env: dict, logdir: Path, **overrides: str):
+        env = {**base_env, **kubelet_env(objects, container, **overrides)}
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+        self.log_path = logdir / f"{container['name']}-{uuid.uuid4().hex[:6]}.log"
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            kubelet_argv(container, env),
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        """Celery says it is ready; fails at once, with its output, if the process ended."""
+        assert self.process.poll() is None, f"exited with {self.process.returncode}:\n{self.output()}"
+        return " ready." in self.output()
+
+    def stop(self) -> None:
+        """Stop the process's whole group, even when the process itself has ended (a shell that
+        died on SIGTERM leaves its children in the group)."""
+        stop_process(self.process, group=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def rendered_container(objects: list[dict], deployment: str, name: str) -> dict:
+    (container,) = (
+        c
+        for c in of_kind(objects, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+        if c["name"] == name
+    )
+    return container
+
+
+def test_a_sigterm_to_the_worker_container_finishes_its_batches(
+    renders, settings, worker_env, tmp_path, r, probe_config
+):
+    """The worker container's command as the kubelet runs it takes a job's batches; SIGTERM to it
+    (what a scale-down sends the container's first process) lets both running batches end, counted
+    once each with no failed attempt, and the process exits 0 (Celery's warm shutdown). Then the
+    control container's command, started alone, ends the job (its finalizer)."""
+    objects = renders["redis"]
+    queue = f"k8s-{uuid.uuid4().hex[:8]}"
+    app = create_app({"SETTINGS": dataclasses.replace(settings, queue=queue)})
+    jobs = Jobs(app.test_client())
+    ours = {"REDIS_URL": settings.redis_url, "BATCHERY_QUEUE": queue}
+    worker = ContainerProcess(
+        objects, rendered_container(objects, "batchery-worker", "worker"), worker_env, tmp_path, **ours
+    )
+    control = None
+    try:
+        wait_for(worker.ready, timeout=90, interval=0.1, what="the worker container's celery")
+        concurrency = int(
+            kubelet_env(objects, rendered_container(objects, "batchery-worker", "worker"))["WORKER_CONCURRENCY"]
+        )
+        body = {
+            "workers": concurrency,
+            "item_list": {"items": list(range(concurrency)), "batch_size": 1},
+            "config": {**probe_config, "sleep": 8},
+        }
+        job_id = jobs.submit("probe", body)["job_id"]
+        key = f"probe:{probe_config['tag']}"
+        wait_for(lambda: r.llen(f"{key}:starts:{job_id}") == concurrency, timeout=90, what="every batch running")
+        assert r.llen(f"{key}:done:{job_id}") == 0  # the signal lands mid-batch
+        worker.process.send_signal(signal.SIGTERM)  # the container's first process, and it alone
+        assert worker.process.wait(timeout=120) == 0, worker.output()
+        assert "Warm shutdown" in worker.output()
+        assert r.llen(f"{key}:done:{job_id}") == concurrency
+        assert set(r.hgetall(f"{key}:deliveries:{job_id}").values()) == {"1"}
+        metrics = jobs.status("probe", job_id)["batch_metrics"]
+        assert (metrics["succeeded"], metrics["failed"]) == (concurrency, 0)
+
+        control = ContainerProcess(
+            objects, rendered_container(objects, "batchery-worker", "control"), worker_env, tmp_path, **ours
+        )
+        wait_for(control.ready, timeout=90, interval=0.1, what="the control container's celery")
+        assert jobs.wait_final("probe", job_id)["status"] == status.SUCCEEDED
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        worker.stop()
+        if control:
+            control.stop()
+
+
+def test_the_api_container_answers_its_probes(renders, settings, worker_env, tmp_path):
+    """gunicorn as the API container runs it answers the startup and readiness probes' /healthz
+    with 200 on the port the probes name."""
+    objects = renders["redis"]
+    container = rendered_container(objects, "batchery-api", "api")
+    port = free_port()
+    # the suite's Redis, a queue of its own and no APIs deployed at start (nothing added to the
+    # registry other tests read), one gunicorn worker process
+    ours = {"REDIS_URL": settings.redis_url, "BATCHERY_QUEUE": f"k8s-{uuid.uuid4().hex[:8]}", "BATCHERY_APIS": ""}
+    api = ContainerProcess(objects, container, worker_env, tmp_path, PORT=str(port), WEB_CONCURRENCY="1", **ours)
+    (named,) = (p for p in container["ports"] if p["name"] == container["readinessProbe"]["httpGet"]["port"])
+    assert named["containerPort"] == int(kubelet_env(objects, container)["PORT"])  # here on a free port instead
+    url = f"http://127.0.0.1:{port}{container['readinessProbe']['httpGet']['path']}"
+
+    def answers() -> int | None:
+        assert api.process.poll() is None, api.output()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status
+        except OSError:
+            return None
+
+    try:
+        assert wait_for(answers, timeout=90, interval=0.2, what="gunicorn to answer /healthz") == 200
+    finally:
+        api.stop()
