@@ -210,6 +210,16 @@ def strict(schema: dict) -> dict:
     return schema
 
 
+def test_the_base_alone_is_an_install_without_keda():
+    """The README's way without KEDA: the base renders, valid, with no object of KEDA's."""
+    objects = render(K8S / "base")
+    assert "batchery-worker" in of_kind(objects, "Deployment")
+    assert not [obj for obj in objects if obj["apiVersion"].startswith("keda.sh/")]
+    for obj in objects:
+        error = kubernetes_error(obj, KUBERNETES_VERSIONS[0])
+        assert error is None, f"base: {obj['kind']}/{obj['metadata']['name']}: {error}"
+
+
 @pytest.fixture(scope="module")
 def keda_schema() -> dict:
     crd = yaml.safe_load(KEDA_CRD.read_text())
