@@ -63,9 +63,10 @@ class Fleet:
             what=f"job {job_id} to end",
         )
 
-    def start_host(self, name: str, concurrency: int) -> Worker:
-        """A worker host on the fleet's queue, once ready."""
-        self.hosts[name] = Worker(self.env, self.logdir, name, concurrency=concurrency)
+    def start_host(self, name: str, concurrency: int, **env: str) -> Worker:
+        """A worker host of the fleet, once ready; `env` adds to or overrides the fleet's settings
+        (e.g. BATCHERY_QUEUES for a host of a dedicated pool)."""
+        self.hosts[name] = Worker({**self.env, **env}, self.logdir, name, concurrency=concurrency)
         return self.hosts[name]
 
 
