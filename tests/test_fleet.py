@@ -66,7 +66,7 @@ class Fleet:
     def start_host(self, name: str, concurrency: int, **env: str) -> Worker:
         """A worker host of the fleet, once ready; `env` adds to or overrides the fleet's settings
         (e.g. BATCHERY_QUEUES for a host of a dedicated pool)."""
-        self.hosts[name] = Worker({**self.env, **env}, self.logdir, name, concurrency=concurrency)
+        self.hosts[name] = Worker({**host_env(self.env, self.logdir, name), **env}, self.logdir, name, concurrency)
         return self.hosts[name]
 
 
@@ -79,10 +79,15 @@ def fleet_env(redis_url: str, workdir: Path) -> dict:
         REDIS_URL=redis_url,
         BATCHERY_QUEUE=f"fleet-{uuid.uuid4().hex[:8]}",
         BATCHERY_APIS=str(PREDICTORS / "timeline.yaml"),
-        BATCHERY_PROJECT_CACHE=str(workdir / "projects"),
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+def host_env(env: dict, workdir: Path, name: str) -> dict:
+    """A host's settings: the fleet's, with a project cache of its own (a host of its own would
+    fetch and unpack the deployed project itself)."""
+    return {**env, "BATCHERY_PROJECT_CACHE": str(workdir / f"projects-{name}")}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,10 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         the_fleet = Fleet(redis.Redis.from_url(server.url, decode_responses=True), env, workdir, apis=[])
         with ThreadPoolExecutor(len(HOSTS) + 2) as pool:
             apis = [pool.submit(Gunicorn, env, workdir / name) for name in ("api-a", "api-b")]
-            hosts = {name: pool.submit(Worker, env, workdir, name, concurrency) for name, concurrency in HOSTS.items()}
+            hosts = {
+                name: pool.submit(Worker, host_env(env, workdir, name), workdir, name, concurrency)
+                for name, concurrency in HOSTS.items()
+            }
         for future in [*apis, *hosts.values()]:  # stopped at the end, also when another one failed to start
             if future.exception() is None:
                 stack.callback(future.result().stop)
@@ -192,6 +200,27 @@ def test_each_jobs_workers_cap_holds_across_the_fleet_and_two_jobs_share_it(flee
     assert sum(count > 0 for count in per_host.values()) >= 2  # 4 batches at once: more than one host
 
 
+def test_two_jobs_wanting_more_than_the_whole_fleet_share_it(fleet):
+    tag = uuid.uuid4().hex[:8]
+    url = fleet.env["REDIS_URL"]
+    batches, processes = 20, sum(HOSTS.values())
+    # each job's cap is the whole fleet: the second job's batches queue behind the first one's
+    jobs = [fleet.submit(api, body(tag, url, batches, workers=processes, sleep=0.4)) for api in fleet.apis]
+    for job_id in jobs:
+        assert fleet.wait_final(fleet.apis[0], job_id)["status"] == status.SUCCEEDED
+    runs = {job_id: records(fleet, tag, "runs", job_id) for job_id in jobs}
+    since = max(min(run["start"] for run in job_runs) for job_runs in runs.values())
+    until = min(max(run["end"] for run in job_runs) for job_runs in runs.values())
+    shares = [mean_running(job_runs, since, until) for job_runs in runs.values()]
+    print(
+        f"\nfleet: two jobs of workers {processes} on {processes} processes: both running for "
+        f"{until - since:.2f} s, running on average {[round(share, 2) for share in shares]} (an even share: 2.5)"
+    )
+    assert until > since, "the two jobs never ran at the same time"
+    # the first job does not keep the fleet: each ends up with about half of it while both run
+    assert min(shares) >= 1.0, f"while both ran, the jobs had {shares} batches running on average"
+
+
 def test_both_api_processes_answer_a_jobs_status_identically(fleet):
     tag = uuid.uuid4().hex[:8]
     api_a, api_b = fleet.apis
@@ -223,6 +252,8 @@ def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_take
         timeout=60,
         what="every process of the fleet to hold a batch",
     )
+    counts = job_status(api_a, job_id)["worker_counts"]  # processes of every host, messages waiting
+    assert (counts["running"], counts["pending"]) == (processes, 8 - processes), counts
     stopped = fleet.hosts["h2"]
     held_by_stopped = sorted(run["batch"] for run in started if host_of(run) == "h2")
     assert len(held_by_stopped) == HOSTS["h2"]
@@ -244,6 +275,8 @@ def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_take
         what=f"both processes of host {name} to start a batch",
     )
     assert stopped.process.poll() is None, "the stopped host exited before its running batches ended"
+    counts = job_status(api_b, job_id)["worker_counts"]  # h2's two still running, h4's two with them
+    assert (counts["running"], counts["pending"]) == (processes + concurrency, 8 - processes - concurrency), counts
 
     fleet.redis.set(f"timeline:{tag}:release", 1)
     release_time = time.time()
