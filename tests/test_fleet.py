@@ -66,7 +66,8 @@ class Fleet:
     def start_host(self, name: str, concurrency: int, **env: str) -> Worker:
         """A worker host of the fleet, once ready; `env` adds to or overrides the fleet's settings
         (e.g. BATCHERY_QUEUES for a host of a dedicated pool)."""
-        self.hosts[name] = Worker({**host_env(self.env, self.logdir, name), **env}, self.logdir, name, concurrency)
+        settings = {**host_env(self.env, self.logdir, name), **env}
+        self.hosts[name] = Worker(settings, self.logdir, name, concurrency=concurrency)
         return self.hosts[name]
 
 
@@ -104,7 +105,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
         with ThreadPoolExecutor(len(HOSTS) + 2) as pool:
             apis = [pool.submit(Gunicorn, env, workdir / name) for name in ("api-a", "api-b")]
             hosts = {
-                name: pool.submit(Worker, host_env(env, workdir, name), workdir, name, concurrency)
+                name: pool.submit(Worker, host_env(env, workdir, name), workdir, name, concurrency=concurrency)
                 for name, concurrency in HOSTS.items()
             }
         for future in [*apis, *hosts.values()]:  # stopped at the end, also when another one failed to start
@@ -284,11 +285,11 @@ def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_take
     exit_time = time.time()
     job = fleet.wait_final(api_a, job_id)
     runs = records(fleet, tag, "runs", job_id)
+    per_host = {host: sum(host_of(run) == host for run in runs) for host in [*HOSTS, name]}
     print(
         f"\nfleet: host {name} ready to its first batch {delay:.2f} s (bound {ADDED_HOST_BOUND} s); "
         f"host h2 ran its batches {release_time - term_time:.2f} s after SIGTERM until they were released, "
-        f"then exited in {exit_time - release_time:.2f} s; "
-        f"batches per host {({h: sum(host_of(run) == h for run in runs) for h in [*HOSTS, name]})}"
+        f"then exited in {exit_time - release_time:.2f} s; batches per host {per_host}"
     )
     assert stopped.process.returncode == 0
     assert job["status"] == status.SUCCEEDED, job
