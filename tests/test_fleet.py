@@ -5,9 +5,9 @@ host, pid) shows that each job's `workers` cap holds across the fleet and that t
 that a host stopped with SIGTERM mid-job (Celery's warm shutdown) loses nothing and counts no
 failed attempt, and that a host added mid-job takes batches as soon as it is ready.
 
-Redis broker only: the cap, the fairness and the hand-over live in the job store and Celery's
-acknowledgements, the same on both brokers; the SQS broker's share of this (a running batch kept
-invisible, a stopping worker's messages going back) is covered by tests/test_sqs*.py.
+The stopped and the added host run on both brokers (a second fleet on SQS, a moto server): a
+stopping worker hands its messages back through the broker. The cap and the sharing are the job
+store's release window, the same on both: they run on the Redis broker only.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ class Fleet:
     logdir: Path
     apis: list[Gunicorn]
     hosts: dict[str, Worker] = field(default_factory=dict)
+
+    @property
+    def broker(self) -> str:
+        """`redis` or `sqs`."""
+        return "sqs" if self.env.get("BROKER_URL", "").startswith("sqs://") else "redis"
 
     def submit(self, api: Gunicorn, body: dict) -> str:
         """Submit a job through one API process; its id."""
@@ -91,14 +96,14 @@ def host_env(env: dict, workdir: Path, name: str) -> dict:
     return {**env, "BATCHERY_PROJECT_CACHE": str(workdir / f"projects-{name}")}
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    """One Redis, two API processes and three worker hosts, started side by side; all stopped after."""
-    workdir = tmp_path_factory.mktemp("fleet")
+@contextlib.contextmanager
+def started_fleet(workdir: Path, broker_env: dict) -> Iterator[Fleet]:
+    """One Redis, two API processes and three worker hosts, started side by side; all stopped after.
+    `broker_env` picks the broker (none: the Redis broker)."""
     with contextlib.ExitStack() as stack:
         server = RedisServer(workdir)
         stack.callback(server.stop)
-        env = fleet_env(server.url, workdir)
+        env = {**fleet_env(server.url, workdir), **broker_env}
         (workdir / "api-a").mkdir()
         (workdir / "api-b").mkdir()
         the_fleet = Fleet(redis.Redis.from_url(server.url, decode_responses=True), env, workdir, apis=[])
@@ -108,12 +113,34 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
                 name: pool.submit(Worker, host_env(env, workdir, name), workdir, name, concurrency=concurrency)
                 for name, concurrency in HOSTS.items()
             }
-        for future in [*apis, *hosts.values()]:  # stopped at the end, also when another one failed to start
-            if future.exception() is None:
-                stack.callback(future.result().stop)
+        # stopped at the end (also when another one failed to start), with the hosts added since
+        started = [future.result() for future in [*apis, *hosts.values()] if future.exception() is None]
+        stack.callback(lambda: stop_side_by_side([*started, *the_fleet.hosts.values()]))
         the_fleet.apis = [future.result() for future in apis]
         the_fleet.hosts = {name: future.result() for name, future in hosts.items()}
-        stack.callback(lambda: [host.stop() for name, host in the_fleet.hosts.items() if name not in hosts])
+        yield the_fleet
+
+
+def stop_side_by_side(processes: list[Gunicorn | Worker]) -> None:
+    """Stop processes at the same time (a worker on SQS takes seconds to stop); each once."""
+    unique = list({id(process): process for process in processes}.values())
+    with ThreadPoolExecutor(len(unique) or 1) as pool:
+        for stopping in [pool.submit(process.stop) for process in unique]:
+            stopping.result()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[Fleet]:
+    """The fleet on the Redis broker (the job store's Redis)."""
+    with started_fleet(tmp_path_factory.mktemp("fleet"), {}) as the_fleet:
+        yield the_fleet
+
+
+@pytest.fixture(scope="module")
+def sqs_fleet(tmp_path_factory, moto) -> Iterator[Fleet]:
+    """The fleet on the SQS broker (a moto server); Redis is then the job store only."""
+    broker_env = {**moto.env(), "BROKER_URL": "sqs://", "BATCHERY_SQS_QUEUE_PREFIX": f"fleet-{uuid.uuid4().hex[:8]}-"}
+    with started_fleet(tmp_path_factory.mktemp("sqs-fleet"), broker_env) as the_fleet:
         yield the_fleet
 
 
@@ -242,7 +269,10 @@ def test_both_api_processes_answer_a_jobs_status_identically(fleet):
     assert job_id in [job["job_id"] for job in listed[0]["batch_job_statuses"]]
 
 
-def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_takes_batches_at_once(fleet):
+# stops a host and adds one: the last test of each fleet
+@pytest.mark.parametrize("fleet_on", ["fleet", "sqs_fleet"], ids=["redis", "sqs"])
+def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_takes_batches_at_once(request, fleet_on):
+    fleet = request.getfixturevalue(fleet_on)
     tag = uuid.uuid4().hex[:8]
     batches, processes = 30, sum(HOSTS.values())
     api_a, api_b = fleet.apis
@@ -287,7 +317,8 @@ def test_a_host_stopped_with_sigterm_mid_job_loses_nothing_and_a_host_added_take
     runs = records(fleet, tag, "runs", job_id)
     per_host = {host: sum(host_of(run) == host for run in runs) for host in [*HOSTS, name]}
     print(
-        f"\nfleet: host {name} ready to its first batch {delay:.2f} s (bound {ADDED_HOST_BOUND} s); "
+        f"\nfleet ({fleet.broker} broker): host {name} ready to its first batch {delay:.2f} s "
+        f"(bound {ADDED_HOST_BOUND} s); "
         f"host h2 ran its batches {release_time - term_time:.2f} s after SIGTERM until they were released, "
         f"then exited in {exit_time - release_time:.2f} s; batches per host {per_host}"
     )
