@@ -71,6 +71,7 @@ test: $(DEV_STAMP)
 FAULT_TESTS := tests/test_faults.py tests/test_failures.py tests/test_oom.py tests/test_api_restart.py \
 	tests/test_watchdog.py tests/test_security.py tests/test_auth.py tests/test_fuzz_api.py \
 	tests/test_properties.py tests/test_hostile_bodies.py
+FAULT_TESTS += tests/test_fleet.py
 
 test-faults: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(FAULT_TESTS)
