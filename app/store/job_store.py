@@ -96,17 +96,21 @@ class JobStore:
         broker_queue: str = "",
         lease_seconds: float = 30.0,
         job_log_lines: int = 10_000,
+        max_in_broker: int = 1000,
     ):
         """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
         Redis (database included); released batches are then pushed there by the release itself
         (`batch_message` in app/store/lua/common.lua) instead of returned to the caller to publish.
         `lease_seconds`: an enqueuer silent this long is presumed dead, and another one resumes
         from its cursor (BATCHERY_ENQUEUE_LEASE). `job_log_lines`: the lines a job's log keeps
-        (BATCHERY_JOB_LOG_LINES; the store writes a job's last line)."""
+        (BATCHERY_JOB_LOG_LINES; the store writes a job's last line). `max_in_broker`: a job's
+        batches released and not yet begun by a process, at most (BATCHERY_MAX_IN_BROKER; stored
+        with each job this store creates, so the API's setting is the one that counts)."""
         self.redis = client
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
         self.lease_ms = int(lease_seconds * 1000)
+        self.max_in_broker = max_in_broker
         limits = {"LEASE_MS": self.lease_ms, "JOB_LOG_LINES": job_log_lines}
         self._scripts = {name: client.register_script(with_common(name, limits)) for name in SCRIPTS}
 
@@ -152,6 +156,7 @@ class JobStore:
             "api_name": spec["api_name"],
             "status": status.ENQUEUING,
             "workers": spec["workers"],
+            "max_in_broker": self.max_in_broker,  # common.lua `room_in_flight`
             "timeout": spec.get("timeout") or 0,
             "max_deliveries": max_deliveries,
             "created": repr(now),

@@ -159,12 +159,27 @@ local function publish_again(id, entry, out)
   out[#out + 1] = generation .. ' ' .. entry
 end
 
--- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
+-- How many more batches may go into flight now: at most `workers` in flight (the job's
+-- parallelism), and at most `max_in_broker` of them waiting in the broker (BATCHERY_MAX_IN_BROKER,
+-- stored with the job when it is created; a job stored before it has no such bound). A batch in
+-- flight is waiting unless a process holds it in `procs` (BEGIN put it there): so `workers: 1000000`
+-- no longer puts a job's whole input into the broker, and a stop leaves at most `max_in_broker`
+-- messages to skip. Each batch that ends tops the waiting ones up to the bound again.
+local function room_in_flight()
+  local limits = redis.call('HMGET', job, 'workers', 'max_in_broker')
+  local flying = redis.call('HLEN', inflight)
+  local room = tonumber(limits[1]) - flying
+  if not limits[2] then return room end
+  local waiting = flying - redis.call('HLEN', procs)
+  return math.min(room, tonumber(limits[2]) - waiting)
+end
+
+-- Move batches from the backlog into flight while `room_in_flight` allows.
 -- Returns the entries the caller must publish (none when it pushed their messages itself).
 local function release()
   local out = {}
   if not in_progress() or paused() then return out end
-  local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
+  local room = room_in_flight()
   local count = tonumber(redis.call('HGET', job, 'released'))
   local moved = 0
   while room > 0 do
