@@ -38,6 +38,7 @@ SCRIPTS = (
     "published",
     "pause",
     "resume",
+    "revoked",
 )
 
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
@@ -84,6 +85,17 @@ class Resumed:
     status: str
     held: list[tuple[int, str]] = field(default_factory=list)
     outcome: Outcome = field(default_factory=Outcome)
+
+
+@dataclass
+class Revoked:
+    """What counting a revoked delivery did: `again` (publish `again`, `(generation, entry)`),
+    `failed` (it failed for good) or `ignored` (`why`: the job or the batch ended, or superseded)."""
+
+    action: str
+    attempt: int = 0
+    again: list[tuple[int, str]] = field(default_factory=list)
+    why: str = ""
 
 
 class JobStore:
@@ -250,6 +262,20 @@ class JobStore:
         if api_name is None:
             return False
         return bool(self._call("oom", job_id, as_text(api_name), batch_id, now=now))
+
+    def revoked(self, spec: dict, batch_id: str, generation: int, began: bool, now: float) -> Revoked:
+        """Count a revoked delivery of a batch as a failed attempt (`began`: it was terminated
+        while it ran; else it was discarded before it started). Says whether to publish the batch
+        again (a new generation), or that it failed for good (then `record` it `dead`), or that
+        the revoke changed nothing."""
+        _, attempts = retry_limits(spec)
+        began_flag = "1" if began else "0"
+        reply = self._call("revoked", spec, spec["api_name"], batch_id, generation, began_flag, attempts, now=now)
+        action = as_text(reply[0])
+        if action == "ignored":
+            return Revoked(action, why=as_text(reply[1]))
+        again = [_generation_entry(reply[2])] if action == "again" else []
+        return Revoked(action, attempt=int(reply[1]), again=again)
 
     def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
         """Give a job in progress its final status; False if it had one already."""
