@@ -35,4 +35,4 @@ RUN useradd --create-home --uid 1000 batchery && mkdir -p /app/results && chown 
 USER batchery
 
 EXPOSE 8080 5555
-CMD ["sh", "-c", "exec gunicorn --workers ${WEB_CONCURRENCY:-2} --worker-class gthread --threads ${WEB_THREADS:-4} --bind 0.0.0.0:${PORT:-8080} --access-logfile - 'app:create_app()'"]
+CMD ["sh", "-c", "exec gunicorn --workers ${WEB_CONCURRENCY:-2} --worker-class gthread --threads ${WEB_THREADS:-4} --bind ${BIND:-0.0.0.0}:${PORT:-8080} --access-logfile - 'app:create_app()'"]

@@ -34,6 +34,9 @@ from app.config import client_env
 from app.model import status
 
 OUTPUTS = ("table", "json")
+# The shortest time between two polls of the API (`get --watch`, `logs --follow`): each is a
+# request, and 0 or a negative value made the CLI poll as fast as it could.
+MIN_INTERVAL = 0.1
 
 
 def default_url() -> str:
@@ -216,10 +219,10 @@ def _deploy_into_redis(project: str, redis_url: str) -> list[dict]:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=click.FloatRange(min=MIN_INTERVAL),
     default=0.5,
     show_default=True,
-    help="seconds between two polls of --watch",
+    help=f"seconds between two polls of --watch (at least {MIN_INTERVAL})",
 )
 @options
 def get(api: str | None, job_id: str | None, watch: bool, interval: float, url: str | None, output: str | None) -> None:
@@ -499,7 +502,13 @@ def retry(
 @click.argument("api")
 @click.argument("job_id", metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the job ends")
-@click.option("--interval", default=1.0, show_default=True, help="seconds between polls with --follow")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=MIN_INTERVAL),
+    default=1.0,
+    show_default=True,
+    help=f"seconds between polls with --follow (at least {MIN_INTERVAL})",
+)
 @options
 def logs(api: str, job_id: str, follow: bool, interval: float, url: str | None, output: str | None) -> None:
     """Print the whole log of the job JOB of API (-f: then follow it until the job ends)."""

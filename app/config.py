@@ -62,6 +62,7 @@ class Settings:
     project_cache: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "batchery-projects"))
     project_cache_seconds: float = 86400.0
     max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
+    max_in_broker: int = 1000  # a job's messages waiting in the broker at once, at most (whatever its workers)
 
     @property
     def broker(self) -> str:
@@ -110,7 +111,19 @@ class Settings:
             project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
             project_cache_seconds=float(env.get("BATCHERY_PROJECT_CACHE_SECONDS", default.project_cache_seconds)),
             max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
+            max_in_broker=_at_least_one(
+                "BATCHERY_MAX_IN_BROKER", env.get("BATCHERY_MAX_IN_BROKER"), default.max_in_broker
+            ),
         )
+
+
+def _at_least_one(name: str, value: str | None, default: int) -> int:
+    """An integer setting that must be 1 or more: `value`, else `default`. Raises ValueError
+    naming the variable for anything else."""
+    number = int(value) if value else default
+    if number < 1:
+        raise ValueError(f"{name} must be 1 or more, not {value}")
+    return number
 
 
 @dataclass(frozen=True)

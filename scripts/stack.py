@@ -8,6 +8,8 @@ The web/worker/flower commands are read from the Procfile, so it stays their sin
 Logs and pid files go to $BATCHERY_RUN_DIR (default .run/). Settings from the environment:
 REDIS_URL (set: use that Redis, start none), REDIS_PORT (6379), PORT (8080), FLOWER_PORT (5555),
 S3_PORT (9000), LOCAL_S3 (0: start no S3), AWS_ENDPOINT_URL_S3 (set: use that S3, start none),
+BIND (127.0.0.1: the address the API and Flower listen on; the Procfile's own default, for
+containers, is 0.0.0.0),
 BATCHERY_APIS (examples/cortex.yaml), WORKER_CONCURRENCY (2), BATCHERY_UP_TIMEOUT (60 s).
 The local S3 is a `moto_server` (in memory: its buckets go away with `down`); the API, worker and
 Flower get AWS_ENDPOINT_URL_S3 pointing at it, and dummy credentials unless AWS_ACCESS_KEY_ID,
@@ -46,6 +48,8 @@ FINAL_WAIT = 120.0  # seconds the demo waits for a job to end
 GRACE = 20.0  # seconds between SIGTERM and SIGKILL (a worker finishes its running batches first)
 PENDING = ("status_enqueuing", "status_running")
 INFRASTRUCTURE = ("redis", "s3")  # started first, stopped last
+LOCAL_ONLY = "127.0.0.1"  # what the stack's API and Flower listen on unless BIND says otherwise
+ANY_ADDRESS = ("0.0.0.0", "::", "[::]")
 LOCAL_S3_CREDENTIALS = {  # dummy: the local S3 accepts any
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -84,6 +88,9 @@ class Config:
         self.external_s3 = env.get("AWS_ENDPOINT_URL_S3") or ""
         self.local_s3 = not self.external_s3 and env.get("LOCAL_S3", "").strip() != "0"
         self.api_token = env.get("BATCHERY_API_TOKEN", "").strip()
+        # The API and Flower listen on this machine only unless told otherwise: `make up` starts
+        # them with no token and no Flower login unless those are set.
+        self.bind = env.get("BIND") or LOCAL_ONLY
         self.s3_settings: dict[str, str] = {}  # what the stack sets for the local S3 (dummy values only)
         if self.local_s3:
             self.s3_settings["AWS_ENDPOINT_URL_S3"] = self.s3_url
@@ -97,6 +104,7 @@ class Config:
         bin_dir = str(Path(sys.prefix) / "bin")
         env.update(
             REDIS_URL=self.redis_url,
+            BIND=self.bind,
             PORT=str(self.port),
             FLOWER_PORT=str(self.flower_port),
             BATCHERY_APIS=env.get("BATCHERY_APIS") or str(ROOT / "examples" / "cortex.yaml"),
@@ -111,12 +119,29 @@ class Config:
         self.env = env
 
     @property
+    def host(self) -> str:
+        """Where this machine reaches the API and Flower: their address, or 127.0.0.1 when they
+        listen on every address."""
+        return LOCAL_ONLY if self.bind in ANY_ADDRESS else self.bind
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def flower_url(self) -> str:
-        return f"http://127.0.0.1:{self.flower_port}"
+        return f"http://{self.host}:{self.flower_port}"
+
+    def listening(self) -> str:
+        """What the API and Flower listen on, and how to change it, in words."""
+        if self.bind == LOCAL_ONLY:
+            return (
+                f"the API and Flower listen on {LOCAL_ONLY} (this machine only); to open them to the network,"
+                " set BIND=0.0.0.0 (and BATCHERY_API_TOKEN, FLOWER_BASIC_AUTH)"
+            )
+        guarded = self.api_token and self.env.get("FLOWER_BASIC_AUTH")
+        advice = "" if guarded else "; anyone who reaches it can use them: set BATCHERY_API_TOKEN and FLOWER_BASIC_AUTH"
+        return f"the API and Flower listen on {self.bind} (BIND){advice}"
 
     @property
     def s3_url(self) -> str:
@@ -283,9 +308,9 @@ def redis_answers(host: str, port: int) -> bool:
         return False
 
 
-def tcp_answers(port: int) -> bool:
+def tcp_answers(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
@@ -389,7 +414,8 @@ class Stack:
         )
         worker_log = config.log_file("worker")
         self._wait("the worker to be ready", lambda: " ready." in worker_log.read_text(errors="replace"), deadline)
-        self._wait(f"Flower to listen on port {config.flower_port}", lambda: tcp_answers(config.flower_port), deadline)
+        flower_up = lambda: tcp_answers(config.flower_port, config.host)  # noqa: E731 - as the lambdas above
+        self._wait(f"Flower to listen on port {config.flower_port}", flower_up, deadline)
         if config.local_s3:
             self._wait(f"the local S3 to answer GET {config.s3_url}/", lambda: http_ok(f"{config.s3_url}/"), deadline)
 
@@ -466,6 +492,7 @@ class Stack:
 
 
 def print_urls(config: Config) -> None:
+    print(config.listening())
     print(f"API:    {config.api_url}   (e.g. GET {config.api_url}/batch/sum)")
     if config.api_token:
         print("        every endpoint but /healthz needs `Authorization: Bearer $BATCHERY_API_TOKEN`")

@@ -440,7 +440,8 @@ def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_whe
         config = {**probe_config, "sleep": 1.5}  # the probe records in the tests' own Redis, not stopped
         body = {"workers": 2, "config": config, "item_list": {"items": items, "batch_size": 1}}
         if dead_letters:
-            body["sqs_dead_letter_queue"] = {"arn": f"arn:aws:sqs:us-east-1:1:{queue}-dlq", "max_receive_count": 3}
+            arn = f"arn:aws:sqs:us-east-1:123456789012:{queue}-dlq"
+            body["sqs_dead_letter_queue"] = {"arn": arn, "max_receive_count": 3}
         spec = jobs.submit("probe", body)
         starts = f"probe:{probe_config['tag']}:starts:{spec['job_id']}"
         wait_for(lambda: r.llen(starts) == 2, what="two batches inside predict")

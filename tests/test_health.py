@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+
 import pytest
 
 from app import create_app
 from app.config import Settings
-from tests.services import free_port
+from tests.services import RedisServer, free_port
 
 
 def health(settings: Settings) -> tuple[int, dict]:
@@ -67,3 +72,40 @@ def test_the_batch_endpoints_answer_a_json_503_when_redis_is_down():
             "kind": "store_unavailable",
             "message": "the job store (Redis) is unavailable: ConnectionError",
         }
+
+
+def timed_health(app) -> tuple[float, int, dict]:
+    started = time.monotonic()
+    response = app.test_client().get("/healthz")
+    return time.monotonic() - started, response.status_code, response.get_json()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own, to stop or kill."""
+    server = RedisServer(tmp_path)
+    yield server
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+def test_a_hung_redis_is_a_503_within_a_second_and_a_half(own_redis):
+    app = create_app({"SETTINGS": Settings(redis_url=own_redis.url, apis_file="", watchdog_seconds=0)})
+    assert timed_health(app)[1] == 200  # connected before it hangs
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # the process is there, its socket accepts, it answers nothing
+    seconds, code, body = timed_health(app)
+    print(f"\n/healthz with Redis stopped (SIGSTOP): {code} in {seconds:.2f}s: {body}")
+    assert code == 503 and seconds < 1.5
+    assert body["redis"].startswith("error: TimeoutError") and body["broker"].startswith("error: TimeoutError")
+
+
+def test_a_redis_that_is_gone_is_a_503_within_a_second_and_a_half(own_redis):
+    app = create_app({"SETTINGS": Settings(redis_url=own_redis.url, apis_file="", watchdog_seconds=0)})
+    assert timed_health(app)[1] == 200
+    own_redis.process.kill()
+    own_redis.process.wait()
+    seconds, code, body = timed_health(app)
+    print(f"\n/healthz with Redis killed: {code} in {seconds:.2f}s: {body}")
+    assert code == 503 and seconds < 1.5
+    assert body["redis"].startswith("error: ConnectionError")

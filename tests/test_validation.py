@@ -52,7 +52,7 @@ def item_list(**changes) -> dict:
 
 
 def dead_letter_queue(**changes) -> dict:
-    return _nested({"arn": "arn:aws:sqs:us-west-2:123456789:failed", "max_receive_count": 3}, changes)
+    return _nested({"arn": "arn:aws:sqs:us-west-2:123456789012:failed", "max_receive_count": 3}, changes)
 
 
 def post(client, body: bytes | dict, api: str = "minimal", dry_run: bool = False, **kwargs):
@@ -305,7 +305,7 @@ BAD_JOBS = [
         id="dlq-max-receive-count-over-int64",
     ),
     pytest.param(
-        body_with(sqs_dead_letter_queue="arn:aws:sqs:us-west-2:123456789:failed"),
+        body_with(sqs_dead_letter_queue="arn:aws:sqs:us-west-2:123456789012:failed"),
         ["sqs_dead_letter_queue: invalid input type"],
         id="dlq-a-string",
     ),
@@ -533,7 +533,7 @@ def test_a_valid_submission_answers_the_job_spec_and_creates_the_job(client, r, 
 
 def test_the_job_config_is_deep_merged_over_the_api_config_and_optional_fields_are_echoed(client, probe_config):
     config = dict(probe_config, nested={"override": "job", "added": "job"}, job_level=[1, 2])
-    dlq = {"arn": "arn:aws:sqs:us-west-2:123456789:failed.fifo", "max_receive_count": 2}
+    dlq = {"arn": "arn:aws:sqs:us-west-2:123456789012:failed.fifo", "max_receive_count": 2}
     body = body_with(workers=2, timeout=600, sqs_dead_letter_queue=dlq, config=config)
     response = post(client, body, api="probe")
     assert response.status_code == 200, response.get_data(as_text=True)

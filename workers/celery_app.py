@@ -17,7 +17,7 @@ from app.broker.config import is_sqs, make_celery
 from app.config import Settings
 from app.store import joblog
 from app.store.joblog import JobLog, configure_process_logging
-from workers import oom, stdio
+from workers import oom, revoke, stdio
 from workers.kombu_patches import kept_client, redis_restore, sqs_receive, sqs_restore
 
 settings = Settings.from_env()
@@ -29,6 +29,7 @@ else:
     redis_restore.install()
     kept_client.install()
 oom.use_job_store(settings)
+revoke.use(settings, celery)  # a revoked batch task is a failed attempt, said in the job's log (workers/revoke.py)
 signals.worker_ready.connect(oom.on_worker_ready)  # the main process: where lost pool processes are seen
 
 

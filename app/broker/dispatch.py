@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.broker.config import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
-from app.model.wire import split_backlog_entry
+from app.model.wire import batch_task_id, split_backlog_entry
 
 # What SQS answers a message over its queue's MaximumMessageSize.
 SQS_TOO_LARGE = "Message must be shorter than"
@@ -33,7 +33,8 @@ class Dispatcher:
             for entry in entries:
                 batch_id, body = split_backlog_entry(entry)
                 try:
-                    self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer)
+                    task_id = batch_task_id(job_id, batch_id)
+                    self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body], producer=producer, task_id=task_id)
                 except Exception as err:
                     if refuse_too_large or not too_large(err):
                         raise
@@ -46,7 +47,10 @@ class Dispatcher:
         with self.celery.producer_or_acquire() as producer:
             for generation, entry in entries:
                 batch_id, body = split_backlog_entry(entry)
-                self.celery.send_task(RUN_BATCH, args=[job_id, batch_id, body, generation], producer=producer)
+                task_id = batch_task_id(job_id, batch_id, generation)
+                self.celery.send_task(
+                    RUN_BATCH, args=[job_id, batch_id, body, generation], producer=producer, task_id=task_id
+                )
 
     def publish_finalizer(self, job_id: str) -> None:
         """Publish the job's finalizer (decides the final status, runs on_job_complete)."""

@@ -16,6 +16,15 @@ FINALIZE_JOB = "batchery.finalize_job"
 ENQUEUE_JOB = "batchery.enqueue_job"
 
 
+def batch_task_id(job_id: str, batch_id: str, generation: int = 0) -> str:
+    """The Celery task id of a batch's message, as Flower and `celery control` show it:
+    `<job_id>.b<batch_id>.a<n>`, the n-th message of the batch (1 for the first; the watchdog, a
+    resume or a revoke publishes it again with the next generation, n + 1). A retry of a failed
+    attempt keeps its message's id, as Celery's retries do. The store's Lua writes the first one
+    (`batch_message` in app/store/lua/common.lua); nothing reads an id back."""
+    return f"{job_id}.b{batch_id}.a{generation + 1}"
+
+
 def backlog_entry(batch_id: int | str, body: str) -> str:
     """A backlog entry of a batch: its id, a space, its body."""
     return f"{batch_id} {body}"

@@ -38,6 +38,7 @@ SCRIPTS = (
     "published",
     "pause",
     "resume",
+    "revoked",
 )
 
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
@@ -86,6 +87,17 @@ class Resumed:
     outcome: Outcome = field(default_factory=Outcome)
 
 
+@dataclass
+class Revoked:
+    """What counting a revoked delivery did: `again` (publish `again`, `(generation, entry)`),
+    `failed` (it failed for good) or `ignored` (`why`: the job or the batch ended, or superseded)."""
+
+    action: str
+    attempt: int = 0
+    again: list[tuple[int, str]] = field(default_factory=list)
+    why: str = ""
+
+
 class JobStore:
     """Jobs in Redis; every operation costs O(1) in the number of the job's batches."""
 
@@ -96,17 +108,21 @@ class JobStore:
         broker_queue: str = "",
         lease_seconds: float = 30.0,
         job_log_lines: int = 10_000,
+        max_in_broker: int = 1000,
     ):
         """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
         Redis (database included); released batches are then pushed there by the release itself
         (`batch_message` in app/store/lua/common.lua) instead of returned to the caller to publish.
         `lease_seconds`: an enqueuer silent this long is presumed dead, and another one resumes
         from its cursor (BATCHERY_ENQUEUE_LEASE). `job_log_lines`: the lines a job's log keeps
-        (BATCHERY_JOB_LOG_LINES; the store writes a job's last line)."""
+        (BATCHERY_JOB_LOG_LINES; the store writes a job's last line). `max_in_broker`: a job's
+        batches released and not yet begun by a process, at most (BATCHERY_MAX_IN_BROKER; stored
+        with each job this store creates, so the API's setting is the one that counts)."""
         self.redis = client
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
         self.lease_ms = int(lease_seconds * 1000)
+        self.max_in_broker = max_in_broker
         limits = {"LEASE_MS": self.lease_ms, "JOB_LOG_LINES": job_log_lines}
         self._scripts = {name: client.register_script(with_common(name, limits)) for name in SCRIPTS}
 
@@ -152,6 +168,7 @@ class JobStore:
             "api_name": spec["api_name"],
             "status": status.ENQUEUING,
             "workers": spec["workers"],
+            "max_in_broker": self.max_in_broker,  # common.lua `room_in_flight`
             "timeout": spec.get("timeout") or 0,
             "max_deliveries": max_deliveries,
             "created": repr(now),
@@ -245,6 +262,20 @@ class JobStore:
         if api_name is None:
             return False
         return bool(self._call("oom", job_id, as_text(api_name), batch_id, now=now))
+
+    def revoked(self, spec: dict, batch_id: str, generation: int, began: bool, now: float) -> Revoked:
+        """Count a revoked delivery of a batch as a failed attempt (`began`: it was terminated
+        while it ran; else it was discarded before it started). Says whether to publish the batch
+        again (a new generation), or that it failed for good (then `record` it `dead`), or that
+        the revoke changed nothing."""
+        _, attempts = retry_limits(spec)
+        began_flag = "1" if began else "0"
+        reply = self._call("revoked", spec, spec["api_name"], batch_id, generation, began_flag, attempts, now=now)
+        action = as_text(reply[0])
+        if action == "ignored":
+            return Revoked(action, why=as_text(reply[1]))
+        again = [_generation_entry(reply[2])] if action == "again" else []
+        return Revoked(action, attempt=int(reply[1]), again=again)
 
     def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
         """Give a job in progress its final status; False if it had one already."""

@@ -90,6 +90,7 @@ class JobLog:
         self.redis = client
         self.max_lines = max_lines
         self._append = client.register_script(lua_file("job_log_append"))
+        self._read = client.register_script(lua_file("job_log_read"))
 
     def write(self, job_id: str, line: dict, client: redis.Redis | None = None) -> None:
         """Append a line (keeps the last `max_lines`): one round trip (or a command in `client`, a pipeline)."""
@@ -113,9 +114,10 @@ class JobLog:
         writer.put(job_id, line)
 
     def read(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict]:
-        """Lines numbered above `after`, oldest first, at most `limit`."""
-        lines = [json.loads(raw) for raw in self.redis.lrange(keys.job_log(job_id), 0, -1)]
-        return [line for line in lines if line["seq"] > after][:limit]
+        """Lines numbered above `after`, oldest first, at most `limit`: read from there, not the
+        whole log (app/store/lua/job_log_read.lua). Raises redis-py's errors."""
+        raw = self._read(keys=[keys.job_log(job_id)], args=[max(after, 0), limit])
+        return [json.loads(line) for line in raw]
 
 
 # A task waits at most this long at its end to write its lines (longer only if Redis hangs; the

@@ -50,7 +50,10 @@ class DeadLetterQueueSchema(Schema):
     arn = fields.String(
         required=True,
         validate=validate.Length(min=1, error="Must not be empty."),
-        metadata={"description": "the queue's ARN; on the Redis broker its last part names a Redis list"},
+        metadata={
+            "description": "the queue's ARN, arn:aws:sqs:<region>:<12-digit account>:<name> (partition aws, aws-cn "
+            "or aws-us-gov), checked on both brokers; on the Redis broker its last part names a Redis list"
+        },
     )
     max_receive_count = positive(required=True, metadata={"description": "deliveries of a batch before it goes there"})
 

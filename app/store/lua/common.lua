@@ -50,12 +50,13 @@ end
 -- the caller publishes the released batches with `send_task` (app/broker/dispatch.py).
 --
 -- The message is Celery's protocol 2 as `send_task` writes it (tests/test_ready_message.py
--- compares them, field by field), except that its ids are `<job_id>.<n>` (n counts the job's
--- releases: unique, and no uuid generator in Lua) and its body is JSON, not base64 (kombu takes a
--- body with no `body_encoding` as it is). `queue`: the broker list it goes to; `id`: the entry's
--- batch id, which the caller has read already.
-local function batch_message(queue, job_id, id, entry, n)
-  local task_id = cjson.encode(job_id .. '.' .. n)
+-- compares them, field by field), except that its body is JSON, not base64 (kombu takes a body
+-- with no `body_encoding` as it is). Its ids, the task id and the delivery tag, are the batch's
+-- first message's, `<job_id>.b<batch_id>.a1` (app/model/wire.py `batch_task_id`): unique, since
+-- a batch is released once, and they say which batch a task in Flower is. `queue`: the broker list
+-- it goes to; `id`: the entry's batch id, which the caller has read already.
+local function batch_message(queue, job_id, id, entry)
+  local task_id = cjson.encode(job_id .. '.b' .. id .. '.a1')
   local args = cjson.encode({job_id, id, string.sub(entry, #id + 2)})
   local body = '[' .. args .. ',{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
   return '{"body":' .. cjson.encode(body) .. ',"content-encoding":"utf-8","content-type":"application/json",'
@@ -159,13 +160,27 @@ local function publish_again(id, entry, out)
   out[#out + 1] = generation .. ' ' .. entry
 end
 
--- Move batches from the backlog into flight until `workers` are in flight: the job's parallelism.
+-- How many more batches may go into flight now: at most `workers` in flight (the job's
+-- parallelism), and at most `max_in_broker` of them waiting in the broker (BATCHERY_MAX_IN_BROKER,
+-- stored with the job when it is created; a job stored before it has no such bound). A batch in
+-- flight is waiting unless a process holds it in `procs` (BEGIN put it there): so `workers: 1000000`
+-- no longer puts a job's whole input into the broker, and a stop leaves at most `max_in_broker`
+-- messages to skip. Each batch that ends tops the waiting ones up to the bound again.
+local function room_in_flight()
+  local limits = redis.call('HMGET', job, 'workers', 'max_in_broker')
+  local flying = redis.call('HLEN', inflight)
+  local room = tonumber(limits[1]) - flying
+  if not limits[2] then return room end
+  local waiting = flying - redis.call('HLEN', procs)
+  return math.min(room, tonumber(limits[2]) - waiting)
+end
+
+-- Move batches from the backlog into flight while `room_in_flight` allows.
 -- Returns the entries the caller must publish (none when it pushed their messages itself).
 local function release()
   local out = {}
   if not in_progress() or paused() then return out end
-  local room = tonumber(redis.call('HGET', job, 'workers')) - redis.call('HLEN', inflight)
-  local count = tonumber(redis.call('HGET', job, 'released'))
+  local room = room_in_flight()
   local moved = 0
   while room > 0 do
     local entry = redis.call('LPOP', backlog)
@@ -175,7 +190,7 @@ local function release()
     redis.call('ZADD', released, now, id)  -- when it went to the broker: the watchdog finds lost ones
     moved = moved + 1
     if broker_queue then
-      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, id, entry, count + moved))
+      redis.call('LPUSH', broker_queue, batch_message(broker_queue, job_id, id, entry))
     else
       redis.call('ZADD', unpublished, now, id)  -- until the caller says it published it (PUBLISHED)
       out[#out + 1] = entry
