@@ -19,13 +19,14 @@ from redis.typing import EncodableT, FieldT
 
 from app import project_archive
 from app.errors import ApiNotFound, DeployError, PayloadTooLarge
+from app.model.queues import api_queue, queue_name_error
 from app.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
 from app.store import code, imports, keys
 from app.store.replies import as_text
 
 log = logging.getLogger(__name__)
 
-KNOWN_API_KEYS = {"name", "kind", "predictor", "compute"}
+KNOWN_API_KEYS = {"name", "kind", "predictor", "compute", "queue"}
 KNOWN_PREDICTOR_KEYS = {"type", "path", "config", "env", "python_path"}
 # Cortex keys that the job needs and Batchery cannot give it: a deploy error, not a warning (a
 # python predictor with `models` expects a `python_client` argument in its __init__)
@@ -118,6 +119,9 @@ def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bo
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
     if "compute" in entry:
         spec["compute"] = _compute(name, entry["compute"])
+    queue = _queue(name, entry.get("queue"), spec.get("compute"))
+    if queue:  # none: the default queue of the process that submits the API's jobs
+        spec["queue"] = queue
     packed = packer.pack(name, root)
     code_digest = code.digest(sources)
     # the project's id too: an edit of any of its files (a model, a label list) makes a new api_id
@@ -196,6 +200,15 @@ def _compute(name: str, compute: object) -> dict:
     _warn_unknown(name, compute, COMPUTE_KEYS, "compute.")
     kept = {key: value for key, value in compute.items() if key in COMPUTE_KEYS}
     return cast(dict, _json_value(kept, f"API {name}: compute"))
+
+
+def _queue(name: str, queue: object, compute: dict | None) -> str:
+    """The queue an API's jobs run on (`queue:`, else `gpu` for compute.gpu > 0, else ""); raises
+    DeployError for a name that cannot be a queue's."""
+    error = queue_name_error(queue) if queue is not None else ""
+    if error:
+        raise DeployError(f"API {name}: {error}")
+    return api_queue(queue, compute)
 
 
 def _predictor(name: str, predictor: object) -> dict:

@@ -170,8 +170,8 @@ def _deployed(spec: dict) -> dict:
 
 @bp.get("/apis")
 def list_deployed() -> Response:
-    """Every deployed API with its ids: name, api_id, project_id, compute, python_path, when it was
-    deployed, and its endpoint.
+    """Every deployed API with its ids: name, api_id, project_id, compute, the queue its jobs run on,
+    python_path, when it was deployed, and its endpoint.
 
     Errors: 400 a query parameter (it takes none), 503 job store unavailable.
     """
@@ -187,6 +187,8 @@ def list_deployed() -> Response:
             {
                 **_deployed(spec),
                 "compute": spec.get("compute"),
+                # the queue its jobs run on: cortex.yaml's `queue:`, `gpu` for compute.gpu > 0, or the default
+                "queue": spec.get("queue") or services().settings.queue,
                 "python_path": spec["predictor"].get("python_path"),
                 "deployed_at": spec.get("deployed_at"),
                 "spec": public_spec(spec),
