@@ -13,6 +13,7 @@ from app.errors import BrokerUnavailable, InvalidRequest
 from app.jobs.batching import item_batches
 from app.model import status
 from app.model.job import build_spec, now
+from app.model.queues import api_queue
 from app.model.wire import entry_batch_id
 from app.sources import s3
 from app.store.job_store import JobStore, Outcome
@@ -61,8 +62,8 @@ class Submitter:
         self.default_queue = default_queue
 
     def _spec(self, api: dict, submission: dict) -> dict:
-        """A new job's spec, recording the queue its batches run on (the API's, else the default)."""
-        queue = api.get("queue") or self.default_queue
+        """A new job's spec, recording the queue its batches run on (the API's, `gpu`, or the default)."""
+        queue = api_queue(api, self.default_queue)
         url = self.queue_urls(queue) if self.queue_urls and queue else self.queue_url
         spec = build_spec(api, submission, url, now())
         if queue:

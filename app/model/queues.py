@@ -25,13 +25,13 @@ def queue_name_error(name: object) -> str:
     return ""
 
 
-def api_queue(entry_queue: object, compute: dict | None) -> str:
-    """The queue an API's cortex.yaml entry asks for: its `queue:`, else `gpu` when it asks for a
-    GPU, else "" (the default queue of the process that submits its jobs)."""
-    if entry_queue is not None:
-        return str(entry_queue)
-    gpu = (compute or {}).get("gpu") or 0
-    return GPU_QUEUE if isinstance(gpu, int | float) and gpu > 0 else ""
+def api_queue(api: dict, default: str) -> str:
+    """The queue a deployed API's jobs run on: its cortex.yaml `queue:`, else `gpu` when its
+    `compute.gpu` > 0, else `default` (the submitting process's BATCHERY_QUEUE)."""
+    if api.get("queue"):
+        return str(api["queue"])
+    gpu = (api.get("compute") or {}).get("gpu") or 0
+    return GPU_QUEUE if isinstance(gpu, int | float) and gpu > 0 else default
 
 
 def control_queue(queue: str) -> str:

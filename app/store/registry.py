@@ -119,9 +119,8 @@ def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bo
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
     if "compute" in entry:
         spec["compute"] = _compute(name, entry["compute"])
-    queue = _queue(name, entry.get("queue"), spec.get("compute"))
-    if queue:  # none: the default queue of the process that submits the API's jobs
-        spec["queue"] = queue
+    if "queue" in entry:  # none named: `gpu` for compute.gpu > 0, else the default (app/model/queues.py)
+        spec["queue"] = _queue(name, entry["queue"])
     packed = packer.pack(name, root)
     code_digest = code.digest(sources)
     # the project's id too: an edit of any of its files (a model, a label list) makes a new api_id
@@ -202,13 +201,12 @@ def _compute(name: str, compute: object) -> dict:
     return cast(dict, _json_value(kept, f"API {name}: compute"))
 
 
-def _queue(name: str, queue: object, compute: dict | None) -> str:
-    """The queue an API's jobs run on (`queue:`, else `gpu` for compute.gpu > 0, else ""); raises
-    DeployError for a name that cannot be a queue's."""
-    error = queue_name_error(queue) if queue is not None else ""
+def _queue(name: str, queue: object) -> str:
+    """cortex.yaml's `queue:`, checked; raises DeployError for a name that cannot be a queue's."""
+    error = queue_name_error(queue)
     if error:
         raise DeployError(f"API {name}: {error}")
-    return api_queue(queue, compute)
+    return str(queue)
 
 
 def _predictor(name: str, predictor: object) -> dict:
@@ -343,6 +341,8 @@ class Registry:
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
             pipe.srem(keys.undeployed(), spec["name"])
+            if api_queue(spec, ""):  # a dedicated pool's queue: /metrics reports it (demand 0) from now on
+                pipe.sadd(keys.queues(), api_queue(spec, ""))
         pipe.execute()
         for deployment in deployments:
             log.info("deployed API %s (api_id %s)", deployment.spec["name"], deployment.spec["api_id"])

@@ -163,7 +163,7 @@ class ApiSpecSchema(Schema):
     predictor = fields.Nested(PredictorSchema, required=True)
     api_id = text("a hash of the spec and the predictor file", required=True)
     compute = fields.Dict(metadata={"description": "cortex.yaml's compute (cpu, gpu, mem), recorded for the fleet"})
-    queue = text("cortex.yaml's `queue:` (or `gpu` for compute.gpu > 0): the pool its jobs run on; absent: the default")
+    queue = text("cortex.yaml's `queue:`: its jobs' pool (absent: `gpu` if compute.gpu > 0, else the default)")
     project_id = text("the deployed project's content id: the files the workers fetch and run from")
     project_bytes = count("the deployed project's size, packed (.tar.gz)")
     deployed_at = text("RFC 3339, UTC: when it was deployed")
