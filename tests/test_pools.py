@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from app import create_app
+from app.broker.config import consumed_queues
+from app.config import Settings
 from app.errors import DeployError
 from app.jobs.watchdog import Watchdog
 from app.model import status
@@ -96,6 +98,20 @@ def two_pools(pools, worker_env, tmp_path):
             b.stop()
     finally:
         a.stop()
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_a_worker_consumes_its_queues_and_their_control_queues_by_its_lane():
+    default = Settings.from_env({})
+    assert consumed_queues(default) == ["batchery", "batchery-control"]
+    pool = Settings.from_env({"BATCHERY_QUEUES": "gpu, big-gpu", "BATCHERY_QUEUE": "cpu"})
+    assert consumed_queues(pool) == ["gpu", "big-gpu", "gpu-control", "big-gpu-control"]
+    control = Settings.from_env({"BATCHERY_QUEUES": "gpu", "BATCHERY_LANE": "control"})
+    assert consumed_queues(control) == ["gpu-control"]
+    with pytest.raises(ValueError, match="BATCHERY_LANE='batches': use all"):
+        Settings.from_env({"BATCHERY_LANE": "batches"})
 
 
 # --- deploying ---------------------------------------------------------------------------------
