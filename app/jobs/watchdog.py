@@ -1,6 +1,7 @@
 """A periodic sweep so that no job hangs, whatever single process dies.
 
-It runs in the API processes (a daemon thread each; a Redis lock lets one sweep at a time):
+It runs in the API processes (a daemon thread each; a Redis lock per queue lets one process sweep
+each queue at a time: its own BATCHERY_QUEUE's, and the dedicated pools' queues no fleet calls its own):
 - an S3 job whose enqueuer vanished (its worker was killed outright, so its message waits for
   the broker's visibility timeout; or the API died before publishing it) gets a new enqueuer,
   which resumes from the saved cursor;
@@ -237,9 +238,9 @@ class Watchdog:
             self.sweep_in_turn(every)
 
     def sweep_in_turn(self, every: float) -> bool:
-        """Sweep each queue (this process's own, and every one with jobs in progress) that no other
-        process swept in the last `every` seconds; whether this one swept any. Never raises: a
-        failed sweep is logged, and the next one tries again."""
+        """Sweep each queue (this process's own, and every known one that no fleet calls its own)
+        that no other process swept in the last `every` seconds; whether this one swept any. Never
+        raises: a failed sweep is logged, and the next one tries again."""
         # The turn is each queue's, not the Redis's: a process taking one queue's turn leaves the
         # others to whichever process takes theirs, and no queue's jobs wait on another's sweep.
         try:
