@@ -140,13 +140,14 @@ def test_the_queue_is_checked_at_deploy_and_gpu_apis_default_to_the_gpu_queue(tm
     assert "queue 'no spaces' must be 1 to 64 letters" in answer.get_json()["message"]
 
 
-def test_get_apis_and_each_job_spec_say_the_queue(pools):
+def test_get_apis_and_each_job_spec_say_the_queue(pools, redis_server):
     listed = {api["name"]: api["queue"] for api in pools.client.get("/apis").get_json()["apis"]}
     assert listed[pools.apis["a"]] == pools.queues["a"]
     assert listed[f"gpu-{pools.tag}"] == "gpu"  # compute.gpu > 0 and no queue:
     assert listed[f"plain-{pools.tag}"] == pools.settings.queue  # the default queue
     for api, queue in ((f"gpu-{pools.tag}", "gpu"), (pools.apis["a"], pools.queues["a"])):
-        spec = pools.jobs.submit(api, {"workers": 1, "item_list": {"items": [1], "batch_size": 1}})
+        body = {"workers": 1, "config": pools.config(redis_server.url), "item_list": {"items": [1], "batch_size": 1}}
+        spec = pools.jobs.submit(api, body)
         assert spec["queue"] == queue
         assert spec["sqs_url"].partition("#")[0].endswith(f"/{queue}")
         pools.client.delete(f"/batch/{api}?jobID={spec['job_id']}")
