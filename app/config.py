@@ -63,6 +63,15 @@ class Settings:
     project_cache_seconds: float = 86400.0
     max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
     max_in_broker: int = 1000  # a job's messages waiting in the broker at once, at most (whatever its workers)
+    # the queues a worker serves (empty: the default queue), and its lane: `all` (their batches and
+    # their control queues) or `control` (only the control queues: the process reserved for them)
+    queues: tuple[str, ...] = ()
+    lane: str = "all"
+
+    @property
+    def served_queues(self) -> tuple[str, ...]:
+        """The queues a worker serves: BATCHERY_QUEUES, else the default queue."""
+        return self.queues or (self.queue,)
 
     @property
     def broker(self) -> str:
@@ -103,9 +112,7 @@ class Settings:
             output_store_bytes=int(env.get("BATCHERY_OUTPUT_STORE_BYTES", default.output_store_bytes)),
             webhook_secret=env.get("BATCHERY_WEBHOOK_SECRET", "").strip(),
             webhook_retry_seconds=float(env.get("BATCHERY_WEBHOOK_RETRY_SECONDS", default.webhook_retry_seconds)),
-            webhook_backoff_seconds=float(
-                env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)
-            ),
+            webhook_backoff_seconds=float(env.get("BATCHERY_WEBHOOK_BACKOFF_SECONDS", default.webhook_backoff_seconds)),
             webhook_deny_private=env.get("BATCHERY_WEBHOOK_DENY_PRIVATE", "").strip().lower()
             in ("1", "true", "yes", "on"),
             project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
@@ -114,6 +121,8 @@ class Settings:
             max_in_broker=_at_least_one(
                 "BATCHERY_MAX_IN_BROKER", env.get("BATCHERY_MAX_IN_BROKER"), default.max_in_broker
             ),
+            queues=_names(env.get("BATCHERY_QUEUES", "")),
+            lane=_lane(env.get("BATCHERY_LANE", default.lane)),
         )
 
 
@@ -124,6 +133,22 @@ def _at_least_one(name: str, value: str | None, default: int) -> int:
     if number < 1:
         raise ValueError(f"{name} must be 1 or more, not {value}")
     return number
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+LANES = ("all", "control")
+
+
+def _lane(text: str) -> str:
+    """BATCHERY_LANE, checked; raises ValueError for another value."""
+    lane = text.strip().lower() or "all"
+    if lane not in LANES:
+        raise ValueError(f"BATCHERY_LANE={text!r}: use all (batches and control work) or control (control work only)")
+    return lane
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""The local stack without Docker: Redis, S3, the API, a worker and Flower as background processes.
+"""The local stack without Docker: Redis, S3, the API, a worker, its control lane and Flower as background processes.
 
     python scripts/stack.py up      # start everything, wait until it answers, print the URLs
     python scripts/stack.py down    # stop everything `up` started (idempotent)
     python scripts/stack.py demo    # up, run the example jobs over HTTP, print their progress, down
 
-The web/worker/flower commands are read from the Procfile, so it stays their single source.
+The web/worker/control/flower commands are read from the Procfile, so it stays their single source.
 Logs and pid files go to $BATCHERY_RUN_DIR (default .run/). Settings from the environment:
 REDIS_URL (set: use that Redis, start none), REDIS_PORT (6379), PORT (8080), FLOWER_PORT (5555),
 S3_PORT (9000), LOCAL_S3 (0: start no S3), AWS_ENDPOINT_URL_S3 (set: use that S3, start none),
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -43,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
-APP_PROCESSES = ("web", "worker", "flower")  # Procfile entries, in start order
+APP_PROCESSES = ("web", "worker", "control", "flower")  # Procfile entries, in start order
 FINAL_WAIT = 120.0  # seconds the demo waits for a job to end
 GRACE = 20.0  # seconds between SIGTERM and SIGKILL (a worker finishes its running batches first)
 PENDING = ("status_enqueuing", "status_running")
@@ -412,9 +413,11 @@ class Stack:
         self._wait(
             f"the API to answer GET {config.api_url}/healthz", lambda: http_ok(f"{config.api_url}/healthz"), deadline
         )
-        worker_log = config.log_file("worker")
-        self._wait("the worker to be ready", lambda: " ready." in worker_log.read_text(errors="replace"), deadline)
-        flower_up = lambda: tcp_answers(config.flower_port, config.host)  # noqa: E731 - as the lambdas above
+        for name in ("worker", "control"):  # the control lane: the process reserved for finalizers and enqueuers
+            worker_log = config.log_file(name)
+            ready = functools.partial(_ready, worker_log)
+            self._wait(f"the {name} worker to be ready", ready, deadline)
+        flower_up = functools.partial(tcp_answers, config.flower_port, config.host)
         self._wait(f"Flower to listen on port {config.flower_port}", flower_up, deadline)
         if config.local_s3:
             self._wait(f"the local S3 to answer GET {config.s3_url}/", lambda: http_ok(f"{config.s3_url}/"), deadline)
@@ -489,6 +492,11 @@ class Stack:
         if not wait_until(lambda: not any(group_alive(pgid) for pgid in group.values()), GRACE, interval=0.05):
             left = [name for name, pgid in group.items() if group_alive(pgid)]
             raise StackError(f"could not stop {', '.join(left)}")
+
+
+def _ready(worker_log: Path) -> bool:
+    """Whether a Celery worker's log says it is ready."""
+    return " ready." in worker_log.read_text(errors="replace")
 
 
 def print_urls(config: Config) -> None:

@@ -112,8 +112,10 @@ def worker_env(broker, settings, moto, project_cache) -> dict:
 
 @pytest.fixture(scope="session")
 def worker(broker, worker_env, tmp_path_factory):
-    """A worker with 4 pool processes on the broker under test, shared by the tests."""
-    process = Worker(worker_env, tmp_path_factory.mktemp("logs"), f"shared-{broker}", concurrency=4)
+    """A worker with 4 pool processes on the broker under test, shared by the tests. It serves the
+    `gpu` queue too: the tests' APIs with compute.gpu > 0 run their jobs there (app/model/queues.py)."""
+    env = dict(worker_env, BATCHERY_QUEUES=f"{worker_env['BATCHERY_QUEUE']},gpu")
+    process = Worker(env, tmp_path_factory.mktemp("logs"), f"shared-{broker}", concurrency=4)
     yield process
     process.stop()
 

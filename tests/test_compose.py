@@ -22,7 +22,7 @@ from celery.utils.nodenames import default_nodename
 
 from tests.services import ROOT, VENV_BIN, Worker, free_port, stop_process, wait_for
 
-APP_SERVICES = ("api", "worker", "flower")  # the services that run Batchery's image
+APP_SERVICES = ("api", "worker", "control", "flower")  # the services that run Batchery's image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_one_build_is_shared_by_the_app_services(compose):
     assert services["api"]["build"] == "."
     image = services["api"]["image"]
     assert image and ":" in image
-    for name in ("worker", "flower"):
+    for name in ("worker", "control", "flower"):
         service = services[name]
         assert service["image"] == image, name
         assert service["pull_policy"] == "never", name  # nothing to pull: the api service builds it

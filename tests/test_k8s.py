@@ -51,7 +51,7 @@ CONTRACT_CONTROL = (
 # the manifests (or the README's Sentinel overlay) set already: the pools branch's BATCHERY_QUEUES
 # and BATCHERY_LANE (issue 20.1), the sentinel branch's REDIS_SENTINEL_MASTER (issue 20.4).
 # Redundant, and to be removed, once those branches are merged.
-PENDING_SETTINGS = {"BATCHERY_QUEUES", "BATCHERY_LANE", "REDIS_SENTINEL_MASTER"}
+PENDING_SETTINGS = {"REDIS_SENTINEL_MASTER"}
 
 
 def kubectl() -> Path:

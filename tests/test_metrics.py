@@ -94,9 +94,9 @@ def test_a_running_job_shows_its_workers_and_a_stopped_one_counts_by_status(jobs
     wait_for(lambda: jobs.status(api, job_id)["worker_counts"]["running"] == 1, what="the batch to run")
     samples = scrape(client)
     labels = {"api": api, "job_id": job_id}
-    assert value(samples, "batchery_workers", state="running", **labels) == 1
-    assert value(samples, "batchery_workers", state="initializing", **labels) == 0
-    assert value(samples, "batchery_workers", state="pending", **labels) == 0
+    assert value(samples, "batchery_workers", state="running", queue=worker_queue(client), **labels) == 1
+    assert value(samples, "batchery_workers", state="initializing", queue=worker_queue(client), **labels) == 0
+    assert value(samples, "batchery_workers", state="pending", queue=worker_queue(client), **labels) == 0
     assert value(samples, "batchery_batches_in_queue", **labels) == 2
     assert value(samples, "batchery_jobs", api=api, status=status.RUNNING) == 1
 
@@ -104,7 +104,8 @@ def test_a_running_job_shows_its_workers_and_a_stopped_one_counts_by_status(jobs
     samples = scrape(client)
     assert value(samples, "batchery_jobs", api=api, status=status.STOPPED) == 1
     assert ("batchery_jobs", (("api", api), ("status", status.RUNNING))) not in samples
-    assert ("batchery_workers", tuple(sorted(dict(labels, state="running").items()))) not in samples
+    running = dict(labels, state="running", queue=worker_queue(client))
+    assert ("batchery_workers", tuple(sorted(running.items()))) not in samples
 
 
 def test_every_process_reports_the_same_totals(jobs, worker, client, api, settings, probe_config):

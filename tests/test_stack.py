@@ -25,8 +25,9 @@ import yaml
 from tests.services import ROOT, WEB_THREADS, free_port, wait_for
 
 STACK = ROOT / "scripts" / "stack.py"
-SERVICES = {"redis", "api", "worker", "flower", "s3"}
-COMPOSE_COMMANDS = {"api": "web", "worker": "worker", "flower": "flower"}  # compose service -> Procfile entry
+SERVICES = {"redis", "api", "worker", "control", "flower", "s3"}
+# compose service -> Procfile entry
+COMPOSE_COMMANDS = {"api": "web", "worker": "worker", "control": "control", "flower": "flower"}
 
 
 def procfile() -> dict[str, str]:
@@ -316,7 +317,7 @@ def test_up_runs_a_job_over_http_and_down_stops_every_process(tmp_path):
         assert f"http://127.0.0.1:{stack.flower_port}" in up.stdout
         assert f"export AWS_ENDPOINT_URL_S3={stack.s3_url} AWS_ACCESS_KEY_ID=local" in up.stdout
         pids = stack.pids()
-        assert set(pids) == {"redis", "s3", "web", "worker", "flower"}
+        assert set(pids) == {"redis", "s3", "web", "worker", "control", "flower"}
         members = {pid for pgid in pids.values() for pid in group_members(pgid)}
         assert all(process_alive(pid) for pid in pids.values())
 

@@ -12,16 +12,23 @@ import sys
 import billiard.process
 import redis
 from celery import signals
+from kombu import Exchange, Queue
 
-from app.broker.config import is_sqs, make_celery
+from app.broker.config import consumed_queues, is_sqs, make_celery
 from app.config import Settings
 from app.store import joblog
 from app.store.joblog import JobLog, configure_process_logging
-from workers import oom, revoke, stdio
+from workers import oom, pools, revoke, stdio
 from workers.kombu_patches import kept_client, redis_restore, sqs_receive, sqs_restore
 
 settings = Settings.from_env()
 celery = make_celery(settings, include=["workers.tasks"])
+# The queues this worker consumes, by BATCHERY_QUEUES and BATCHERY_LANE (no -Q on the command line:
+# a worker consumes every queue of `task_queues`), declared as Celery declares a missing one.
+celery.conf.task_queues = [Queue(name, Exchange(name), routing_key=name) for name in consumed_queues(settings)]
+served = pools.Served(settings)
+signals.worker_ready.connect(served.on_worker_ready)
+signals.worker_shutdown.connect(served.on_worker_shutdown)
 if is_sqs(settings):
     sqs_restore.install()
     sqs_receive.install()

@@ -238,7 +238,7 @@ class BatchRun:
         follow(services().dispatcher, self.store, self.spec, reply)
         if outcome == "retry":  # the task's retry, which publishes the next delivery, never ran
             entry = (self.generation, backlog_entry(self.batch_id, self.body))
-            services().dispatcher.republish_batches(self.spec["job_id"], [entry])
+            services().dispatcher.republish_batches(self.spec["job_id"], [entry], queue=self.spec.get("queue", ""))
 
 
 @celery.task(name=FINALIZE_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)

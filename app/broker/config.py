@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 
 from app.config import Settings
+from app.model.queues import control_queue
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
 
 __all__ = ["ENQUEUE_JOB", "FINALIZE_JOB", "RUN_BATCH", "make_celery"]
@@ -67,12 +68,23 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
     return celery
 
 
-def public_queue_url(settings: Settings) -> str:
-    """The broker queue as shown in job specs (`sqs_url`): scheme, host and queue, no credentials."""
+def public_queue_url(settings: Settings, queue: str = "") -> str:
+    """The broker queue `queue` (default: the default queue) as shown in job specs (`sqs_url`):
+    scheme, host and queue, no credentials."""
+    queue = queue or settings.queue
     if is_sqs(settings):
-        return f"sqs://{settings.sqs_region}/{settings.sqs_queue_prefix}{settings.queue}"
+        return f"sqs://{settings.sqs_region}/{settings.sqs_queue_prefix}{queue}"
     url = urlsplit(settings.broker)
     host = url.hostname or ""
     if url.port:
         host = f"{host}:{url.port}"
-    return f"{url.scheme}://{host}/{settings.queue}"
+    return f"{url.scheme}://{host}/{queue}"
+
+
+def consumed_queues(settings: Settings) -> list[str]:
+    """The broker queues a worker consumes: those of BATCHERY_QUEUES and their control queues
+    (BATCHERY_LANE=all), or only the control queues (BATCHERY_LANE=control)."""
+    controls = [control_queue(queue) for queue in settings.served_queues]
+    if settings.lane == "control":
+        return controls
+    return [*settings.served_queues, *controls]

@@ -66,7 +66,7 @@ def _publish(services: Services, spec: dict, resumed: Resumed) -> None:
     store, dispatcher = services.store, services.dispatcher
     try:
         if resumed.held:
-            dispatcher.republish_batches(spec["job_id"], resumed.held)
+            dispatcher.republish_batches(spec["job_id"], resumed.held, queue=spec.get("queue", ""))
             store.published(spec, [entry for _, entry in resumed.held])
         follow(dispatcher, store, spec, resumed.outcome)
     except Exception:  # any broker's error: the watchdog publishes them again
@@ -79,4 +79,4 @@ def _resume_enqueuer(services: Services, spec: dict) -> None:
     store = services.store
     source, _ = store.enqueue_state(spec["job_id"])
     if source is not None and not store.lease_held(spec["job_id"]):
-        services.dispatcher.publish_enqueuer(spec["job_id"])
+        services.dispatcher.publish_enqueuer(spec["job_id"], queue=spec.get("queue", ""))

@@ -52,7 +52,7 @@ def count_revoked(
             log.info("%s; nothing to do: %s", task, revoked.why)
         elif revoked.action == "again":
             log.warning("%s: attempt %d counted as failed; it runs again", task, revoked.attempt)
-            services.dispatcher.republish_batches(job_id, revoked.again)
+            services.dispatcher.republish_batches(job_id, revoked.again, queue=spec.get("queue", ""))
             services.store.published(spec, [entry for _, entry in revoked.again])
         else:
             error = f"its task was {how}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import redis
@@ -62,11 +63,21 @@ class Services:
             lease_seconds=settings.enqueue_lease_seconds,
             job_log_lines=settings.job_log_lines,
             max_in_broker=settings.max_in_broker,
+            default_queue=settings.queue,
         )
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)
         job_log = JobLog(client, settings.job_log_lines)
-        submitter = Submitter(registry, store, dispatcher, dead_letters, job_log, public_queue_url(settings))
+        submitter = Submitter(
+            registry,
+            store,
+            dispatcher,
+            dead_letters,
+            job_log,
+            public_queue_url(settings),
+            queue_urls=functools.partial(public_queue_url, settings),
+            default_queue=settings.queue,
+        )
         return cls(
             settings,
             client,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from app.broker.dispatch import Dispatcher, too_large
@@ -13,6 +13,7 @@ from app.errors import BrokerUnavailable, InvalidRequest
 from app.jobs.batching import item_batches
 from app.model import status
 from app.model.job import build_spec, now
+from app.model.queues import api_queue
 from app.model.wire import entry_batch_id
 from app.sources import s3
 from app.store.job_store import JobStore, Outcome
@@ -39,14 +40,35 @@ class Submitter:
     """Turns a submission into a stored job whose first batches are on the broker."""
 
     def __init__(
-        self, registry: Registry, store: JobStore, dispatcher: Dispatcher, dead_letters, job_log: JobLog, queue_url: str
+        self,
+        registry: Registry,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        dead_letters,
+        job_log: JobLog,
+        queue_url: str,
+        queue_urls: Callable[[str], str] | None = None,
+        default_queue: str = "",
     ):
+        """`queue_url`: the default queue's URL; `queue_urls`: a queue's URL by its name (for the
+        APIs that name their queue); `default_queue`: the queue of an API that names none."""
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
         self.dead_letters = dead_letters
         self.job_log = job_log
         self.queue_url = queue_url
+        self.queue_urls = queue_urls
+        self.default_queue = default_queue
+
+    def _spec(self, api: dict, submission: dict) -> dict:
+        """A new job's spec, recording the queue its batches run on (the API's, `gpu`, or the default)."""
+        queue = api_queue(api, self.default_queue)
+        url = self.queue_urls(queue) if self.queue_urls and queue else self.queue_url
+        spec = build_spec(api, submission, url, now())
+        if queue:
+            spec["queue"] = queue
+        return spec
 
     def submit(self, api: dict, submission: dict, dry_run: bool = False) -> dict | Iterator[str]:
         """Create a job of `api` from a validated submission; for a dry run only check its input and
@@ -83,11 +105,11 @@ class Submitter:
         spec = self._create(api, submission, source)
         with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
             log.info("enqueuing %s from %s in the background", kind, ", ".join(source["s3_paths"]))
-            self.dispatcher.publish_enqueuer(spec["job_id"])
+            self.dispatcher.publish_enqueuer(spec["job_id"], queue=spec.get("queue", ""))
         return spec
 
     def _create(self, api: dict, submission: dict, source: dict | None = None) -> dict:
-        spec = build_spec(api, submission, self.queue_url, now())
+        spec = self._spec(api, submission)
         self.store.create(spec, api, now(), source)
         return spec
 
@@ -107,7 +129,7 @@ class Submitter:
     def submit_batches(self, api: dict, submission: dict, entries: list[str], spec_fields: dict) -> dict:
         """Create a job of `api` whose batches are the given backlog entries, as they are (a retry's:
         app/jobs/retry.py), its spec holding `spec_fields` too. Raises InvalidRequest, BrokerUnavailable."""
-        spec = build_spec(api, submission, self.queue_url, now())
+        spec = self._spec(api, submission)
         spec.update(spec_fields)
         self.store.create(spec, api, now())
         with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
@@ -165,9 +187,10 @@ def follow(
     too large for it fails for good, unless `refuse_too_large` (then that error is raised too)."""
     if not outcome.released and not outcome.finalize:
         return
-    refused = dispatcher.publish_batches(spec["job_id"], outcome.released, refuse_too_large)
+    queue = spec.get("queue", "")  # "": the dispatcher's default queue (a job from before queues)
+    refused = dispatcher.publish_batches(spec["job_id"], outcome.released, refuse_too_large, queue=queue)
     if outcome.finalize:
-        dispatcher.publish_finalizer(spec["job_id"])
+        dispatcher.publish_finalizer(spec["job_id"], queue=queue)
     store.published(spec, outcome.released, outcome.finalize)
     for entry in refused:  # published again, it would be refused again, for ever: the job would hang
         batch_id = entry_batch_id(entry)

@@ -1,6 +1,7 @@
 """A periodic sweep so that no job hangs, whatever single process dies.
 
-It runs in the API processes (a daemon thread each; a Redis lock lets one sweep at a time):
+It runs in the API processes (a daemon thread each; a Redis lock per queue lets one process sweep
+each queue at a time: its own BATCHERY_QUEUE's, and the dedicated pools' queues no fleet calls its own):
 - an S3 job whose enqueuer vanished (its worker was killed outright, so its message waits for
   the broker's visibility timeout; or the API died before publishing it) gets a new enqueuer,
   which resumes from the saved cursor;
@@ -38,8 +39,10 @@ from app.jobs.services import Services
 from app.jobs.submission import ITEMS_STORED, follow
 from app.model import status
 from app.model.job import now, queue_of
+from app.model.queues import job_queue
 from app.store import keys
 from app.store.job_store import Outcome
+from app.store.pools import Pools
 from app.store.registry import Deployment
 
 log = logging.getLogger(__name__)
@@ -53,20 +56,35 @@ class Watchdog:
         # what this process deployed at start (BATCHERY_APIS): deployed again if Redis loses it, or
         # every request would be a 404 "not deployed" until the process restarts, /healthz green
         self.deployed = list(deployed)
-        # Jobs on another queue belong to another fleet sharing this Redis: what this process
-        # publishes goes to its own queue, where that fleet's workers would never see it.
+        # Every job in progress on this broker is swept, on its own queue (each queue its own turn);
+        # a job on another broker belongs to another fleet sharing this Redis, which minds it.
         self.queue_url = public_queue_url(services.settings)
+        self.default_queue = services.settings.queue
         # a job enqueuing this long with no live enqueuer has lost it (the enqueuer's lease)
         self.stale_seconds = services.settings.enqueue_lease_seconds
         self._stopped = threading.Event()
 
     def sweep(self, at: float) -> list[str]:
-        """One pass over this fleet's jobs in progress; returns the ids of the jobs it acted on."""
+        """One pass over the jobs in progress on every queue of this broker; returns the ids of the
+        jobs it acted on."""
+        return self._sweep(self._jobs_in_progress(at), at)
+
+    def _sweep(self, states: list[dict], at: float) -> list[str]:
         self.services.registry.restore_missing(self.deployed)
-        states = self._jobs_in_progress(at)
-        lost_before = self._lost_before(states, at)
         dead = self._dead_processes(states)
-        return [state["spec"]["job_id"] for state in states if self._check_one(state, at, lost_before, dead)]
+        acted = []
+        for queue_states in self._by_queue(states).values():
+            # each queue is first in, first out on its own: what it delivered says nothing of another's
+            lost_before = self._lost_before(queue_states, at)
+            acted += [s["spec"]["job_id"] for s in queue_states if self._check_one(s, at, lost_before, dead)]
+        return acted
+
+    def _by_queue(self, states: list[dict]) -> dict[str, list[dict]]:
+        """The states by the queue their job runs on."""
+        by_queue: dict[str, list[dict]] = {}
+        for state in states:
+            by_queue.setdefault(job_queue(state["spec"], self.default_queue), []).append(state)
+        return by_queue
 
     def _check_one(self, state: dict, at: float, lost_before: float, dead: set[str]) -> bool:
         """`_check` one job; a job it fails on is logged and left to the next sweep, so that one
@@ -80,7 +98,7 @@ class Watchdog:
             return False
 
     def _jobs_in_progress(self, at: float) -> list[dict]:
-        """The states of the jobs in progress on this fleet's queue (reading them also times out
+        """The states of the jobs in progress on this broker's queues (reading them also times out
         the jobs past their deadline)."""
         client = self.services.redis
         names = [
@@ -92,8 +110,12 @@ class Watchdog:
         return [
             state
             for state in states
-            if state and state["status"] in status.IN_PROGRESS and queue_of(state["spec"]) == self.queue_url
+            if state and state["status"] in status.IN_PROGRESS and self._on_this_broker(state["spec"])
         ]
+
+    def _on_this_broker(self, spec: dict) -> bool:
+        """Whether a job's queue is on this process's broker: what it publishes reaches the job's pool."""
+        return queue_of(spec) == public_queue_url(self.services.settings, job_queue(spec, self.default_queue))
 
     def _lost_before(self, states: list[dict], at: float) -> float:
         """Messages released before this and never delivered were lost.
@@ -133,7 +155,7 @@ class Watchdog:
         if store.lease_held(job_id):
             return acted
         log.warning("job %s: no live enqueuer; publishing a new one", job_id)
-        self.services.dispatcher.publish_enqueuer(job_id)
+        self.services.dispatcher.publish_enqueuer(job_id, queue=spec.get("queue", ""))
         return True
 
     def _finish_item_list(self, spec: dict, cursor: dict | None, at: float) -> bool:
@@ -163,7 +185,7 @@ class Watchdog:
 
     def _publish_again(self, spec: dict, found: list[tuple[int, str]]) -> None:
         """Publish the `(generation, entry)` batches the store gave back, and say they were."""
-        self.services.dispatcher.republish_batches(spec["job_id"], found)
+        self.services.dispatcher.republish_batches(spec["job_id"], found, queue=spec.get("queue", ""))
         self.services.store.published(spec, [entry for _, entry in found])
 
     def _recover_lost_messages(self, spec: dict, at: float, lost_before: float) -> bool:
@@ -191,20 +213,44 @@ class Watchdog:
         """End the sweeping thread after its current sweep."""
         self._stopped.set()
 
+    def _homeless_queues(self, every: float) -> list[str]:
+        """Say this process's fleet sweeps its own queue (BATCHERY_QUEUE); the other queues known
+        on this broker that no fleet calls its own (dedicated pools' queues): any process sweeps
+        those, in turn. A queue another fleet calls its own is left to that fleet's turns."""
+        client = self.services.redis
+        client.set(self._home_key(self.default_queue), "1", px=int(every * 3000))
+        others = [queue for queue in Pools(client).known_queues() if queue != self.default_queue]
+        pipe = client.pipeline(transaction=False)
+        for queue in others:
+            pipe.exists(self._home_key(queue))
+        return [queue for queue, homed in zip(others, pipe.execute(), strict=True) if not homed]
+
+    def _home_key(self, queue: str) -> str:
+        return keys.watchdog_home(public_queue_url(self.services.settings, queue))
+
+    def _take_turn(self, queue: str, every: float) -> bool:
+        """Take the turn to sweep `queue` for the next `every` seconds, unless another process has it."""
+        turn = keys.watchdog_lock(public_queue_url(self.services.settings, queue))
+        return bool(self.services.redis.set(turn, "1", nx=True, px=int(every * 900)))
+
     def _loop(self, every: float) -> None:
         while not self._stopped.wait(every):
             self.sweep_in_turn(every)
 
     def sweep_in_turn(self, every: float) -> bool:
-        """Sweep unless another process of this fleet swept in the last `every` seconds; whether
-        this one did. Never raises: a failed sweep is logged, and the next one tries again."""
-        # The turn is the fleet's, not the Redis's: fleets on other queues mind only their own
-        # jobs, and one of them taking every turn would leave this fleet's jobs to no one.
-        turn = keys.watchdog_lock(self.queue_url)
+        """Sweep each queue (this process's own, and every known one that no fleet calls its own)
+        that no other process swept in the last `every` seconds; whether this one swept any. Never
+        raises: a failed sweep is logged, and the next one tries again."""
+        # The turn is each queue's, not the Redis's: a process taking one queue's turn leaves the
+        # others to whichever process takes theirs, and no queue's jobs wait on another's sweep.
         try:
-            if self.services.redis.set(turn, "1", nx=True, px=int(every * 900)):
-                self.sweep(now())
-                return True
+            queues = [self.default_queue, *self._homeless_queues(every)]
+            taken = {queue for queue in queues if self._take_turn(queue, every)}
+            if taken:
+                at = now()
+                states = self._jobs_in_progress(at)
+                self._sweep([s for s in states if job_queue(s["spec"], self.default_queue) in taken], at)
+            return bool(taken)
         except redis.RedisError as err:
             # One line, not a traceback every few seconds for as long as Redis is down.
             log.warning("watchdog sweep skipped: the job store does not answer (%s)", err)

@@ -16,8 +16,10 @@ from redis.typing import EncodableT, FieldT
 
 from app.model import progress, status
 from app.model.job import deadline, retry_limits
+from app.model.queues import job_queue, no_worker_message
 from app.model.wire import INITIALIZING, RUNNING, entry_batch_id, parse_process_record
 from app.store import keys
+from app.store.pools import Pools
 from app.store.replies import as_text
 from app.store.scripts import Call, with_common
 
@@ -40,6 +42,11 @@ SCRIPTS = (
     "resume",
     "revoked",
 )
+
+# A job whose queue no worker serves, with no batch begun or released for this long, says so (its
+# pending batches `stalled`) at once, without waiting for BATCHERY_STALLED_SECONDS: the short wait
+# lets a job submitted while its pool's first worker starts not flash the message.
+UNSERVED_SECONDS = 2.0
 
 COUNTERS = ("total", "released", "succeeded", "failed", "failed_batches", "oom_batches", "skipped", "workers")
 TIMES = ("created", "start", "end", "deadline", "time_sum", "last_delivery", "delivered_release")
@@ -109,6 +116,7 @@ class JobStore:
         lease_seconds: float = 30.0,
         job_log_lines: int = 10_000,
         max_in_broker: int = 1000,
+        default_queue: str = "",
     ):
         """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
         Redis (database included); released batches are then pushed there by the release itself
@@ -117,8 +125,11 @@ class JobStore:
         from its cursor (BATCHERY_ENQUEUE_LEASE). `job_log_lines`: the lines a job's log keeps
         (BATCHERY_JOB_LOG_LINES; the store writes a job's last line). `max_in_broker`: a job's
         batches released and not yet begun by a process, at most (BATCHERY_MAX_IN_BROKER; stored
-        with each job this store creates, so the API's setting is the one that counts)."""
+        with each job this store creates, so the API's setting is the one that counts).
+        `default_queue`: the queue of a job whose spec names none (BATCHERY_QUEUE; default:
+        `broker_queue`)."""
         self.redis = client
+        self.default_queue = default_queue or broker_queue
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
         self.lease_ms = int(lease_seconds * 1000)
@@ -154,8 +165,9 @@ class JobStore:
             keys.job_log_seq(job_id),
             keys.ended_inflight(job_id),
         ]
-        if self.broker_queue:
-            key_list.append(self.broker_queue)
+        if self.broker_queue:  # the job's own queue (its dedicated pool's); by id only, no call releases
+            spec = spec_or_id if isinstance(spec_or_id, dict) else {}
+            key_list.append(job_queue(spec, self.broker_queue))
         return Call(self._scripts[script], key_list, [job_id, repr(now), *args])
 
     def create(self, spec: dict, api: dict, now: float, source: dict | None = None) -> None:
@@ -185,6 +197,9 @@ class JobStore:
         pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
         pipe.zadd(keys.api_active(spec["api_name"]), {spec["job_id"]: now})
         pipe.hincrby(keys.api_statuses(spec["api_name"]), status.ENQUEUING, 1)
+        queue = job_queue(spec, self.default_queue)
+        if queue:  # known, for the watchdog's turns and /metrics
+            pipe.sadd(keys.queues(), queue)
         pipe.execute()
 
     def append(self, spec: dict, entries: list[str], now: float, cursor: str = "", token: str = "") -> Appended:
@@ -342,7 +357,9 @@ class JobStore:
     def state(self, job_id: str, api_name: str, now: float) -> dict | None:
         """A job's state (timing it out if its deadline passed), or None if there is no such job."""
         job_hash, procs, inflight = self._call("read", job_id, api_name, now=now)
-        return _state_of(job_hash, procs, inflight, now - self.stalled_seconds, now)
+        state = _state_of(job_hash, procs, inflight, now - self.stalled_seconds, now)
+        self._note_unserved([state], now)
+        return state
 
     def states(self, jobs: list[tuple[str, str]], now: float) -> list[dict | None]:
         """The states of many `(job_id, api_name)` jobs, one READ call each, pipelined (redis-py
@@ -351,7 +368,27 @@ class JobStore:
         for job_id, api_name in jobs:
             self._call("read", job_id, api_name, now=now, client=pipe)
         stalled_before = now - self.stalled_seconds
-        return [_state_of(h, p, n, stalled_before, now) for h, p, n in pipe.execute()]
+        states = [_state_of(h, p, n, stalled_before, now) for h, p, n in pipe.execute()]
+        self._note_unserved(states, now)
+        return states
+
+    def _note_unserved(self, states: list[dict | None], now: float) -> None:
+        """Jobs waiting on a queue no live worker serves: their pending batches `stalled` and their
+        status saying which queue lacks workers, as soon as the store knows (UNSERVED_SECONDS)."""
+        waiting = [state for state in states if state is not None and _waits_for_a_worker(state, now)]
+        # a store that knows no default queue (a test's) cannot tell the queue of a spec naming none
+        waiting = [state for state in waiting if job_queue(state["spec"], self.default_queue)]
+        if not waiting:
+            return
+        queues = sorted({job_queue(state["spec"], self.default_queue) for state in waiting})
+        processes = Pools(self.redis).processes(queues, now)
+        for state in waiting:
+            queue = job_queue(state["spec"], self.default_queue)
+            if processes[queue]:
+                continue
+            counts = state["worker_counts"]
+            counts["stalled"], counts["pending"] = counts["stalled"] + counts["pending"], 0
+            state["message"] = state["message"] or no_worker_message(queue)
 
     def spec_and_api(self, job_id: str) -> tuple[dict, dict] | None:
         """The spec a job was submitted with and its API as deployed then; None if no such job."""
@@ -404,6 +441,17 @@ def _state_of(job_hash: list, procs: list, inflight: int, stalled_before: float,
     return state
 
 
+def _waits_for_a_worker(state: dict, now: float) -> bool:
+    """Whether a job in progress has batches (or an enqueuer) waiting for a worker, none begun or
+    released for UNSERVED_SECONDS."""
+    if state["status"] not in (status.ENQUEUING, status.RUNNING) or state["last_move"] > now - UNSERVED_SECONDS:
+        return False
+    return (
+        bool(state["worker_counts"]["pending"] or state["worker_counts"]["stalled"])
+        or state["status"] == status.ENQUEUING
+    )
+
+
 def _pairs(flat: list) -> dict:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
@@ -442,6 +490,7 @@ def _parse_state(job_hash: dict, procs: dict, inflight: int, stalled_before: flo
     # job's batches (none consumes its queue, or all are busy), so its pending batches are stalled.
     last_move = max(float(job_hash.get("last_delivery", 0)), float(job_hash.get("last_release", 0)))
     stalled = pending if pending and last_move < stalled_before else 0
+    state["last_move"] = max(last_move, float(job_hash.get("created", 0)))
     state["worker_counts"] = {
         "pending": pending - stalled,
         "initializing": states.count(INITIALIZING),

@@ -186,3 +186,21 @@ def batch_errors(job_id: str) -> str:
     """Hash: batch id -> `{"attempts", "error"}` (JSON) of the job's first batches that failed for good
     (app/store/batch_errors.py), at most BATCH_ERRORS_KEPT of them."""
     return f"{job(job_id)}:batch_errors"
+
+
+def queue_processes(queue: str) -> str:
+    """Hash: worker node -> `<expires> <processes>`: the pool processes each live worker serves
+    `queue` with (workers/pools.py renews its entry; app/store/pools.py counts the live ones)."""
+    return f"{PREFIX}:queue:{queue}:processes"
+
+
+def queues() -> str:
+    """Set: every queue a worker served or a job ran on (the queues /metrics reports)."""
+    return f"{PREFIX}:queues"
+
+
+def watchdog_home(queue_url: str) -> str:
+    """String with a TTL: the queue's own fleet (API processes whose BATCHERY_QUEUE it is) is
+    sweeping it; renewed by each of them every sweep period. Queues without one (dedicated pools'
+    queues) are swept, in turn, by any fleet's processes on the same broker."""
+    return f"{PREFIX}:watchdog-home:{queue_url}"

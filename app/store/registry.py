@@ -19,13 +19,14 @@ from redis.typing import EncodableT, FieldT
 
 from app import project_archive
 from app.errors import ApiNotFound, DeployError, PayloadTooLarge
+from app.model.queues import api_queue, queue_name_error
 from app.project_archive import MAX_PROJECT_BYTES, Packed, ProjectError
 from app.store import code, imports, keys
 from app.store.replies import as_text
 
 log = logging.getLogger(__name__)
 
-KNOWN_API_KEYS = {"name", "kind", "predictor", "compute"}
+KNOWN_API_KEYS = {"name", "kind", "predictor", "compute", "queue"}
 KNOWN_PREDICTOR_KEYS = {"type", "path", "config", "env", "python_path"}
 # Cortex keys that the job needs and Batchery cannot give it: a deploy error, not a warning (a
 # python predictor with `models` expects a `python_client` argument in its __init__)
@@ -118,6 +119,8 @@ def _api_spec(entry: object, base: Path, index: int, packer: _Packer, strict: bo
     spec = {"name": name, "kind": "BatchAPI", "predictor": predictor}
     if "compute" in entry:
         spec["compute"] = _compute(name, entry["compute"])
+    if "queue" in entry:  # none named: `gpu` for compute.gpu > 0, else the default (app/model/queues.py)
+        spec["queue"] = _queue(name, entry["queue"])
     packed = packer.pack(name, root)
     code_digest = code.digest(sources)
     # the project's id too: an edit of any of its files (a model, a label list) makes a new api_id
@@ -196,6 +199,14 @@ def _compute(name: str, compute: object) -> dict:
     _warn_unknown(name, compute, COMPUTE_KEYS, "compute.")
     kept = {key: value for key, value in compute.items() if key in COMPUTE_KEYS}
     return cast(dict, _json_value(kept, f"API {name}: compute"))
+
+
+def _queue(name: str, queue: object) -> str:
+    """cortex.yaml's `queue:`, checked; raises DeployError for a name that cannot be a queue's."""
+    error = queue_name_error(queue)
+    if error:
+        raise DeployError(f"API {name}: {error}")
+    return str(queue)
 
 
 def _predictor(name: str, predictor: object) -> dict:
@@ -330,6 +341,8 @@ class Registry:
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
             pipe.srem(keys.undeployed(), spec["name"])
+            if api_queue(spec, ""):  # a dedicated pool's queue: /metrics reports it (demand 0) from now on
+                pipe.sadd(keys.queues(), api_queue(spec, ""))
         pipe.execute()
         for deployment in deployments:
             log.info("deployed API %s (api_id %s)", deployment.spec["name"], deployment.spec["api_id"])

@@ -20,6 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from app import project_archive
 from app.errors import ApiNotFound, DeployError, InvalidRequest
 from app.model import job
+from app.model.queues import api_queue
 from app.model.status import STOPPED
 from app.project_archive import ProjectError
 from app.store import keys
@@ -170,8 +171,8 @@ def _deployed(spec: dict) -> dict:
 
 @bp.get("/apis")
 def list_deployed() -> Response:
-    """Every deployed API with its ids: name, api_id, project_id, compute, python_path, when it was
-    deployed, and its endpoint.
+    """Every deployed API with its ids: name, api_id, project_id, compute, the queue its jobs run on,
+    python_path, when it was deployed, and its endpoint.
 
     Errors: 400 a query parameter (it takes none), 503 job store unavailable.
     """
@@ -187,6 +188,8 @@ def list_deployed() -> Response:
             {
                 **_deployed(spec),
                 "compute": spec.get("compute"),
+                # the queue its jobs run on: cortex.yaml's `queue:`, `gpu` for compute.gpu > 0, or the default
+                "queue": api_queue(spec, services().settings.queue),
                 "python_path": spec["predictor"].get("python_path"),
                 "deployed_at": spec.get("deployed_at"),
                 "spec": public_spec(spec),

@@ -5,7 +5,10 @@ Nothing is counted in process memory: every API and worker process writes its co
 fleet's totals, however many gunicorn and Celery processes there are.
 
 Labels are `api` and `job_id` (not `job`: Prometheus gives every scraped series its own `job`
-label and would rename ours to `exported_job`).
+label and would rename ours to `exported_job`), and `queue`: the queue a job's batches run on (its
+API's dedicated pool, or the default queue). Per queue, `batchery_queue_demand` says how many
+worker processes its jobs want now and `batchery_queue_processes` how many serve it: what an
+autoscaler follows (README, "The demand metric").
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from prometheus_client.registry import Collector
 from app.broker.queue import BrokerQueue
 from app.config import Settings
 from app.model import job, status
+from app.model.queues import CONTROL_SUFFIX, job_queue
 from app.store import keys
 from app.store.job_store import JobStore
+from app.store.pools import Pools
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,11 @@ class JobStoreCollector(Collector):
         members = cast("set[bytes]", self.store.redis.smembers(keys.apis()))
         api_names = sorted(name.decode() for name in members)
         # the jobs' states first: reading one past its timeout ends it, and the counts then say so
-        per_job = list(self._per_job(api_names))
+        demand: dict[str, int] = {}
+        per_job = list(self._per_job(api_names, demand))
         yield self._jobs_per_status(api_names)
         yield from per_job
+        yield from self._queues(demand)
         depth = self._broker_depth()
         if depth is not None:
             yield depth
@@ -62,7 +69,26 @@ class JobStoreCollector(Collector):
                 gauge.add_metric([api_name, code], count)
         return gauge
 
-    def _per_job(self, api_names: list[str]) -> Iterator[Metric]:
+    def _queues(self, demand: dict[str, int]) -> Iterator[Metric]:
+        """Per queue: the batches that want a worker process now, and the processes serving it."""
+        pools = Pools(self.store.redis)
+        queues = sorted({self.settings.queue, *pools.known_queues(), *demand} - _control_queues(pools))
+        wanted = GaugeMetricFamily(
+            "batchery_queue_demand",
+            "Batches that want a worker process now: for each job in progress on the queue, min(workers, its "
+            "batches not yet ended), at least 1 while it enqueues or waits for its finalizer. Scale on this, "
+            "not on the broker queue's length (it holds only each job's released window).",
+            labels=["queue"],
+        )
+        serving = GaugeMetricFamily(
+            "batchery_queue_processes", "Pool processes of live workers serving the queue's batches.", labels=["queue"]
+        )
+        for queue, processes in pools.processes(queues).items():
+            wanted.add_metric([queue], demand.get(queue, 0))
+            serving.add_metric([queue], processes)
+        yield from (wanted, serving)
+
+    def _per_job(self, api_names: list[str], demand: dict[str, int]) -> Iterator[Metric]:
         succeeded = CounterMetricFamily("batchery_batches_succeeded", "Batches that succeeded.", labels=JOB)
         attempts = CounterMetricFamily(
             "batchery_batch_failed_attempts", "Failed attempts (a batch failing 3 times counts 3).", labels=JOB
@@ -81,7 +107,7 @@ class JobStoreCollector(Collector):
             "batchery_workers",
             "A job in progress: processes initializing or running its batches; pending: batches in flight no "
             "process has picked up yet; stalled: pending for BATCHERY_STALLED_SECONDS.",
-            labels=[*JOB, "state"],
+            labels=[*JOB, "queue", "state"],
         )
         listed = self.store.job_ids_by_api(api_names, self.settings.recent_jobs, MAX_ACTIVE_JOBS)
         pairs = [(job_id, api_name) for api_name, ids in listed.items() for job_id in ids]
@@ -96,8 +122,10 @@ class JobStoreCollector(Collector):
             in_queue.add_metric(labels, job.batches_in_queue(state))
             total.add_metric(labels, state["total"])
             if not status.is_final(state["status"]):
+                queue = job_queue(state["spec"], self.settings.queue)
                 for name in WORKER_STATES:
-                    workers.add_metric([*labels, name], state["worker_counts"][name])
+                    workers.add_metric([*labels, queue, name], state["worker_counts"][name])
+                demand[queue] = demand.get(queue, 0) + job_demand(state)
         yield from (succeeded, attempts, failed, seconds, in_queue, total, workers)
 
     def _broker_depth(self) -> Metric | None:
@@ -111,6 +139,19 @@ class JobStoreCollector(Collector):
         )
         gauge.add_metric([self.queue.name], depth)
         return gauge
+
+
+def job_demand(state: dict) -> int:
+    """The worker processes a job in progress wants now: min(workers, its batches not yet ended);
+    at least 1 while it enqueues or waits for its finalizer (control work runs on the pool's
+    workers too); 0 while paused."""
+    if state["status"] not in (status.ENQUEUING, status.RUNNING):
+        return 0
+    return max(1, min(state["workers"], job.batches_in_queue(state)))
+
+
+def _control_queues(pools: Pools) -> set[str]:
+    return {queue for queue in pools.known_queues() if queue.endswith(CONTROL_SUFFIX)}
 
 
 def registry_for(store: JobStore, settings: Settings, queue: BrokerQueue) -> CollectorRegistry:

@@ -127,6 +127,7 @@ DEPLOYED_APIS = {
                     "project_id": {"type": "string", "nullable": True},
                     "endpoint": {"type": "string"},
                     "compute": {"type": "object", "nullable": True},
+                    "queue": {"type": "string", "description": "the queue its jobs' batches run on"},
                     "python_path": {"type": "string", "nullable": True},
                     "deployed_at": {"type": "string", "nullable": True},
                     "spec": {"$ref": "#/components/schemas/ApiSpec"},

@@ -31,6 +31,7 @@ class JobSpecSchema(Schema):
     )
     api_id = text("the API as deployed when the job was submitted", required=True)
     sqs_url = text("the broker queue the job's batches go through (no credentials)", required=True)
+    queue = text("the queue's name: the API's cortex.yaml `queue:` (a dedicated pool), `gpu`, or the default queue")
     created_time = text("RFC 3339, UTC", required=True)
     timeout = count(
         "seconds from submission after which the job stops with status_timed_out; null for none",
@@ -105,7 +106,8 @@ class WorkerCountsSchema(Schema):
     failed = count("always 0 (kept for Cortex clients)", required=True)
     stalled = count(
         "batches in flight that no worker process has taken for BATCHERY_STALLED_SECONDS (no delivery began "
-        "and no batch was released that long): no worker consumes the queue, or all are busy",
+        "and no batch was released that long): no worker consumes the queue, or all are busy; at once when no "
+        "live worker serves the job's queue (the message names it)",
         required=True,
     )
 
@@ -123,7 +125,9 @@ class JobStatusSchema(JobSpecSchema):
     """`job_status`: the spec, with where the job is."""
 
     status = text("the job's status code", required=True, validate=validate.OneOf(status.PRECEDENCE))
-    message = text("why the job ended as it did, when there is more to say than the status")
+    message = text(
+        "why the job ended as it did, when there is more to say than the status; in progress, which queue lacks workers"
+    )
     total_batch_count = count("batches enqueued so far", required=True)
     batches_in_queue = count("batches not finished yet; 0 once the job ended", required=True)
     batch_metrics = fields.Nested(BatchMetricsSchema, required=True)
@@ -159,6 +163,7 @@ class ApiSpecSchema(Schema):
     predictor = fields.Nested(PredictorSchema, required=True)
     api_id = text("a hash of the spec and the predictor file", required=True)
     compute = fields.Dict(metadata={"description": "cortex.yaml's compute (cpu, gpu, mem), recorded for the fleet"})
+    queue = text("cortex.yaml's `queue:`: its jobs' pool (absent: `gpu` if compute.gpu > 0, else the default)")
     project_id = text("the deployed project's content id: the files the workers fetch and run from")
     project_bytes = count("the deployed project's size, packed (.tar.gz)")
     deployed_at = text("RFC 3339, UTC: when it was deployed")
