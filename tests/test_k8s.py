@@ -147,7 +147,7 @@ def expand(word: str, env: dict[str, str | None]) -> str:
 def procfile_argv(command: str, env: dict[str, str | None]) -> tuple[dict[str, str], list[str]]:
     """A Procfile command as the argv a container runs without a shell: `${X:-default}` is `$(X)`
     (the variable must then be set), `${X:+words}` is the words when X is set and nothing when it is
-    not, and leading `NAME=value` words are the container's own `env`."""
+    not, and leading `NAME=value` words (after `env`, if any) are the container's own `env`."""
 
     def optional(match: re.Match) -> str:
         return re.sub(r"\$(\w+)", r"$(\1)", match[2]) if match[1] in env else ""
@@ -156,6 +156,8 @@ def procfile_argv(command: str, env: dict[str, str | None]) -> tuple[dict[str, s
     command = re.sub(r"\$\{(\w+):-[^}]*\}", r"$(\1)", command)
     words = shlex.split(command)
     assignments = {}
+    if words[:1] == ["env"]:  # `env NAME=value cmd` (the Procfile's control line: `exec` needs a command first)
+        words.pop(0)
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         name, _, value = words.pop(0).partition("=")
         assignments[name] = value
