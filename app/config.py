@@ -27,6 +27,10 @@ def redacted(text: str) -> str:
     return CREDENTIALS.sub(r"\1***@", text)
 
 
+# How long an ended job is kept (BATCHERY_JOB_RETENTION_SECONDS): 14 days.
+DEFAULT_JOB_RETENTION_SECONDS = 14 * 86400
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where Batchery finds its services and what it deploys at start."""
@@ -62,6 +66,7 @@ class Settings:
     project_cache: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "batchery-projects"))
     project_cache_seconds: float = 86400.0
     max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
+    job_retention_seconds: int = DEFAULT_JOB_RETENTION_SECONDS  # an ended job's keys expire this long after its end
 
     @property
     def broker(self) -> str:
@@ -110,6 +115,7 @@ class Settings:
             project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
             project_cache_seconds=float(env.get("BATCHERY_PROJECT_CACHE_SECONDS", default.project_cache_seconds)),
             max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
+            job_retention_seconds=int(env.get("BATCHERY_JOB_RETENTION_SECONDS", default.job_retention_seconds)),
         )
 
 

@@ -61,6 +61,7 @@ class Services:
             broker_queue=direct_queue(settings),
             lease_seconds=settings.enqueue_lease_seconds,
             job_log_lines=settings.job_log_lines,
+            retention_seconds=settings.job_retention_seconds,
         )
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)

@@ -21,7 +21,9 @@ It runs in the API processes (a daemon thread each; a Redis lock lets one sweep 
   once while its worker lives; at-least-once if that worker dies, one status counts);
 - reading each job's state also times out the jobs past their deadline;
 - the APIs this process deployed at start are deployed again if Redis no longer has them (it lost
-  its data): every request would otherwise be a 404 until the process restarted.
+  its data): every request would otherwise be a 404 until the process restarted;
+- ended jobs whose retention passed leave the listings, and code no one runs any more is removed
+  (app/jobs/retention.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import cast
 import redis
 
 from app.broker.config import public_queue_url
+from app.jobs import retention
 from app.jobs.services import Services
 from app.jobs.submission import ITEMS_STORED, follow
 from app.model import status
@@ -66,7 +69,9 @@ class Watchdog:
         states = self._jobs_in_progress(at)
         lost_before = self._lost_before(states, at)
         dead = self._dead_processes(states)
-        return [state["spec"]["job_id"] for state in states if self._check_one(state, at, lost_before, dead)]
+        acted = [state["spec"]["job_id"] for state in states if self._check_one(state, at, lost_before, dead)]
+        retention.sweep(self.services, at)  # the ended jobs that expired since (app/jobs/retention.py)
+        return acted
 
     def _check_one(self, state: dict, at: float, lost_before: float, dead: set[str]) -> bool:
         """`_check` one job; a job it fails on is logged and left to the next sweep, so that one
