@@ -5,7 +5,8 @@ one Celery worker, the API under gunicorn with its watchdog), warms it up (a few
 expire, so the scripts Redis caches and the broker's own keys are in the baseline), then submits
 `--jobs` one-batch jobs with `BATCHERY_JOB_RETENTION_SECONDS=--retention`, samples `used_memory`
 while they run, waits until every one of them expired and its tombstone was forgotten (another
-retention period), and prints `used_memory` before, at the peak and after, whether it came back
+retention period), deletes the counters the bench's predictor writes itself (`bench:complete:<job_id>`,
+one per job: not Batchery's data), and prints `used_memory` before, at the peak and after, whether it came back
 within 10% of the start, and any key left that names one of the jobs.
 
     .venv/bin/python bench/retention.py [--jobs 3000] [--retention 5] [--quick]
@@ -62,11 +63,12 @@ def submit_all(stack: Stack, count: int, threads: int = 8) -> list[str]:
 
 
 def all_ended(stack: Stack, job_ids: list[str]) -> bool:
-    """Whether every job has ended (read in one pipeline; an expired one has ended too)."""
+    """Whether every job has ended (read in one pipeline): it has an end time, or it expired already
+    (its hash is gone)."""
     pipe = stack.redis.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hget(keys.job(job_id), "end")
-    return all(pipe.execute())
+        pipe.hmget(keys.job(job_id), "end", "spec")
+    return all(end or not spec for end, spec in pipe.execute())
 
 
 def all_forgotten(stack: Stack) -> bool:
@@ -82,6 +84,15 @@ def keys_left(stack: Stack, job_ids: list[str]) -> int:
         if key.decode().split(":")[2] in wanted:
             found += 1
     return found
+
+
+def drop_predictor_counters(stack: Stack, job_ids: list[str]) -> int:
+    """Delete the counters the bench's predictor writes in its `on_job_complete` (bench:complete:<job_id>:
+    the predictor's own data, not Batchery's); how many jobs had one (each ran it once)."""
+    pipe = stack.redis.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.delete(f"bench:complete:{job_id}")
+    return sum(pipe.execute())
 
 
 def run_jobs(stack: Stack, count: int, timeout: float) -> list[str]:
@@ -100,8 +111,9 @@ def main(args: argparse.Namespace) -> int:
     env = {"BATCHERY_JOB_RETENTION_SECONDS": str(args.retention), "BATCHERY_WATCHDOG_SECONDS": "1"}
     stack = Stack(processes=1, concurrency=2, api_workers=2, worker_env=env)
     try:
-        run_jobs(stack, 20, timeout=120)  # warm-up: the scripts cached, the broker's keys made
+        warm_up = run_jobs(stack, 20, timeout=120)  # the scripts cached, the broker's keys made
         wait_forgotten(stack, timeout=args.retention * 2 + 120)
+        drop_predictor_counters(stack, warm_up)
         before = used_memory(stack)
         sampler = MemorySampler(stack)
         sampler.start()
@@ -111,6 +123,7 @@ def main(args: argparse.Namespace) -> int:
         peak = max(sampler.peak, used_memory(stack))
         wait_forgotten(stack, timeout=args.retention * 2 + args.timeout)
         sampler.stopped.set()
+        completed = drop_predictor_counters(stack, job_ids)
         time.sleep(1)  # a last watchdog sweep after the tombstones went (nothing else is waited for)
         after = used_memory(stack)
         left = keys_left(stack, job_ids)
@@ -126,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
             ("used_memory at the peak", f"{peak:,} bytes (+{peak - before:,})"),
             ("used_memory after expiry", f"{after:,} bytes ({(after - before) / before:+.1%} of before)"),
             ("back within 10% of the start", "yes" if back else "NO"),
+            ("on_job_complete ran (the predictor's counters)", f"{completed} of {args.jobs} jobs"),
             ("keys left naming one of the jobs", str(left)),
         ],
     )

@@ -117,7 +117,10 @@ end
 local function keep_ended(final)
   local f = redis.call('HMGET', job, 'api_name', 'retention', 'idempotency', 'code_refs', 'spec')
   local keep = tonumber(f[2]) or DEFAULT_JOB_RETENTION_SECONDS
-  for _, suffix in ipairs(JOB_KEY_SUFFIXES) do redis.call('EXPIRE', job .. suffix, keep) end
+  for _, suffix in ipairs(JOB_KEY_SUFFIXES) do  -- never lengthened: a lock keeps its own short TTL
+    local ttl = redis.call('TTL', job .. suffix)
+    if ttl == -1 or ttl > keep then redis.call('EXPIRE', job .. suffix, keep) end
+  end
   local idempotency = f[3] or ''
   if idempotency ~= '' then
     local ttl = redis.call('TTL', idempotency)
