@@ -1,6 +1,6 @@
 """Retention: an ended job, with all it left in Redis, expires BATCHERY_JOB_RETENTION_SECONDS after its end;
 its id then answers 404 saying so, it leaves the listings, and code no deployed API nor kept job runs is
-removed. A job in progress keeps every key without a TTL. The tests run an API with a retention of 2 s
+removed. A job in progress keeps every key without a TTL. The tests run an API with a retention of 5 s
 on the shared worker, and run the retention sweep themselves (the watchdog runs the same call)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import redis
 
 from app import create_app
 from app.jobs import retention
+from app.jobs.watchdog import Watchdog
 from app.model import status
 from app.model.job import build_spec, now
 from app.store import keys
@@ -23,13 +24,13 @@ from app.store.registry import Registry, read_deployments
 from tests.conftest import Jobs
 from tests.services import wait_for
 
-RETENTION = 2
+RETENTION = 5  # seconds: long enough for a busy machine to look at the keys before they expire
 API = "probe"
 
 
 @pytest.fixture(scope="module")
 def short_app(settings):
-    """An API process whose jobs are kept 2 s once ended; its webhooks fail fast and are retried."""
+    """An API process whose jobs are kept RETENTION seconds once ended; its webhooks fail fast and are retried."""
     kept = dataclasses.replace(
         settings, job_retention_seconds=RETENTION, webhook_secret="s3cret", webhook_backoff_seconds=0.2
     )
@@ -55,11 +56,16 @@ def job_keys_left(client: redis.Redis, job_id: str) -> list[str]:
 
 
 def sweep_until_gone(services, job_ids: list[str], timeout: float = 60) -> None:
-    """Run the retention sweep until none of the jobs has a key left (their TTLs passed)."""
+    """Run the watchdog's sweep (the retention sweep is part of it) until none of the jobs has a key
+    left (their TTLs passed) nor a note waiting for the sweep."""
+    watchdog = Watchdog(services)
 
     def gone() -> bool:
-        retention.sweep(services, now())
-        return not any(job_keys_left(services.redis, job_id) for job_id in job_ids)
+        watchdog.sweep(now())
+        # the keys expire by themselves; the sweep after it (a note left until then) takes the rest
+        notes = [note.decode() for note in services.redis.zrange(keys.retention_ended(), 0, -1)]
+        noted = any(f'"{job_id}"' in note for note in notes for job_id in job_ids)
+        return not noted and not any(job_keys_left(services.redis, job_id) for job_id in job_ids)
 
     wait_for(gone, timeout=timeout, interval=0.2, what="the jobs' keys to expire")
 
@@ -72,6 +78,14 @@ def test_every_key_family_of_a_job_is_in_job_keys():
         if "job_id" in inspect.signature(function).parameters and name != "job_keys":
             assert function("JOB") in listed, f"keys.{name} is a key of a job, not in keys.job_keys"
     assert all(key.startswith(keys.job("JOB")) for key in listed)  # end_job names them from the job's key
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(1209600, "14 days"), (86400, "1 day"), (7200, "2 hours"), (60, "1 minute"), (90, "90 seconds"), (1, "1 second")],
+)
+def test_the_retention_is_said_in_words(seconds, words):
+    assert retention._duration(seconds) == words
 
 
 def test_an_ended_job_expires_whole_leaves_the_listings_and_answers_404(
@@ -98,9 +112,9 @@ def test_an_ended_job_expires_whole_leaves_the_listings_and_answers_404(
     families = {key.removeprefix(keys.job(job_id)) for key in left}
     # what the job left: its record, log, failed batch, output, throughput, dead-letter note, webhook body
     assert {"", ":log", ":log:seq", ":failed", ":output", ":throughput", ":batch_errors"} <= families, left
-    ttls = {key: r.ttl(key) for key in left}
-    assert all(0 < ttl <= RETENTION for key, ttl in ttls.items() if not key.endswith(":webhook:lock")), ttls
-    assert 0 < r.ttl(record) <= RETENTION  # the Idempotency-Key record goes with the job, not a day later
+    ttls = {key: r.ttl(key) for key in left}  # -2: expired already; -1 (kept for ever) is what must not be
+    assert all(-1 != ttl <= RETENTION for key, ttl in ttls.items() if not key.endswith(":webhook:lock")), ttls
+    assert -1 != r.ttl(record) <= RETENTION  # the Idempotency-Key record goes with the job, not a day later
     assert r.llen(keys.dead_letters(dlq)) == 1
     assert job_id.encode() in r.zrange(keys.api_jobs(API), 0, -1)
 
@@ -117,7 +131,7 @@ def test_an_ended_job_expires_whole_leaves_the_listings_and_answers_404(
     assert answer.status_code == 404
     message = answer.get_json()["message"]
     assert message.startswith(f"job {job_id} expired on 20") and message.endswith(
-        ": ended jobs are kept BATCHERY_JOB_RETENTION_SECONDS (2 seconds)"
+        ": ended jobs are kept BATCHERY_JOB_RETENTION_SECONDS (5 seconds)"
     ), message
     print(f"\n{message}")
     unknown = short.client.get(f"/batch/{API}?jobID=00000000-0000-0000-0000-000000000000")
@@ -142,7 +156,7 @@ def test_a_running_job_keys_have_no_ttl_until_it_ends(short, services, worker, p
     assert {key: r.ttl(key) for key in left} == dict.fromkeys(left, -1)
     assert short.client.delete(f"/batch/{API}?jobID={job_id}").status_code == 200
     ended = job_keys_left(r, job_id)
-    assert ended and all(0 < r.ttl(key) <= RETENTION for key in ended), {key: r.ttl(key) for key in ended}
+    assert ended and all(-1 != r.ttl(key) <= RETENTION for key in ended), {key: r.ttl(key) for key in ended}
 
 
 def test_code_is_removed_once_no_deployed_api_nor_kept_job_runs_it(services, tmp_path):
@@ -166,7 +180,7 @@ def test_code_is_removed_once_no_deployed_api_nor_kept_job_runs_it(services, tmp
     retention.sweep(services, later)
     assert all(r.exists(key) for key in old + new), "the first version is kept: a kept job runs it"
 
-    services.store.end(spec, status.STOPPED, "", now())  # kept RETENTION seconds from now
+    services.store.end(spec, status.STOPPED, "", now())  # kept RETENTION seconds from now (`later` is after)
     assert all(r.exists(key) for key in old), "an ended job is kept, and its code with it"
     retention.sweep(services, later)
     assert not any(r.exists(key) for key in old), "no deployed API nor kept job runs the first version"
