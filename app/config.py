@@ -27,6 +27,10 @@ def redacted(text: str) -> str:
     return CREDENTIALS.sub(r"\1***@", text)
 
 
+# How long an ended job is kept (BATCHERY_JOB_RETENTION_SECONDS): 14 days.
+DEFAULT_JOB_RETENTION_SECONDS = 14 * 86400
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where Batchery finds its services and what it deploys at start."""
@@ -72,6 +76,7 @@ class Settings:
     def served_queues(self) -> tuple[str, ...]:
         """The queues a worker serves: BATCHERY_QUEUES, else the default queue."""
         return self.queues or (self.queue,)
+    job_retention_seconds: int = DEFAULT_JOB_RETENTION_SECONDS  # an ended job's keys expire this long after its end
 
     @property
     def broker(self) -> str:
@@ -123,6 +128,7 @@ class Settings:
             ),
             queues=_names(env.get("BATCHERY_QUEUES", "")),
             lane=_lane(env.get("BATCHERY_LANE", default.lane)),
+            job_retention_seconds=int(env.get("BATCHERY_JOB_RETENTION_SECONDS", default.job_retention_seconds)),
         )
 
 

@@ -35,7 +35,16 @@ def code_of(text: str, strings: bool = False) -> str:
 
 
 def test_the_scripts_are_the_files_and_every_file_is_a_script():
-    assert set(FILES) == {*job_store.SCRIPTS, "common", "job_log_append", "job_log_read", "retry_link", "batch_error"}
+    assert set(FILES) == {
+        *job_store.SCRIPTS,
+        "common",
+        "job_log_append",
+        "job_log_read",
+        "retry_link",
+        "batch_error",
+        "expire_job",
+        "forget_code",
+    }
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -23,7 +23,7 @@ from typing import cast
 import redis
 
 from app.errors import IdempotencyConflict, InvalidRequest
-from app.store import keys
+from app.store import keys, retention
 
 MAX_KEY_LENGTH = 255
 # A marker outlives any creation (a 10 MiB item_list is stored in seconds); should its request die
@@ -96,6 +96,7 @@ class Idempotency:
             self._release(name, marker)  # nothing stored: the next request with the key tries again
             raise
         self.redis.set(name, json.dumps({"body": digest, "spec": spec}), ex=self.seconds)
+        retention.note_idempotency(self.redis, spec["job_id"], name)  # kept no longer than its job
         return spec
 
     def _release(self, name: str, marker: str) -> None:

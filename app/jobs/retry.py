@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from app.errors import InvalidRequest, JobNotFound
+from app.jobs import retention
 from app.jobs.services import Services
 from app.model import status
 from app.model.job import deep_merge, now
@@ -38,7 +39,9 @@ class Retrier:
         to retry, or an override is refused), BrokerUnavailable."""
         api = self.services.registry.get(api_name)
         state = self.services.store.state(job_id, api_name, now())
-        if state is None or state["spec"]["api_name"] != api_name:
+        if state is None:  # it may have expired: the 404 says so
+            raise retention.job_not_found(self.services, api_name, job_id)
+        if state["spec"]["api_name"] != api_name:
             raise JobNotFound(f"job {job_id} does not exist for api {api_name}")
         if not status.is_final(state["status"]):
             raise InvalidRequest(

@@ -64,6 +64,7 @@ class Services:
             job_log_lines=settings.job_log_lines,
             max_in_broker=settings.max_in_broker,
             default_queue=settings.queue,
+            retention_seconds=settings.job_retention_seconds,
         )
         dispatcher = Dispatcher(celery or make_celery(settings))
         dead_letters = SqsDeadLetters() if is_sqs(settings) else RedisDeadLetters(client)

@@ -22,7 +22,9 @@ each queue at a time: its own BATCHERY_QUEUE's, and the dedicated pools' queues 
   once while its worker lives; at-least-once if that worker dies, one status counts);
 - reading each job's state also times out the jobs past their deadline;
 - the APIs this process deployed at start are deployed again if Redis no longer has them (it lost
-  its data): every request would otherwise be a 404 until the process restarted.
+  its data): every request would otherwise be a 404 until the process restarted;
+- ended jobs whose retention passed leave the listings, and code no one runs any more is removed
+  (app/jobs/retention.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import cast
 import redis
 
 from app.broker.config import public_queue_url
+from app.jobs import retention
 from app.jobs.services import Services
 from app.jobs.submission import ITEMS_STORED, follow
 from app.model import status
@@ -77,6 +80,7 @@ class Watchdog:
             # each queue is first in, first out on its own: what it delivered says nothing of another's
             lost_before = self._lost_before(queue_states, at)
             acted += [s["spec"]["job_id"] for s in queue_states if self._check_one(s, at, lost_before, dead)]
+        retention.sweep(self.services, at)  # the ended jobs that expired since (app/jobs/retention.py)
         return acted
 
     def _by_queue(self, states: list[dict]) -> dict[str, list[dict]]:

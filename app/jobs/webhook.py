@@ -243,6 +243,7 @@ class WebhookSender:
             "job_status": job_status(state),
         }
         client.set(keys.webhook_body(job_id), json.dumps(event), nx=True)
+        client.expire(keys.webhook_body(job_id), max(client.ttl(keys.job(job_id)), 1))  # kept as long as the job
         return cast(bytes, client.get(keys.webhook_body(job_id)))
 
     def _post(self, url: str, job_id: str, body: bytes) -> str:
@@ -264,21 +265,23 @@ class WebhookSender:
         return "" if 200 <= code < 300 else f"HTTP {code}"
 
     def _note(self, job_id: str, state: dict, number: int, error: str) -> None:
-        client, url = self.services.redis, redacted(state["webhook"]["url"])
-        pipe = client.pipeline()
-        pipe.hincrby(keys.job(job_id), "webhook_attempts", 1)
-        if not error:
-            pipe.hset(keys.job(job_id), "webhook_delivered", 1)
-            pipe.hdel(keys.job(job_id), "webhook_error")
-            pipe.zrem(keys.webhook_outbox(), job_id)
-            pipe.execute()
+        url, at = redacted(state["webhook"]["url"]), now()
+        give_up = bool(error) and at - state["end"] >= self.settings.webhook_retry_seconds
+        delay = min(self.settings.webhook_backoff_seconds * 2 ** (number - 1), MAX_BACKOFF_SECONDS)
+        due_again = None if not error or give_up else at + delay
+        # Written only while the job is kept (WATCHed: its keys may expire meanwhile,
+        # BATCHERY_JOB_RETENTION_SECONDS), or its fields would make a job hash of their own, kept for ever.
+        kept: list[bool] = []  # one per try: the transaction runs it again if the job changed meanwhile
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            kept.append(self._write_note(pipe, job_id, error, due_again))
+
+        self.services.redis.transaction(write, keys.job(job_id))
+        if not kept[-1]:
+            log.info("webhook attempt %d to %s: the job expired meanwhile; nothing more is sent", number, url)
+        elif not error:
             log.info("webhook attempt %d to %s: delivered", number, url)
-            return
-        pipe.hset(keys.job(job_id), "webhook_error", error)
-        at = now()
-        if at - state["end"] >= self.settings.webhook_retry_seconds:
-            pipe.zrem(keys.webhook_outbox(), job_id)
-            pipe.execute()
+        elif give_up:
             log.error(
                 "webhook attempt %d to %s failed: %s; giving up, %g s after the job ended "
                 "(BATCHERY_WEBHOOK_RETRY_SECONDS)",
@@ -287,11 +290,29 @@ class WebhookSender:
                 error,
                 self.settings.webhook_retry_seconds,
             )
-            return
-        delay = min(self.settings.webhook_backoff_seconds * 2 ** (number - 1), MAX_BACKOFF_SECONDS)
-        pipe.zadd(keys.webhook_outbox(), {job_id: at + delay})
-        pipe.execute()
-        log.warning("webhook attempt %d to %s failed: %s; next attempt in %g s", number, url, error, delay)
+        else:
+            log.warning("webhook attempt %d to %s failed: %s; next attempt in %g s", number, url, error, delay)
+
+    @staticmethod
+    def _write_note(pipe: redis.client.Pipeline, job_id: str, error: str, due_again: float | None) -> bool:
+        """Queue the attempt's writes in `pipe` (a WATCHed transaction); False, and only the outbox
+        entry removed, if the job is no longer kept."""
+        kept = bool(pipe.exists(keys.job(job_id)))
+        pipe.multi()
+        if not kept:
+            pipe.zrem(keys.webhook_outbox(), job_id)
+            return False
+        pipe.hincrby(keys.job(job_id), "webhook_attempts", 1)
+        if not error:
+            pipe.hset(keys.job(job_id), "webhook_delivered", 1)
+            pipe.hdel(keys.job(job_id), "webhook_error")
+        else:
+            pipe.hset(keys.job(job_id), "webhook_error", error)
+        if due_again is None:
+            pipe.zrem(keys.webhook_outbox(), job_id)
+        else:
+            pipe.zadd(keys.webhook_outbox(), {job_id: due_again})
+        return True
 
 
 def _delete_if(client: redis.Redis, name: str, value: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
+from app.config import DEFAULT_JOB_RETENTION_SECONDS
 from app.model import progress, status
 from app.model.job import deadline, retry_limits
 from app.model.queues import job_queue, no_worker_message
@@ -117,6 +118,7 @@ class JobStore:
         job_log_lines: int = 10_000,
         max_in_broker: int = 1000,
         default_queue: str = "",
+        retention_seconds: int = DEFAULT_JOB_RETENTION_SECONDS,
     ):
         """`broker_queue`: the Redis broker's list for batch messages, when the broker is this same
         Redis (database included); released batches are then pushed there by the release itself
@@ -127,13 +129,15 @@ class JobStore:
         batches released and not yet begun by a process, at most (BATCHERY_MAX_IN_BROKER; stored
         with each job this store creates, so the API's setting is the one that counts).
         `default_queue`: the queue of a job whose spec names none (BATCHERY_QUEUE; default:
-        `broker_queue`)."""
+        `broker_queue`). `retention_seconds`: how long the keys of a job stored from now on are
+        kept once it ends (BATCHERY_JOB_RETENTION_SECONDS)."""
         self.redis = client
         self.default_queue = default_queue or broker_queue
         self.stalled_seconds = stalled_seconds  # in flight this long with no delivery: `stalled`
         self.broker_queue = broker_queue
         self.lease_ms = int(lease_seconds * 1000)
         self.max_in_broker = max_in_broker
+        self.retention_seconds = retention_seconds
         limits = {"LEASE_MS": self.lease_ms, "JOB_LOG_LINES": job_log_lines}
         self._scripts = {name: client.register_script(with_common(name, limits)) for name in SCRIPTS}
 
@@ -192,7 +196,11 @@ class JobStore:
         fields.update({name: 0 for name in counters})
         if spec.get("webhook"):  # end_job queues the completion webhook of a job that has one
             fields.update(webhook_url=spec["webhook"]["url"], webhook_attempts=0, webhook_delivered=0)
+        code = keys.code_keys(api)
+        fields.update(retention=self.retention_seconds, code_refs=" ".join(code))  # read by end_job (keep_ended)
         pipe = self.redis.pipeline()
+        for key in code:  # the job runs this code: kept while the job is (app/store/retention.py)
+            pipe.hincrby(keys.code_refs(), key, 1)
         pipe.hset(keys.job(spec["job_id"]), mapping=fields)
         pipe.zadd(keys.api_jobs(spec["api_name"]), {spec["job_id"]: now})
         pipe.zadd(keys.api_active(spec["api_name"]), {spec["job_id"]: now})

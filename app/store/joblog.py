@@ -102,7 +102,7 @@ class JobLog:
 
     def append_call(self, job_id: str, lines: list[dict]) -> Call:
         """The script call that appends `lines`, to run along with others (app/store/scripts.py)."""
-        keys_ = [keys.job_log(job_id), keys.job_log_seq(job_id)]
+        keys_ = [keys.job_log(job_id), keys.job_log_seq(job_id), keys.job(job_id)]  # job: its retention
         return Call(self._append, keys_, [self.max_lines, *(json.dumps(line)[1:-1] for line in lines)])
 
     def write_soon(self, job_id: str, line: dict) -> None:

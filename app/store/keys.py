@@ -20,6 +20,12 @@ def project(project_id: str) -> str:
     return f"{PREFIX}:project:{project_id}"
 
 
+def code_keys(api: dict) -> list[str]:
+    """The keys of the code an API spec runs: its Python files (`code`) and its packed project (`project`)."""
+    found = [code(api["code_id"])] if api.get("code_id") else []
+    return found + ([project(api["project_id"])] if api.get("project_id") else [])
+
+
 def undeployed() -> str:
     """Set: names of the APIs undeployed on purpose (DELETE /apis/<name>), which the API processes
     that deployed them at start do not deploy again; a deploy of the name removes it."""
@@ -204,3 +210,54 @@ def watchdog_home(queue_url: str) -> str:
     sweeping it; renewed by each of them every sweep period. Queues without one (dedicated pools'
     queues) are swept, in turn, by any fleet's processes on the same broker."""
     return f"{PREFIX}:watchdog-home:{queue_url}"
+def job_keys(job_id: str) -> list[str]:
+    """Every key of one job, all named after its hash (`job(job_id)` and a suffix): an ended job's keys
+    expire together after BATCHERY_JOB_RETENTION_SECONDS (app/store/retention.py). A key family of a
+    job added here or above must be in this list (tests/test_retention.py checks it)."""
+    return [
+        job(job_id),
+        backlog(job_id),
+        inflight(job_id),
+        ended_inflight(job_id),
+        deliveries(job_id),
+        released(job_id),
+        unpublished(job_id),
+        procs(job_id),
+        job_log(job_id),
+        job_log_seq(job_id),
+        job_output(job_id),
+        job_output_bytes(job_id),
+        enqueuer(job_id),
+        webhook_lock(job_id),
+        webhook_body(job_id),
+        failed_batches(job_id),
+        unfinished_backlog(job_id),
+        unfinished_inflight(job_id),
+        throughput(job_id),
+        batch_errors(job_id),
+    ]
+
+
+def retention_ended() -> str:
+    """Sorted set: a note on each ended job (JSON: id, API, final status, code references, its
+    Idempotency-Key record, dead-letter list), scored by when its keys expire; the retention sweep
+    takes the job out of the listings then (app/store/retention.py)."""
+    return f"{PREFIX}:retention:ended"
+
+
+def retention_expired() -> str:
+    """Sorted set: job id -> when it expired, for a while after (a tombstone), so that its id answers
+    404 saying it expired rather than that it never existed."""
+    return f"{PREFIX}:retention:expired"
+
+
+def code_refs() -> str:
+    """Hash: a stored code key (`code(...)`, `project(...)`) -> how many kept jobs (in progress, or
+    ended and not yet expired) run it."""
+    return f"{PREFIX}:retention:code_refs"
+
+
+def code_stored() -> str:
+    """Sorted set: a stored code key (`code(...)`, `project(...)`) -> the last time it was seen
+    deployed; one no deployed API nor kept job uses is removed by the retention sweep."""
+    return f"{PREFIX}:retention:code_stored"

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, cast
@@ -338,6 +339,8 @@ class Registry:
             # the code first: a worker loading the API finds it (the same id, the same code)
             # path -> source, all str: a Mapping's key type is invariant, so say it is redis-py's wider one
             pipe.hset(keys.code(spec["code_id"]), mapping=cast(Mapping[FieldT, EncodableT], sources))
+            # seen deployed now: kept by the retention sweep while deployed (app/store/retention.py)
+            pipe.zadd(keys.code_stored(), dict.fromkeys(keys.code_keys(spec), time.time()))
             pipe.hset(keys.api(spec["name"]), "spec", json.dumps(spec))
             pipe.sadd(keys.apis(), spec["name"])
             pipe.srem(keys.undeployed(), spec["name"])

@@ -26,6 +26,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from app.config import DEFAULT_JOB_RETENTION_SECONDS
 from app.model import progress, status, wire
 from app.store import keys
 from app.store.held_client import HeldConnectionClient
@@ -45,8 +46,8 @@ def lua_file(name: str) -> str:
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
     `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, `PROGRESS_SLOTS` (app/model/progress.py),
-    `WEBHOOK_OUTBOX`, and `limits` (name -> integer). Raises ValueError for a string Lua cannot
-    take as it is."""
+    `WEBHOOK_OUTBOX`, the retention's (`_retention_constants`), and `limits` (name -> integer).
+    Raises ValueError for a string Lua cannot take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
     strings["PROC_RUNNING"] = wire.RUNNING  # a `procs` record is "<state> <batch_id>" (wire.process_record)
@@ -54,8 +55,22 @@ def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     strings["WEBHOOK_OUTBOX"] = keys.webhook_outbox()  # end_job queues a job's completion webhook there
     constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
     constants["PROGRESS_SLOTS"] = str(progress.SLOTS)  # the ring of per-second counts RECORD keeps
+    constants.update(_retention_constants())
     constants.update({name: str(int(value)) for name, value in limits.items()})
     return constants
+
+
+def _retention_constants() -> dict[str, str]:
+    """What end_job needs to keep an ended job for its retention (app/store/retention.py): the
+    suffixes of every key family of a job after the job's key (app/store/keys.py `job_keys`), as a
+    Lua table; the sorted set of ended jobs; the retention of a job stored without one."""
+    job = keys.job("")
+    suffixes = [key.removeprefix(job) for key in keys.job_keys("")]
+    return {
+        "JOB_KEY_SUFFIXES": "{" + ", ".join(f"'{_plain(suffix)}'" for suffix in suffixes) + "}",
+        "RETENTION_ENDED": f"'{_plain(keys.retention_ended())}'",
+        "DEFAULT_JOB_RETENTION_SECONDS": str(DEFAULT_JOB_RETENTION_SECONDS),
+    }
 
 
 def with_common(name: str, limits: Mapping[str, int]) -> str:

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from app.config import MAX_BODY_BYTES
 from app.errors import BatcheryError, InvalidRequest, JobNotFound, JobNotRunning, PayloadTooLarge
-from app.jobs import output, pausing, webhook
+from app.jobs import output, pausing, retention, webhook
 from app.jobs.idempotency import Idempotency, body_digest, check_key
 from app.jobs.retry import Retrier
 from app.jobs.services import Services
@@ -206,7 +206,9 @@ def _job_id(args: dict[str, str]) -> str:
 
 def _state(api_name: str, job_id: str) -> dict:
     state = services().store.state(job_id, api_name, job.now())
-    if state is None or state["spec"]["api_name"] != api_name:
+    if state is None:  # it may have expired (BATCHERY_JOB_RETENTION_SECONDS): the 404 says so
+        raise retention.job_not_found(services(), api_name, job_id)
+    if state["spec"]["api_name"] != api_name:
         raise JobNotFound(f"job {job_id} does not exist for api {api_name}")
     return state
 

@@ -25,7 +25,8 @@
 -- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
 -- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
 -- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
--- WEBHOOK_OUTBOX (app/store/keys.py: the sorted set of the completion webhooks due).
+-- WEBHOOK_OUTBOX (app/store/keys.py: the sorted set of the completion webhooks due),
+-- JOB_KEY_SUFFIXES, RETENTION_ENDED and DEFAULT_JOB_RETENTION_SECONDS (the retention: keep_ended).
 
 local job, backlog, inflight, deliveries, procs, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local lease, statuses, released, unpublished = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
@@ -108,6 +109,33 @@ local function keep_unfinished()
   if redis.call('EXISTS', inflight) == 1 then redis.call('RENAME', inflight, job .. ':unfinished:inflight') end
 end
 
+-- Retention (app/store/retention.py): every key of an ended job expires `retention` seconds
+-- (BATCHERY_JOB_RETENTION_SECONDS when the job was submitted) after its end: each family of
+-- app/store/keys.py `job_keys`, named as the job's key and a suffix (JOB_KEY_SUFFIXES); its
+-- Idempotency-Key record no later. A note on the job goes to RETENTION_ENDED, scored by when it
+-- expires, for the sweep that then takes it out of the listings, drops its references to its
+-- code and its dead letters, and keeps a tombstone (its id answers 404 saying it expired).
+local function keep_ended(final)
+  local f = redis.call('HMGET', job, 'api_name', 'retention', 'idempotency', 'code_refs', 'spec')
+  local keep = tonumber(f[2]) or DEFAULT_JOB_RETENTION_SECONDS
+  for _, suffix in ipairs(JOB_KEY_SUFFIXES) do  -- never lengthened: a lock keeps its own short TTL
+    local ttl = redis.call('TTL', job .. suffix)
+    if ttl == -1 or ttl > keep then redis.call('EXPIRE', job .. suffix, keep) end
+  end
+  local idempotency = f[3] or ''
+  if idempotency ~= '' then
+    local ttl = redis.call('TTL', idempotency)
+    if ttl == -1 or ttl > keep then redis.call('EXPIRE', idempotency, keep) end
+  end
+  local dead_letters = ''  -- the queue name ends the ARN (app/broker/dead_letters.py `queue_name`)
+  if f[5] and string.find(f[5], 'sqs_dead_letter_queue', 1, true) then
+    local dlq = cjson.decode(f[5])['sqs_dead_letter_queue']
+    if type(dlq) == 'table' and type(dlq['arn']) == 'string' then dead_letters = string.match(dlq['arn'], '([^:]*)$') end
+  end
+  local note = cjson.encode({job_id, f[1] or '', final, f[4] or '', idempotency, dead_letters})
+  redis.call('ZADD', RETENTION_ENDED, now + keep, note)
+end
+
 -- `ended_at`: when the job ended, if not now (a timeout noticed late ended at its deadline).
 local function end_job(final, message, ended_at)
   if not in_progress() then return 0 end
@@ -123,6 +151,7 @@ local function end_job(final, message, ended_at)
   redis.call('DEL', backlog, inflight, deliveries, procs, lease, released, unpublished)
   redis.call('ZREM', active, job_id)
   log_end(final, message)
+  keep_ended(final)
   -- A job with a completion webhook has it due now, written by the call that sets the final
   -- status, so no way of ending misses it (app/jobs/webhook.py delivers it). The outbox is one
   -- key for all jobs, named by WEBHOOK_OUTBOX and not in KEYS: fine on one Redis (and Sentinel),
