@@ -62,6 +62,10 @@ class Settings:
     project_cache: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "batchery-projects"))
     project_cache_seconds: float = 86400.0
     max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
+    # with a sentinel:// REDIS_URL or BROKER_URL (app/store/connection.py): the master's name, and the
+    # sentinels' own password (the master's is in the URL); never shown in a repr or a log
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = field(default="", repr=False)
 
     @property
     def broker(self) -> str:
@@ -110,6 +114,8 @@ class Settings:
             project_cache=env.get("BATCHERY_PROJECT_CACHE") or default.project_cache,
             project_cache_seconds=float(env.get("BATCHERY_PROJECT_CACHE_SECONDS", default.project_cache_seconds)),
             max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
+            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or default.redis_sentinel_master,
+            redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", ""),
         )
 
 
@@ -120,6 +126,8 @@ class ClientEnv:
     url: str  # BATCHERY_URL, else the API `make up` starts: http://127.0.0.1:$PORT (8080)
     token: str = field(default="", repr=False)  # BATCHERY_API_TOKEN; empty: send none
     redis_url: str = ""  # REDIS_URL, else the Redis `make up` starts: redis://127.0.0.1:$REDIS_PORT/0
+    redis_sentinel_master: str = "mymaster"  # REDIS_SENTINEL_MASTER, for a sentinel:// REDIS_URL
+    redis_sentinel_password: str = field(default="", repr=False)  # REDIS_SENTINEL_PASSWORD
 
 
 def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
@@ -133,4 +141,6 @@ def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
         url=env.get("BATCHERY_URL") or f"http://127.0.0.1:{env.get('PORT') or 8080}",
         token=env.get("BATCHERY_API_TOKEN", "").strip(),
         redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{env.get('REDIS_PORT') or 6379}/0",
+        redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or "mymaster",
+        redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", ""),
     )

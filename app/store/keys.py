@@ -186,3 +186,9 @@ def batch_errors(job_id: str) -> str:
     """Hash: batch id -> `{"attempts", "error"}` (JSON) of the job's first batches that failed for good
     (app/store/batch_errors.py), at most BATCH_ERRORS_KEPT of them."""
     return f"{job(job_id)}:batch_errors"
+
+
+def replication_fence() -> str:
+    """String: a counter a process increments just before `WAIT` on a Sentinel-backed store
+    (app/store/connection.py `replicated`), so that its connection has a write to wait for."""
+    return f"{PREFIX}:replication_fence"

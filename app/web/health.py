@@ -9,6 +9,7 @@ import redis
 
 from app.broker.queue import TIMEOUT_SECONDS, BrokerQueue
 from app.config import Settings, redacted
+from app.store.connection import store_client
 
 
 class Health:
@@ -20,8 +21,11 @@ class Health:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis_url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+        return store_client(
+            self.settings.redis_url,
+            self.settings,
+            socket_timeout=TIMEOUT_SECONDS,
+            socket_connect_timeout=TIMEOUT_SECONDS,
         )
 
     def check(self) -> tuple[dict, int]:
