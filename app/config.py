@@ -66,6 +66,7 @@ class Settings:
     # sentinels' own password (the master's is in the URL); never shown in a repr or a log
     redis_sentinel_master: str = "mymaster"
     redis_sentinel_password: str = field(default="", repr=False)
+    redis_sentinel_wait_ms: int = 1000  # writes that must survive a failover wait this long for a replica; 0: never
 
     @property
     def broker(self) -> str:
@@ -116,6 +117,7 @@ class Settings:
             max_project_bytes=int(env.get("BATCHERY_MAX_PROJECT_BYTES", default.max_project_bytes)),
             redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or default.redis_sentinel_master,
             redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", ""),
+            redis_sentinel_wait_ms=int(env.get("REDIS_SENTINEL_WAIT_MS", default.redis_sentinel_wait_ms)),
         )
 
 

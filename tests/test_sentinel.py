@@ -8,8 +8,10 @@ batches, SIGKILLs the master mid-job, and checks that the job ends as if nothing
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -26,10 +28,9 @@ from app.store import keys
 from app.store.connection import SentinelUrl, connect, has_replicas, parse_sentinel_url, replicated
 from app.store.held_client import HeldConnectionClient
 from tests.conftest import PREDICTORS
-from tests.services import RedisServer, Worker, free_port, redis_server_binary, stop_process, wait_for
+from tests.sentinel_cluster import MASTER, SentinelCluster
+from tests.services import ROOT, VENV_BIN, Worker, free_port, stop_process, wait_for
 
-MASTER = "batchery-test-master"
-DOWN_AFTER_MS = 1000  # a sentinel takes the master for down after this long without an answer
 WATCHDOG_SECONDS = 1.0
 
 
@@ -107,64 +108,6 @@ def test_celery_gets_the_master_name_for_a_sentinel_broker_and_result_backend():
 # --- a real Sentinel deployment ------------------------------------------------------------------
 
 
-class SentinelCluster:
-    """A master, a replica and three sentinels watching them, as real redis-server processes."""
-
-    def __init__(self, workdir: Path):
-        self.master = RedisServer(_folder(workdir / "master"))
-        self.replica = RedisServer(_folder(workdir / "replica"))
-        self.replica.client.replicaof("127.0.0.1", self.master.port)
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.sentinels = [self._sentinel(_folder(workdir / f"sentinel-{port}"), port) for port in self.sentinel_ports]
-        self.url = ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports) + "/0"
-        wait_for(self._watching, timeout=60, interval=0.2, what="the sentinels to see the replica and each other")
-
-    def _sentinel(self, folder: Path, port: int) -> subprocess.Popen:
-        config = folder / "sentinel.conf"  # a sentinel rewrites its file: one each, in its own folder
-        config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {MASTER} 5000\n"
-        )
-        return subprocess.Popen(
-            [redis_server_binary(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-
-    def ask(self, port: int, *command: object) -> object:
-        """A sentinel's answer to `command`."""
-        return redis.Redis(port=port, socket_timeout=2, decode_responses=True).execute_command(*command)
-
-    def _watching(self) -> bool:
-        for process in self.sentinels:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server --sentinel exited with {process.returncode}")
-        try:
-            replica = self.master.client.info("replication").get("slave0") or {}
-            return replica.get("state") == "online" and all(
-                self.ask(port, "SENTINEL", "REPLICAS", MASTER)
-                and len(self.ask(port, "SENTINEL", "SENTINELS", MASTER)) == 2
-                for port in self.sentinel_ports
-            )
-        except redis.ConnectionError:
-            return False
-
-    def master_port(self) -> int:
-        """The master's port, as the first sentinel says."""
-        return int(self.ask(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)[1])
-
-    def stop(self) -> None:
-        for process in self.sentinels:
-            stop_process(process)
-        self.replica.stop()
-        self.master.stop()
-
-
-def _folder(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture
 def cluster(tmp_path):
     deployment = SentinelCluster(tmp_path)
@@ -190,6 +133,15 @@ def test_a_client_follows_a_failover_and_writes_wait_for_the_replica(cluster):
     print(f"a held connection answered again {time.monotonic() - killed:.1f} s after the master's SIGKILL")
     assert cluster.master_port() == cluster.replica.port
     assert client.get("before") == b"1"
+    # the new master has no replica: one WAIT times out, and writes stop waiting for a while
+    waited = time.monotonic()
+    assert replicated(client) == 0
+    assert time.monotonic() - waited > 0.9
+    waited = time.monotonic()
+    assert replicated(client) == 0
+    assert time.monotonic() - waited < 0.5
+    never = Services.build(Settings(redis_url=cluster.url, redis_sentinel_master=MASTER, redis_sentinel_wait_ms=0))
+    assert has_replicas(never.redis) and replicated(never.redis) is None
 
 
 # --- the failover, mid-job -----------------------------------------------------------------------
@@ -199,9 +151,9 @@ BATCH_SECONDS = 0.5
 
 
 @pytest.fixture
-def sentinel_stack(cluster, redis_server, moto, project_cache, tmp_path):
-    """An API (the app, its watchdog sweeping every second) and a 2-process worker, both with
-    REDIS_URL (and so the broker) on the cluster's sentinels."""
+def sentinel_stack(cluster, moto, project_cache, tmp_path):
+    """An API (the app, its watchdog sweeping every second), a 2-process worker and Flower, all
+    with REDIS_URL (and so the broker) on the cluster's sentinels."""
     queue = f"batchery-sentinel-{uuid.uuid4().hex[:8]}"
     env = {
         "REDIS_URL": cluster.url,
@@ -212,25 +164,48 @@ def sentinel_stack(cluster, redis_server, moto, project_cache, tmp_path):
     }
     settings = Settings.from_env({**env, "BATCHERY_APIS": str(PREDICTORS / "cortex.yaml")})
     app = create_app({"SETTINGS": settings})
-    worker_env = {**_base_env(), **env, **moto.env()}
-    worker = Worker(worker_env, tmp_path, "sentinel", concurrency=2)
-    yield app, worker
+    process_env = {name: value for name, value in os.environ.items() if name not in ("BROKER_URL", "REDIS_URL")}
+    process_env.update(env, PYTHONPATH=str(ROOT), **moto.env())
+    worker = Worker(process_env, tmp_path, "sentinel", concurrency=2)
+    flower = Flower(process_env, tmp_path)
+    yield app, flower
+    flower.stop()
     worker.stop()
     app.extensions["batchery_watchdog"].stop()
 
 
-def _base_env() -> dict:
-    import os
+class Flower:
+    """`celery -A workers flower`, as the Procfile starts it, on a free port."""
 
-    from tests.services import ROOT
+    def __init__(self, env: dict, logdir: Path):
+        self.port = free_port()
+        self.log = (logdir / "flower.log").open("w")
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "celery"), "-A", "workers", "flower", f"--port={self.port}", "--address=127.0.0.1"],
+            cwd=ROOT,
+            env={**env, "FLOWER_UNAUTHENTICATED_API": "true"},  # the test reads its API without a login
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    env = {name: value for name, value in os.environ.items() if name not in ("BROKER_URL", "REDIS_URL")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    def queue_lengths(self) -> dict | None:
+        """Flower's `/api/queues/length` (read from the broker), by queue; None until it answers."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"flower exited with {self.process.returncode}: see {self.log.name}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/queues/length", timeout=10) as reply:
+                return {queue["name"]: queue["messages"] for queue in json.load(reply)["active_queues"]}
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        stop_process(self.process, group=True)
+        self.log.close()
 
 
 def test_a_job_survives_the_masters_sigkill(cluster, sentinel_stack, redis_server):
-    app, _worker = sentinel_stack
+    app, flower = sentinel_stack
     client = app.test_client()
     tag = uuid.uuid4().hex[:8]
     config = {"redis_url": redis_server.url, "tag": tag, "sleep": BATCH_SECONDS}  # the probe's own records
@@ -268,6 +243,8 @@ def test_a_job_survives_the_masters_sigkill(cluster, sentinel_stack, redis_serve
     assert len(completions) >= 1
     # the failover, then a watchdog sweep and a batch's own time; generous: a busy 2-core machine
     assert progress < failover + WATCHDOG_SECONDS + BATCH_SECONDS + 30
+    # Flower reads the broker through the sentinels too, before and after the failover
+    assert wait_for(flower.queue_lengths, timeout=90, interval=0.5, what="Flower's queue lengths")
     assert keys.replication_fence() in {k.decode() for k in cluster.replica.client.keys("batchery:*")}
 
 

@@ -17,8 +17,9 @@ that must not happen (`replicated`), a client of a Sentinel-backed store waits f
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -35,10 +36,14 @@ log = logging.getLogger(__name__)
 SENTINEL_SCHEME = "sentinel"
 DEFAULT_MASTER = "mymaster"
 DEFAULT_SENTINEL_PORT = 26379
-# How long a write that must survive a failover waits for a replica to have it. A replica that
-# lags longer makes the write go on unreplicated (logged): waiting longer would stall the fleet
-# behind one slow replica, and the write is still on the master.
+# How long a write that must survive a failover waits for a replica to have it, by default
+# (REDIS_SENTINEL_WAIT_MS). A replica that lags longer makes the write go on unreplicated (logged):
+# waiting longer would stall the fleet behind one slow replica, and the write is on the master.
 WAIT_MS = 1000
+# After a WAIT no replica answered in time (none is left after a failover, until the old master
+# comes back as a replica), a process writes without waiting this long before it tries again: a
+# store with no replica would otherwise cost every batch the whole WAIT_MS.
+NO_REPLICA_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class SentinelUrl:
@@ -132,13 +137,15 @@ def connect(
     *,
     master: str = DEFAULT_MASTER,
     sentinel_password: str = "",
+    wait_ms: int = WAIT_MS,
     client_class: type[redis.Redis] = redis.Redis,
     **options: Any,
 ) -> redis.Redis:
     """A client of the Redis at `url` (`options`: what `redis.Redis` takes, e.g. socket timeouts,
     `retry`), of `client_class`. For a Sentinel URL, a client of the master named `master`, found
-    through the sentinels (asked with `sentinel_password` if given, and the same socket timeouts).
-    Raises ValueError for a URL of no known form."""
+    through the sentinels (asked with `sentinel_password` if given, and the same socket timeouts),
+    whose `replicated` waits up to `wait_ms` for a replica (0: never). Raises ValueError for a URL
+    of no known form."""
     if not is_sentinel(url):
         return client_class.from_url(url, **options)
     parsed = parse_sentinel_url(url)
@@ -147,14 +154,17 @@ def connect(
         sentinel_kwargs["password"] = sentinel_password
     credentials = {"username": parsed.username, "password": parsed.password}
     sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(
+    client = sentinel.master_for(
         master,
         redis_class=client_class,
+        connection_pool_class=ReplicatedPool,
         connection_class=MasterFollowingConnection,
         db=parsed.db,
         **credentials,
         **options,
     )
+    cast(ReplicatedPool, client.connection_pool).wait_ms = wait_ms
+    return client
 
 
 def store_client(
@@ -163,15 +173,24 @@ def store_client(
     client_class: type[redis.Redis] = redis.Redis,
     **options: Any,
 ) -> redis.Redis:
-    """`connect(url, ...)` with the Sentinel master and password of `settings`. Raises ValueError
-    for a URL of no known form."""
+    """`connect(url, ...)` with the Sentinel master, password and WAIT of `settings`. Raises
+    ValueError for a URL of no known form."""
     return connect(
         url,
         master=settings.redis_sentinel_master,
         sentinel_password=settings.redis_sentinel_password,
+        wait_ms=settings.redis_sentinel_wait_ms,
         client_class=client_class,
         **options,
     )
+
+
+class ReplicatedPool(SentinelConnectionPool):
+    """redis-py's pool of connections to a Sentinel-managed master, with how long its writes that
+    must survive a failover wait for a replica (`replicated`)."""
+
+    wait_ms: int = WAIT_MS
+    no_replica_until: float = 0.0  # a WAIT timed out: until then, writes do not wait
 
 
 def has_replicas(client: redis.Redis) -> bool:
@@ -179,18 +198,21 @@ def has_replicas(client: redis.Redis) -> bool:
     return isinstance(client.connection_pool, SentinelConnectionPool)
 
 
-def replicated(client: redis.Redis, timeout_ms: int = WAIT_MS) -> int | None:
-    """Wait until a replica has every write this process made so far (of a Sentinel-backed store;
-    at once otherwise): the replicas that have them, or None without Sentinel. Raises redis-py's
-    connection errors.
+def replicated(client: redis.Redis) -> int | None:
+    """Wait until a replica has every write this process made so far, on a Sentinel-backed store
+    (at once otherwise): how many replicas have them (0: none answered in time), or None when
+    nothing was waited for (no Sentinel, or REDIS_SENTINEL_WAIT_MS=0). Raises redis-py's errors.
 
     `WAIT` counts the writes of its own connection only, and a pool hands out any of its
     connections: so it follows a write of its own on the same connection (replication is one
     ordered stream: that write is behind every earlier write of every connection)."""
-    if not has_replicas(client):
+    pool = client.connection_pool
+    if not isinstance(pool, ReplicatedPool) or pool.wait_ms <= 0:
         return None
+    if time.monotonic() < pool.no_replica_until:
+        return 0
     fence = ("INCR", keys.replication_fence())
-    wait = ("WAIT", 1, timeout_ms)
+    wait = ("WAIT", 1, pool.wait_ms)
     if isinstance(client, HeldConnectionClient):
         replies = client.execute_held_many([fence, wait])
     else:
@@ -202,5 +224,11 @@ def replicated(client: redis.Redis, timeout_ms: int = WAIT_MS) -> int | None:
     if isinstance(acknowledged, Exception):
         raise acknowledged
     if not acknowledged:
-        log.warning("no replica acknowledged a write within %d ms: a failover now could lose it", timeout_ms)
+        pool.no_replica_until = time.monotonic() + NO_REPLICA_SECONDS
+        log.warning(
+            "no replica acknowledged a write within %d ms: a failover now could lose the writes of the next %.0f s, "
+            "which do not wait for one",
+            pool.wait_ms,
+            NO_REPLICA_SECONDS,
+        )
     return int(acknowledged)
