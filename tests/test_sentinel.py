@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -127,6 +128,12 @@ def test_a_client_follows_a_failover_and_writes_wait_for_the_replica(cluster):
     print(
         f"\nWAIT 1 with its fence write, the replica on this host: {(time.perf_counter() - started) * 10:.2f} ms each"
     )
+    # the CLI's `deploy --redis` writes into the job store through the sentinels too
+    env = {**os.environ, "REDIS_SENTINEL_MASTER": MASTER}
+    deploy = [sys.executable, "-m", "app.cli", "deploy", "--redis-url", cluster.url, str(ROOT / "examples")]
+    deployed = subprocess.run(deploy, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0 and "deployed sum" in deployed.stdout, deployed
+    assert cluster.replica.client.sismember(keys.apis(), "sum")  # on the replica: WAIT-ed or replicated since
     cluster.master.process.kill()
     killed = time.monotonic()
     assert client.execute_held("GET", "before") == b"1"  # held connection: retried onto the new master
@@ -221,6 +228,7 @@ def test_a_job_survives_the_masters_sigkill(cluster, sentinel_stack, redis_serve
             return None
         return reply.get_json()["job_status"]["batch_metrics"]["succeeded"]
 
+    assert client.get("/healthz").get_json() == {"status": "ok", "redis": "ok", "broker": "ok"}
     wait_for(lambda: (succeeded() or 0) >= 3, timeout=120, what="three batches to succeed")
     before = succeeded()
     cluster.master.process.kill()
