@@ -70,6 +70,8 @@ def test_a_malformed_sentinel_url_says_what_is_wrong(url, said):
 def test_the_process_stops_at_start_on_a_malformed_sentinel_url():
     with pytest.raises(ValueError, match="address 1: no host"):
         Services.build(Settings(redis_url="sentinel://"))
+    with pytest.raises(ValueError, match="address 1: no host"):  # the worker's Celery app, as it is made
+        celery_config(Settings(redis_url="redis://127.0.0.1:1/0", broker_url="sentinel://"))
 
 
 def test_every_kind_of_url_gives_a_client_of_the_class_asked_for():
