@@ -45,6 +45,7 @@ WAIT_MS = 1000
 # store with no replica would otherwise cost every batch the whole WAIT_MS.
 NO_REPLICA_SECONDS = 10.0
 
+
 @dataclass(frozen=True)
 class SentinelUrl:
     """A parsed Sentinel URL: the sentinels' addresses, and the master's credentials and database."""
