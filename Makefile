@@ -102,6 +102,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/project_fetch.py --quick
 	$(BIN)/python bench/output.py --quick
 	$(BIN)/python bench/retention.py --quick
+	$(BIN)/python bench/sentinel.py --quick
 
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
@@ -112,3 +113,4 @@ bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/project_fetch.py --repeat 3
 	$(BIN)/python bench/output.py --repeat 3
 	$(BIN)/python bench/retention.py
+	$(BIN)/python bench/sentinel.py --repeat 5

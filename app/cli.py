@@ -194,11 +194,21 @@ def _deploy_into_redis(project: str, redis_url: str) -> list[dict]:
 
     from app.config import redacted
     from app.errors import BatcheryError
+    from app.store.connection import connect
     from app.store.registry import Registry, public_spec
 
     cortex_yaml = Path(project) / "cortex.yaml" if Path(project).is_dir() else Path(project)
     logging.basicConfig(format="warning: %(message)s", level=logging.WARNING)  # keys Batchery ignores
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    env = client_env()
+    try:
+        client = connect(
+            redis_url,
+            master=env.redis_sentinel_master,
+            sentinel_password=env.redis_sentinel_password,
+            socket_connect_timeout=5,
+        )
+    except ValueError as err:  # not a URL of a Redis
+        fail(f"the job store's URL: {redacted(str(err))}")
     try:
         return [public_spec(spec) for spec in Registry(client).deploy_file(cortex_yaml)]
     except BatcheryError as err:

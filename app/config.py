@@ -71,12 +71,17 @@ class Settings:
     # their control queues) or `control` (only the control queues: the process reserved for them)
     queues: tuple[str, ...] = ()
     lane: str = "all"
+    job_retention_seconds: int = DEFAULT_JOB_RETENTION_SECONDS  # an ended job's keys expire this long after its end
+    # with a sentinel:// REDIS_URL or BROKER_URL (app/store/connection.py): the master's name, and the
+    # sentinels' own password (the master's is in the URL); never shown in a repr or a log
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = field(default="", repr=False)
+    redis_sentinel_wait_ms: int = 1000  # writes that must survive a failover wait this long for a replica; 0: never
 
     @property
     def served_queues(self) -> tuple[str, ...]:
         """The queues a worker serves: BATCHERY_QUEUES, else the default queue."""
         return self.queues or (self.queue,)
-    job_retention_seconds: int = DEFAULT_JOB_RETENTION_SECONDS  # an ended job's keys expire this long after its end
 
     @property
     def broker(self) -> str:
@@ -129,6 +134,9 @@ class Settings:
             queues=_names(env.get("BATCHERY_QUEUES", "")),
             lane=_lane(env.get("BATCHERY_LANE", default.lane)),
             job_retention_seconds=int(env.get("BATCHERY_JOB_RETENTION_SECONDS", default.job_retention_seconds)),
+            redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or default.redis_sentinel_master,
+            redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", ""),
+            redis_sentinel_wait_ms=int(env.get("REDIS_SENTINEL_WAIT_MS", default.redis_sentinel_wait_ms)),
         )
 
 
@@ -164,6 +172,8 @@ class ClientEnv:
     url: str  # BATCHERY_URL, else the API `make up` starts: http://127.0.0.1:$PORT (8080)
     token: str = field(default="", repr=False)  # BATCHERY_API_TOKEN; empty: send none
     redis_url: str = ""  # REDIS_URL, else the Redis `make up` starts: redis://127.0.0.1:$REDIS_PORT/0
+    redis_sentinel_master: str = "mymaster"  # REDIS_SENTINEL_MASTER, for a sentinel:// REDIS_URL
+    redis_sentinel_password: str = field(default="", repr=False)  # REDIS_SENTINEL_PASSWORD
 
 
 def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
@@ -177,4 +187,6 @@ def client_env(env: Mapping[str, str] | None = None) -> ClientEnv:
         url=env.get("BATCHERY_URL") or f"http://127.0.0.1:{env.get('PORT') or 8080}",
         token=env.get("BATCHERY_API_TOKEN", "").strip(),
         redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{env.get('REDIS_PORT') or 6379}/0",
+        redis_sentinel_master=env.get("REDIS_SENTINEL_MASTER") or "mymaster",
+        redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD", ""),
     )

@@ -11,6 +11,7 @@ import time
 
 import redis
 
+from app.store.connection import store_client
 from workers.celery_app import celery, settings
 from workers.tasks import enqueue_job, finalize_job, run_batch  # noqa: F401 - registers Batchery's tasks
 
@@ -25,7 +26,7 @@ _redis: redis.Redis | None = None
 def _client() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(settings.redis_url)
+        _redis = store_client(settings.redis_url, settings)
     return _redis
 
 

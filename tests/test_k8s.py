@@ -42,16 +42,6 @@ LONGEST_BATCH = "batchery/longest-batch-seconds"  # the worker Deployments' anno
 SECRETS = "batchery-secrets"  # the Secret the README's kubectl command creates
 # Container name -> the Procfile entry it runs.
 PROCFILE_ENTRIES = {"api": "web", "worker": "worker", "control": "control", "flower": "flower"}
-# The control lane's Procfile entry as contract.md spells it, for a Procfile that does not have it
-# yet (the pools branch adds it); once the Procfile has a `control` entry, that one is compared.
-CONTRACT_CONTROL = (
-    "BATCHERY_LANE=control celery -A workers worker --loglevel INFO --concurrency 1 --hostname control@%h"
-)
-# Settings that other branches of this round add to app/config.py and the README's table, and that
-# the manifests (or the README's Sentinel overlay) set already: the pools branch's BATCHERY_QUEUES
-# and BATCHERY_LANE (issue 20.1), the sentinel branch's REDIS_SENTINEL_MASTER (issue 20.4).
-# Redundant, and to be removed, once those branches are merged.
-PENDING_SETTINGS = {"REDIS_SENTINEL_MASTER"}
 
 
 def kubectl() -> Path:
@@ -102,7 +92,6 @@ def procfile() -> dict[str, str]:
         if line.strip() and not line.lstrip().startswith("#"):
             name, _, command = line.partition(":")
             entries[name.strip()] = command.strip()
-    entries.setdefault("control", CONTRACT_CONTROL)
     return entries
 
 
@@ -394,7 +383,7 @@ def known_settings() -> set[str]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_variable_set_is_a_setting_batchery_knows(renders, overlay):
-    known = known_settings() | PENDING_SETTINGS
+    known = known_settings()
     assert {"REDIS_URL", "WORKER_CONCURRENCY", "FLOWER_BASIC_AUTH"} <= known
     objects = renders[overlay]
     named = set(secret_keys())
@@ -525,7 +514,7 @@ def test_the_readme_sentinel_overlay_replaces_the_redis_statefulset(tmp_path):
     assert not of_kind(objects, "StatefulSet") and "batchery-redis" not in of_kind(objects, "Service")
     (configmap,) = of_kind(objects, "ConfigMap").values()
     assert configmap["data"]["REDIS_URL"].startswith("sentinel://")
-    assert set(configmap["data"]) - known_settings() - PENDING_SETTINGS == set()
+    assert set(configmap["data"]) - known_settings() == set()
 
 
 # --- the containers run as the kubelet starts them -----------------------------------------------

@@ -10,13 +10,13 @@ import signal
 import sys
 
 import billiard.process
-import redis
 from celery import signals
 from kombu import Exchange, Queue
 
 from app.broker.config import consumed_queues, is_sqs, make_celery
 from app.config import Settings
 from app.store import joblog
+from app.store.connection import store_client
 from app.store.joblog import JobLog, configure_process_logging
 from workers import oom, pools, revoke, stdio
 from workers.kombu_patches import kept_client, redis_restore, sqs_receive, sqs_restore
@@ -45,7 +45,7 @@ def _setup_logging(loglevel: str | int | None = None, **kwargs: object) -> None:
     """Batchery's logging instead of Celery's: JSON lines, and per-job logs in Redis."""
     # timeouts: a task writes its log lines at its end, and must not hang there on a hung Redis
     timeout = joblog.FLUSH_SECONDS
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = store_client(settings.redis_url, settings, socket_timeout=timeout, socket_connect_timeout=timeout)
     job_log = JobLog(client, settings.job_log_lines)
     stream, log_format = stdio.unwrapped(sys.stderr), settings.log_format
     configure_process_logging(job_log, loglevel or "INFO", background=True, stream=stream, log_format=log_format)

@@ -29,12 +29,12 @@ import threading
 import time
 from pathlib import Path
 
-import redis
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
 from app.config import Settings
+from app.store.connection import store_client
 from app.store.job_store import JobStore
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def store() -> JobStore:
     if _settings is None:
         raise RuntimeError("workers.oom.use_job_store() was not called: no job store to record OOM kills in")
     if _store is None:
-        client = redis.Redis.from_url(_settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = store_client(_settings.redis_url, _settings, socket_timeout=5, socket_connect_timeout=5)
         _store = JobStore(client, lease_seconds=_settings.enqueue_lease_seconds, job_log_lines=_settings.job_log_lines)
     return _store
 

@@ -10,6 +10,7 @@ import uuid
 from functools import partial
 from typing import cast
 
+import redis
 from celery import signals
 
 from app.jobs.completion import completed_job
@@ -22,6 +23,7 @@ from app.model.job import iso, now, retry_limits
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
 from app.store import batch_errors, keys
+from app.store.connection import replicated
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.store.retries import RetryStore
@@ -232,6 +234,9 @@ class BatchRun:
             raise reply
         # the RECORD script's reply, a list (run_with_lines types it `object`: it runs any script)
         follow(services().dispatcher, self.store, self.spec, Outcome.parse(cast(list, reply)))
+        # before the broker's ack: an outcome lost in a failover, its message acked, would leave
+        # the batch in flight until the watchdog found it lost
+        kept_through_failover(f"batch {self.batch_id}'s outcome")
 
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
@@ -254,11 +259,22 @@ def finalize_job(self, job_id: str) -> None:
         if not _still_finalizing(spec, token):
             log.info("job %s: another finalizer runs it, or ran it; this one is dropped", job_id)
             return
+        kept_through_failover(f"job {job_id}'s finalizer claim")  # lost, another finalizer could run
         # An on_job_complete longer than BATCHERY_LOST_SECONDS must not be taken for a lost one,
         # and finalized again beside itself: its heartbeat renews the claim the watchdog checks.
         beat = partial(_still_finalizing, spec, token)
         with heartbeat(beat, settings.lost_seconds / 4, f"finalizer-{job_id}"):
             _finalize(spec, api)
+
+
+def kept_through_failover(what: str) -> None:
+    """Wait for a replica to hold the writes made so far (a Sentinel-backed store only). A failure
+    to confirm it is logged, not raised: the write is on the master, and is lost only if the
+    master dies now."""
+    try:
+        replicated(services().redis)
+    except redis.RedisError as err:
+        log.warning("%s: not confirmed on a replica (%s): a failover now could lose it", what, err)
 
 
 def _still_finalizing(spec: dict, token: str) -> bool:
@@ -298,6 +314,7 @@ def _finalize(spec: dict, api: dict) -> None:
         message = f"{message}; {error}"
     flush_lines()  # on_job_complete's lines before the store's line saying how the job ended
     ended = store.end(spec, final, message, now())
+    kept_through_failover(f"job {job_id}'s end")  # lost, the job would be finalized again
     _predictors.evict(job_id)
     if not ended:  # stopped or timed out while on_job_complete ran: that status stands
         state = store.state(job_id, spec["api_name"], now())

@@ -9,6 +9,7 @@ from celery import Celery
 from app.config import Settings
 from app.model.queues import control_queue
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH
+from app.store.connection import is_sentinel, parse_sentinel_url
 
 __all__ = ["ENQUEUE_JOB", "FINALIZE_JOB", "RUN_BATCH", "make_celery"]
 
@@ -23,7 +24,7 @@ def transport_options(settings: Settings) -> dict:
     if not is_sqs(settings):
         # Redis requeues a message unacked this long (counted from prefetch): set it above your
         # longest batch, or a batch still running is delivered twice.
-        return {"visibility_timeout": settings.visibility_timeout}
+        return {"visibility_timeout": settings.visibility_timeout, **sentinel_options(settings.broker, settings)}
     return {
         "region": settings.sqs_region,
         "queue_name_prefix": settings.sqs_queue_prefix,
@@ -33,6 +34,19 @@ def transport_options(settings: Settings) -> dict:
         "wait_time_seconds": 1,  # long polling, short enough that a stopping worker stops soon
         "polling_interval": 0.1,
     }
+
+
+def sentinel_options(url: str, settings: Settings) -> dict:
+    """The transport options kombu's and Celery's Sentinel transports need for `url` (the master's
+    name; the sentinels' password): none unless it is a `sentinel://` URL. Raises ValueError for a
+    malformed one, so that a process stops at start saying what is wrong with it."""
+    if not is_sentinel(url):
+        return {}
+    parse_sentinel_url(url)
+    options: dict = {"master_name": settings.redis_sentinel_master}
+    if settings.redis_sentinel_password:
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    return options
 
 
 def celery_config(settings: Settings) -> dict:
@@ -58,6 +72,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings),
         "worker_hijack_root_logger": False,
+        "result_backend_transport_options": sentinel_options(settings.redis_url, settings),
     }
 
 
@@ -74,7 +89,7 @@ def public_queue_url(settings: Settings, queue: str = "") -> str:
     queue = queue or settings.queue
     if is_sqs(settings):
         return f"sqs://{settings.sqs_region}/{settings.sqs_queue_prefix}{queue}"
-    url = urlsplit(settings.broker)
+    url = urlsplit(settings.broker.split(";")[0])  # a Sentinel URL: its first sentinel's address
     host = url.hostname or ""
     if url.port:
         host = f"{host}:{url.port}"

@@ -14,6 +14,7 @@ import redis
 from app.broker.config import is_sqs
 from app.broker.sqs import sqs_client
 from app.config import Settings
+from app.store.connection import store_client
 
 TIMEOUT_SECONDS = 2
 QUICK = botocore.config.Config(
@@ -40,8 +41,8 @@ class BrokerQueue:
     @cached_property
     def redis(self) -> redis.Redis:
         """A client of the Redis broker that answers or fails fast."""
-        return redis.Redis.from_url(
-            self.settings.broker, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+        return store_client(
+            self.settings.broker, self.settings, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
         )
 
     @cached_property

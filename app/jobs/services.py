@@ -15,6 +15,7 @@ from app.broker.dispatch import Dispatcher
 from app.broker.queue import BrokerQueue
 from app.config import Settings
 from app.jobs.submission import Submitter
+from app.store.connection import store_client
 from app.store.held_client import HeldConnectionClient
 from app.store.job_store import JobStore
 from app.store.joblog import JobLog
@@ -54,7 +55,7 @@ class Services:
             options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.store_outage_seconds) + 5)
         # a worker's script calls, three a batch, on a connection each thread keeps (app/store/held_client.py)
         client_class = HeldConnectionClient if patient else redis.Redis
-        client = client_class.from_url(settings.redis_url, **options)
+        client = store_client(settings.redis_url, settings, client_class, **options)
         registry = Registry(client)
         store = JobStore(
             client,

@@ -16,6 +16,7 @@ from app.model.job import build_spec, now
 from app.model.queues import api_queue
 from app.model.wire import entry_batch_id
 from app.sources import s3
+from app.store.connection import replicated
 from app.store.job_store import JobStore, Outcome
 from app.store.joblog import JobLog, for_job
 from app.store.registry import Registry
@@ -82,8 +83,12 @@ class Submitter:
             except ValueError as err:
                 raise InvalidRequest(f"sqs_dead_letter_queue.arn: {err}") from None
         if "item_list" in submission:
-            return self._submit_items(api, submission, dry_run)
-        return self._submit_s3(api, submission, dry_run)
+            answer = self._submit_items(api, submission, dry_run)
+        else:
+            answer = self._submit_s3(api, submission, dry_run)
+        if isinstance(answer, dict):  # a job was created: on a replica before its id is answered
+            replicated(self.store.redis)
+        return answer
 
     def _submit_items(self, api: dict, submission: dict, dry_run: bool) -> dict | Iterator[str]:
         items = submission["item_list"]["items"]
@@ -135,6 +140,7 @@ class Submitter:
         with self._publishing(spec), for_job(spec["api_name"], spec["job_id"], self.job_log):
             log.info("enqueued %d batches", len(entries))
             self._enqueue(spec, entries)
+        replicated(self.store.redis)  # on a replica before its id is answered
         return spec
 
     def _enqueue(self, spec: dict, entries: list[str]) -> None:

@@ -37,7 +37,9 @@ class HeldConnectionClient(redis.Redis):
         held = getattr(self._held, "connection", None)
         if held is None or self._held.pid != os.getpid():  # a forked child opens its own
             # typed as redis-py's ConnectionInterface, which leaves out the `retry` used here; the
-            # pool of a client made by `from_url` or `Redis(...)` makes AbstractConnection subclasses
+            # pool of a client made by `from_url` or `Redis(...)` makes AbstractConnection subclasses;
+            # a Sentinel pool's connection asks the sentinels for the master whenever it reconnects
+            # (app/store/connection.py), so this kept connection follows a failover on its retries
             held = cast(AbstractConnection, self.connection_pool.make_connection())
             self._held.connection, self._held.pid = held, os.getpid()
         return held

@@ -210,6 +210,8 @@ def watchdog_home(queue_url: str) -> str:
     sweeping it; renewed by each of them every sweep period. Queues without one (dedicated pools'
     queues) are swept, in turn, by any fleet's processes on the same broker."""
     return f"{PREFIX}:watchdog-home:{queue_url}"
+
+
 def job_keys(job_id: str) -> list[str]:
     """Every key of one job, all named after its hash (`job(job_id)` and a suffix): an ended job's keys
     expire together after BATCHERY_JOB_RETENTION_SECONDS (app/store/retention.py). A key family of a
@@ -261,3 +263,9 @@ def code_stored() -> str:
     """Sorted set: a stored code key (`code(...)`, `project(...)`) -> the last time it was seen
     deployed; one no deployed API nor kept job uses is removed by the retention sweep."""
     return f"{PREFIX}:retention:code_stored"
+
+
+def replication_fence() -> str:
+    """String: a counter a process increments just before `WAIT` on a Sentinel-backed store
+    (app/store/connection.py `replicated`), so that its connection has a write to wait for."""
+    return f"{PREFIX}:replication_fence"

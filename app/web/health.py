@@ -15,6 +15,7 @@ from redis.retry import Retry
 from app.broker.config import is_sqs
 from app.broker.queue import BrokerQueue
 from app.config import Settings, redacted
+from app.store.connection import store_client
 
 # A probe of one Redis: connecting and PING each have this long, with no retry (redis-py retries
 # a timed-out command by default: against a hung Redis, /healthz took 4 s).
@@ -36,12 +37,12 @@ class Health:
     @cached_property
     def store_redis(self) -> redis.Redis:
         """The job store's Redis, for the probe only: it answers or fails within REDIS_SECONDS."""
-        return _quick_redis(self.settings.redis_url)
+        return _quick_redis(self.settings.redis_url, self.settings)
 
     @cached_property
     def broker_redis(self) -> redis.Redis:
         """The Redis broker, for the probe only (the same quick client)."""
-        return _quick_redis(self.settings.broker)
+        return _quick_redis(self.settings.broker, self.settings)
 
     def _ping_broker(self) -> None:
         if is_sqs(self.settings):
@@ -59,9 +60,13 @@ class Health:
         return {"status": "ok" if healthy else "unhealthy", **report}, 200 if healthy else 503
 
 
-def _quick_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=REDIS_SECONDS, socket_connect_timeout=REDIS_SECONDS, retry=Retry(NoBackoff(), 0)
+def _quick_redis(url: str, settings: Settings) -> redis.Redis:
+    return store_client(
+        url,
+        settings,
+        socket_timeout=REDIS_SECONDS,
+        socket_connect_timeout=REDIS_SECONDS,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
