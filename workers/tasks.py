@@ -10,6 +10,7 @@ import uuid
 from functools import partial
 from typing import cast
 
+import redis
 from celery import signals
 
 from app.jobs.completion import completed_job
@@ -72,6 +73,15 @@ def _project_blob(project_id: str) -> bytes | None:
 def _clean_project_cache(**kwargs: object) -> None:
     """The worker's start: versions of projects unused for BATCHERY_PROJECT_CACHE_SECONDS go."""
     _projects.clean()
+
+
+@signals.worker_ready.connect
+def _keep_pool_processes_alive(sender: object = None, **kwargs: object) -> None:
+    """The worker's main process renews its pool processes' ownership of their batches, from a
+    thread that runs even while a predictor holds its process's GIL (workers/liveness.py)."""
+    timeout = 5  # a beat must not hang on a hung Redis: the next one tries again
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    liveness.start_renewing(client, settings.lost_seconds, getattr(sender, "pool", None))
 
 
 def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
@@ -137,6 +147,13 @@ class BatchRun:
         ready = _predictors.cached(self.spec["job_id"])  # loaded: BEGIN is the last check before predict
         delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation, ready=ready)
         if delivery.action == "skip":
+            if delivery.reason == "owned":
+                log.warning(
+                    "batch %s: this message was dropped: another delivery of the batch still runs in a live "
+                    "worker process (%s); it is not counted as a delivery",
+                    self.batch_id,
+                    delivery.owner,
+                )
             return
         if delivery.action == "dead":
             died = delivery.number - 1
@@ -251,7 +268,13 @@ def finalize_job(self, job_id: str) -> None:
     spec, api = found
     token = self.request.id or uuid.uuid4().hex  # the same on each delivery of this message
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
-        if not _still_finalizing(spec, token):
+        at = now()
+        start = services().store.start_finalizing(spec, token, at - settings.lost_seconds, at)
+        if start.wait:
+            # a delivery of a batch the job already counted still runs: on_job_complete comes after it
+            log.info("job %s: the finalizer waits for a batch still running in a live process: %s", job_id, start.wait)
+            raise self.retry(countdown=finalizer_wait_seconds(), max_retries=None)
+        if not start.run:
             log.info("job %s: another finalizer runs it, or ran it; this one is dropped", job_id)
             return
         # An on_job_complete longer than BATCHERY_LOST_SECONDS must not be taken for a lost one,
@@ -259,6 +282,12 @@ def finalize_job(self, job_id: str) -> None:
         beat = partial(_still_finalizing, spec, token)
         with heartbeat(beat, settings.lost_seconds / 4, f"finalizer-{job_id}"):
             _finalize(spec, api)
+
+
+def finalizer_wait_seconds() -> float:
+    """How long a finalizer waiting for a live process's batch waits before it looks again: well
+    within BATCHERY_LOST_SECONDS (each look renews its claim), and at most 5 s."""
+    return max(0.2, min(5.0, settings.lost_seconds / 4))
 
 
 def _still_finalizing(spec: dict, token: str) -> bool:
