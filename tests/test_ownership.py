@@ -84,6 +84,7 @@ def test_a_predictor_holding_the_gil_for_lost_seconds_over_runs_once_and_is_not_
         wait_for(lambda: any(refused in line for line in job_log(jobs, job_id)), what="the second message dropped")
         job = jobs.wait_final("probe", job_id)
         letters = services.dead_letters.read(arn)
+        print("\n" + next(line for line in job_log(jobs, job_id) if refused in line))
     released = json.loads(r.lindex(f"probe:{tag}:gil_released:{job_id}", 0))
     completed = json.loads(r.lindex(f"probe:{tag}:complete_at:{job_id}", 0))
     print(
