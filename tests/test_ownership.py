@@ -16,6 +16,7 @@ import pytest
 
 from app import create_app
 from app.config import Settings
+from app.jobs.submission import follow
 from app.jobs.watchdog import Watchdog
 from app.model import status
 from app.model.job import build_spec, now
@@ -121,6 +122,32 @@ def test_redis_losing_the_liveness_keys_mid_batch_changes_nothing(settings, work
     assert job["status"] == status.SUCCEEDED, job
     assert job["batch_metrics"]["succeeded"] == 1 and job["batch_metrics"]["failed"] == 0
     assert r.hgetall(f"probe:{tag}:deliveries:{job_id}") == {"0": "1"}  # never published again
+
+
+def test_on_job_complete_waits_for_a_live_owner_of_a_batch_already_counted(
+    settings, worker_env, tmp_path, r, probe_config
+):
+    """A batch counted by another delivery of it (as one would be whose owner was taken for dead:
+    a host cut off from Redis) while its owner still runs it: the finalizer waits for the owner."""
+    tag, sleep = probe_config["tag"], 3 * LOST
+    with fleet(settings, worker_env, tmp_path, f"owned-final-{tag}") as (app, jobs, _):
+        body = {"workers": 1, "config": probe_config, "item_list": {"items": [{"sleep": sleep}], "batch_size": 1}}
+        job_id = jobs.submit("probe", body)["job_id"]
+        wait_for(lambda: r.llen(f"probe:{tag}:starts:{job_id}") == 1, what="the batch inside predict")
+        services = app.extensions["batchery"]
+        spec = services.store.spec_and_api(job_id)[0]
+        counted = services.store.record(spec, "0", "ok", 0.1, "elsewhere:1:other", now())
+        assert counted.finalize  # the job's last batch, counted: its finalizer is published
+        follow(services.dispatcher, services.store, spec, counted)
+        job = jobs.wait_final("probe", job_id)
+        lines = job_log(jobs, job_id)
+    began = json.loads(r.lindex(f"probe:{tag}:starts:{job_id}", 0))["t"]
+    completed = json.loads(r.lindex(f"probe:{tag}:complete_at:{job_id}", 0))
+    print(f"\non_job_complete began {completed - began:.2f} s after the owned batch began (it sleeps {sleep:g} s)")
+    assert job["status"] == status.SUCCEEDED, job
+    assert completed >= began + sleep  # not before the owner's delivery ended
+    assert any("the finalizer waits for a batch still running" in line for line in lines)
+    assert r.lrange(f"probe:{tag}:complete", 0, -1) == [job_id]
 
 
 @pytest.fixture
