@@ -5,7 +5,7 @@
 -- KEYS[1]  job             hash: the job's spec, status, counters and times
 -- KEYS[2]  backlog         list: backlog entries not yet released
 -- KEYS[3]  inflight        hash: batch id -> backlog entry, for batches released and not finished
--- KEYS[4]  deliveries      hash: per batch, deliveries begun, recorded, generation, OOM kills
+-- KEYS[4]  deliveries      hash: per batch, deliveries begun, recorded, generation, OOM kills, owner
 -- KEYS[5]  procs           hash: process -> "initializing <batch_id>" or "running <batch_id>"
 -- KEYS[6]  active          sorted set: the API's jobs in progress
 -- KEYS[7]  lease           string: the enqueuer's lease
