@@ -204,7 +204,7 @@ def test_a_pool_process_that_dies_holding_an_outcome_the_store_did_not_take_lose
     server = RedisServer(tmp_path, {"appendonly": "yes", "appendfsync": "always"})  # the job store and broker
     try:
         with fleet(settings, worker_env, tmp_path, f"outage-{tag}", redis_url=server.url) as (_, jobs, worker):
-            config = {**probe_config, "sleep": 2}  # the probe records in the tests' own Redis, not stopped
+            config = {**probe_config, "sleep": 4}  # the probe records in the tests' own Redis, not stopped
             body = {"workers": 2, "config": config, "item_list": {"items": [0, 1], "batch_size": 1}}
             job_id = jobs.submit("probe", body)["job_id"]
             wait_for(lambda: r.llen(f"probe:{tag}:starts:{job_id}") == 2, what="both batches inside predict")

@@ -8,16 +8,19 @@ GIL (a C extension that does not release it) stops every thread of its process, 
 and the batch ran again beside itself (dead-lettered with a `max_receive_count` of 1, its job
 finalized before it ended).
 
-So the worker's main process, which runs no predictor, keeps its children alive: every quarter of
-BATCHERY_LOST_SECONDS a thread of it (started on `worker_ready`) SETs, with a TTL of
-BATCHERY_LOST_SECONDS,
+So the worker's main process, which runs no predictor, keeps its children alive: every
+RENEW_SECONDS (or every quarter of BATCHERY_LOST_SECONDS, if that is less) a thread of it (started
+on `worker_ready`) SETs, with a TTL of BATCHERY_LOST_SECONDS,
 - the liveness key of each pool process it has (`keys.proc_alive`; SET, not EXPIRE, so a key Redis
   lost is written again), and
 - its list of live children's pids (`keys.worker_children`).
 A process is alive (`owner_alive` in app/store/lua/common.lua, and the watchdog) while either says
 so: a Redis that loses the liveness keys does not make a live process dead, and a process is
 dead only once its main process stops naming it (it died alone: Celery starts another, with
-another pid) or the whole worker stopped renewing (both expire).
+another pid) or the whole worker stopped renewing (both expire). The renewal is frequent (one
+pipelined round trip per worker) so that after a Redis outage or restart, which let every key
+expire, the keys are back within seconds: a watchdog sweep in between could take every running
+batch for dead (BEGIN then refuses the new message if the keys are back when it begins).
 
 A pool process is named `<host>:<pid>:<token>`, the token its worker's (made in the main process
 before the pool forks, so every child inherits it; a restarted container has a new one). Each
@@ -90,7 +93,7 @@ def _start(client: redis.Redis, ttl: float) -> str:
 
 class Renewer:
     """The worker's main process keeping its live pool processes' ownership: their liveness keys
-    and its list of their pids, written every quarter of `ttl` with a TTL of `ttl`."""
+    and its list of their pids, written with a TTL of `ttl`."""
 
     def __init__(self, client: redis.Redis, ttl: float, children: Callable[[], list[int]]):
         """`children`: the pids of the pool's processes now (the pool's own list)."""
@@ -142,13 +145,16 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+# How often the main process renews at most: a cheap round trip, and the keys lost with a
+# restarted Redis are back within this (the watchdog may sweep in between: module docstring).
+RENEW_SECONDS = 2.0
 _renewer: Renewer | None = None
 
 
 def start_renewing(client: redis.Redis, ttl: float, pool: object) -> Renewer:
     """In the worker's main process: renew the ownership of `pool`'s processes (Celery's pool: its
     `info["processes"]`, or this process for a pool without any) from a thread, for as long as the
-    process lives."""
+    process lives: every RENEW_SECONDS, or every quarter of `ttl` if that is less."""
     global _renewer
 
     def children() -> list[int]:
@@ -158,7 +164,7 @@ def start_renewing(client: redis.Redis, ttl: float, pool: object) -> Renewer:
     _renewer = Renewer(client, ttl, children)
     with contextlib.suppress(redis.RedisError):  # not up yet: the thread's next beat tries again
         _renewer.beat()
-    beat_forever(_renewer.beat, ttl / 4, "batchery-owners")
+    beat_forever(_renewer.beat, min(ttl / 4, RENEW_SECONDS), "batchery-owners")
     return _renewer
 
 

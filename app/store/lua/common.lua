@@ -224,7 +224,7 @@ end
 
 -- Whether the pool process `proc` (as named in procs: "<host>:<pid>:<token>") is alive: its own
 -- liveness key exists, or its worker's main process lists its pid among its live children. The
--- main process renews both every quarter of BATCHERY_LOST_SECONDS (workers/liveness.py), so a
+-- main process renews both every few seconds (workers/liveness.py), so a
 -- process whose predictor holds the GIL stays alive, and a Redis that lost one of the two keys
 -- does not make it dead. Both keys are outside KEYS, like WEBHOOK_OUTBOX (fine on one Redis).
 local function owner_alive(proc)
