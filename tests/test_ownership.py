@@ -124,13 +124,14 @@ def test_redis_losing_the_liveness_keys_mid_batch_changes_nothing(settings, work
     assert r.hgetall(f"probe:{tag}:deliveries:{job_id}") == {"0": "1"}  # never published again
 
 
+@BOTH_BROKERS
 def test_on_job_complete_waits_for_a_live_owner_of_a_batch_already_counted(
-    settings, worker_env, tmp_path, r, probe_config
+    settings, worker_env, broker, tmp_path, r, probe_config
 ):
     """A batch counted by another delivery of it (as one would be whose owner was taken for dead:
     a host cut off from Redis) while its owner still runs it: the finalizer waits for the owner."""
     tag, sleep = probe_config["tag"], 3 * LOST
-    with fleet(settings, worker_env, tmp_path, f"owned-final-{tag}") as (app, jobs, _):
+    with fleet(settings, worker_env, tmp_path, f"owned-final-{broker}-{tag}") as (app, jobs, _):
         body = {"workers": 1, "config": probe_config, "item_list": {"items": [{"sleep": sleep}], "batch_size": 1}}
         job_id = jobs.submit("probe", body)["job_id"]
         wait_for(lambda: r.llen(f"probe:{tag}:starts:{job_id}") == 1, what="the batch inside predict")
@@ -143,7 +144,7 @@ def test_on_job_complete_waits_for_a_live_owner_of_a_batch_already_counted(
         lines = job_log(jobs, job_id)
     began = json.loads(r.lindex(f"probe:{tag}:starts:{job_id}", 0))["t"]
     completed = json.loads(r.lindex(f"probe:{tag}:complete_at:{job_id}", 0))
-    print(f"\non_job_complete began {completed - began:.2f} s after the owned batch began (it sleeps {sleep:g} s)")
+    print(f"\n{broker}: on_job_complete began {completed - began:.2f} s after the batch began (it sleeps {sleep:g} s)")
     assert job["status"] == status.SUCCEEDED, job
     assert completed >= began + sleep  # not before the owner's delivery ended
     assert any("the finalizer waits for a batch still running" in line for line in lines)
