@@ -272,7 +272,9 @@ def finalize_job(self, job_id: str) -> None:
         start = services().store.start_finalizing(spec, token, at - settings.lost_seconds, at)
         if start.wait:
             # a delivery of a batch the job already counted still runs: on_job_complete comes after it
-            log.info("job %s: the finalizer waits for a batch still running in a live process: %s", job_id, start.wait)
+            level = logging.DEBUG if self.request.retries else logging.INFO  # one line in the job log, not one a look
+            waits = "job %s: the finalizer waits for a batch still running in a live process: %s"
+            log.log(level, waits, job_id, start.wait)
             raise self.retry(countdown=finalizer_wait_seconds(), max_retries=None)
         if not start.run:
             log.info("job %s: another finalizer runs it, or ran it; this one is dropped", job_id)
