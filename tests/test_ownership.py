@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from app.store import keys, owners
 from app.store.joblog import attach_job_log
 from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
 from tests.services import RedisServer, Worker, wait_for
+from workers import liveness
 
 LOST = 2.0  # BATCHERY_LOST_SECONDS of the fleets here: their processes' keys expire this fast
 
@@ -235,3 +237,22 @@ def _final_or_none(jobs: Jobs, job_id: str) -> dict | None:
     except AssertionError:  # 503 while Redis is down
         return None
     return job if status.is_final(job["status"]) else None
+
+
+def test_the_renewer_names_only_live_pool_processes_and_never_a_lost_one_again(redis_server):
+    """The main process's side, on a real Redis: a zombie (a dead child not yet reaped) is not
+    renewed, and a child Celery reported lost has its key deleted and never written again."""
+    client = redis_server.client
+    zombie = subprocess.Popen(["true"])
+    wait_for(lambda: not liveness.running(zombie.pid), what="the child to exit (a zombie until reaped)")
+    pool = [os.getpid(), zombie.pid]
+    renewer = liveness.Renewer(client, ttl=60, children=lambda: pool)
+    renewer.beat()
+    me, gone = liveness.name_of(os.getpid()), liveness.name_of(zombie.pid)
+    assert client.exists(keys.proc_alive(me)) and not client.exists(keys.proc_alive(gone))
+    assert client.get(keys.worker_children(liveness.worker_name())) == str(os.getpid()).encode()
+    renewer.lost(os.getpid())  # as BatchRequest.on_failure says, before Celery requeues the message
+    renewer.beat()
+    assert not client.exists(keys.proc_alive(me))
+    assert owners.dead(client, [me, gone]) == {me, gone}
+    zombie.wait()
