@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 from billiard.einfo import ExceptionInfo
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import Terminated, WorkerLostError
 from celery.worker.request import Request
 
 from app.config import Settings
 from app.store.connection import store_client
 from app.store.job_store import JobStore
+from workers import liveness
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +198,14 @@ class BatchRequest(Request):
         super().__init__(*args, **kwargs)
 
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> object:
-        """Record an OOM kill of the pool process, then let Celery requeue the message."""
+        """Record an OOM kill of the pool process, end its ownership of the batch, then let Celery
+        requeue the message."""
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
         if is_sigkill(exc) and counter().claim(self.oom_before):
             self._record_oom()
+        if isinstance(exc, WorkerLostError | Terminated):  # its batch's ownership ends before the requeue
+            liveness.child_lost(self.worker_pid)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def _record_oom(self) -> None:

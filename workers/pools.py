@@ -18,6 +18,7 @@ import redis
 from app.broker.config import consumed_queues
 from app.config import Settings
 from app.model.queues import CONTROL_SUFFIX
+from app.store.connection import store_client
 from app.store.pools import RENEW_SECONDS, Pools
 from workers.heartbeat import beat_forever
 
@@ -39,7 +40,7 @@ class Served:
         self.node = str(getattr(sender, "hostname", "") or "worker")
         controller = getattr(sender, "controller", None)
         self.processes = int(getattr(controller, "concurrency", 0) or 1)
-        self.pools = Pools(redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5))
+        self.pools = Pools(store_client(self.settings.redis_url, self.settings, socket_timeout=5, socket_connect_timeout=5))
         self._serve()
         beat_forever(self._serve, RENEW_SECONDS, "batchery-pools")
         batches = [queue for queue in self.queues if not queue.endswith(CONTROL_SUFFIX)]

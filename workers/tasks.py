@@ -23,7 +23,7 @@ from app.model.job import iso, now, retry_limits
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
 from app.sources.batches import payload
 from app.store import batch_errors, keys
-from app.store.connection import replicated
+from app.store.connection import replicated, store_client
 from app.store.job_store import Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.store.retries import RetryStore
@@ -74,6 +74,15 @@ def _project_blob(project_id: str) -> bytes | None:
 def _clean_project_cache(**kwargs: object) -> None:
     """The worker's start: versions of projects unused for BATCHERY_PROJECT_CACHE_SECONDS go."""
     _projects.clean()
+
+
+@signals.worker_ready.connect
+def _keep_pool_processes_alive(sender: object = None, **kwargs: object) -> None:
+    """The worker's main process renews its pool processes' ownership of their batches, from a
+    thread that runs even while a predictor holds its process's GIL (workers/liveness.py)."""
+    timeout = 5  # a beat must not hang on a hung Redis: the next one tries again
+    client = store_client(settings.redis_url, settings, socket_timeout=timeout, socket_connect_timeout=timeout)
+    liveness.start_renewing(client, settings.lost_seconds, getattr(sender, "pool", None))
 
 
 def spec_and_api(job_id: str) -> tuple[dict, dict] | None:
@@ -139,6 +148,13 @@ class BatchRun:
         ready = _predictors.cached(self.spec["job_id"])  # loaded: BEGIN is the last check before predict
         delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation, ready=ready)
         if delivery.action == "skip":
+            if delivery.reason == "owned":
+                log.warning(
+                    "batch %s: this message was dropped: another delivery of the batch still runs in a live "
+                    "worker process (%s); it is not counted as a delivery",
+                    self.batch_id,
+                    delivery.owner,
+                )
             return
         if delivery.action == "dead":
             died = delivery.number - 1
@@ -256,7 +272,15 @@ def finalize_job(self, job_id: str) -> None:
     spec, api = found
     token = self.request.id or uuid.uuid4().hex  # the same on each delivery of this message
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
-        if not _still_finalizing(spec, token):
+        at = now()
+        start = services().store.start_finalizing(spec, token, at - settings.lost_seconds, at)
+        if start.wait:
+            # a delivery of a batch the job already counted still runs: on_job_complete comes after it
+            level = logging.DEBUG if self.request.retries else logging.INFO  # one line in the job log, not one a look
+            waits = "job %s: the finalizer waits for a batch still running in a live process: %s"
+            log.log(level, waits, job_id, start.wait)
+            raise self.retry(countdown=finalizer_wait_seconds(), max_retries=None)
+        if not start.run:
             log.info("job %s: another finalizer runs it, or ran it; this one is dropped", job_id)
             return
         kept_through_failover(f"job {job_id}'s finalizer claim")  # lost, another finalizer could run
@@ -275,6 +299,12 @@ def kept_through_failover(what: str) -> None:
         replicated(services().redis)
     except redis.RedisError as err:
         log.warning("%s: not confirmed on a replica (%s): a failover now could lose it", what, err)
+
+
+def finalizer_wait_seconds() -> float:
+    """How long a finalizer waiting for a live process's batch waits before it looks again: well
+    within BATCHERY_LOST_SECONDS (each look renews its claim), and at most 5 s."""
+    return max(0.2, min(5.0, settings.lost_seconds / 4))
 
 
 def _still_finalizing(spec: dict, token: str) -> bool:

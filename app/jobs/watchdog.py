@@ -12,10 +12,11 @@ each queue at a time: its own BATCHERY_QUEUE's, and the dedicated pools' queues 
   fleet has since begun messages released `BATCHERY_LOST_SECONDS` after them (the broker lost
   them; or nothing on the queue began for that long), are published again, each with a new
   generation so that only the newest message runs;
-- a job's batch running in a pool process that died with its whole worker (its liveness key,
-  renewed from a thread in each pool process, expired after `BATCHERY_LOST_SECONDS`) is published
-  again the same way, and the process no longer counts as running: no one else would requeue it
-  before the broker's visibility timeout (an hour on the Redis broker);
+- a job's batch running in a pool process that died with its whole worker, or alone after its
+  task ended (its liveness keys, renewed by its worker's main process, expired after
+  `BATCHERY_LOST_SECONDS`: workers/liveness.py) is published again the same way, and the process no
+  longer counts as running: no one else would requeue it before the broker's visibility timeout
+  (an hour on the Redis broker). A live process is never taken for dead, however slow;
 - a job whose batches have all ended and whose finalizer was claimed that long ago (the same two
   rules; a running finalizer renews its claim) but that is still in progress (the finalizer's
   message was lost, or its worker) gets its finalizer published again (`on_job_complete` runs
@@ -43,7 +44,7 @@ from app.jobs.submission import ITEMS_STORED, follow
 from app.model import status
 from app.model.job import now, queue_of
 from app.model.queues import job_queue
-from app.store import keys
+from app.store import keys, owners
 from app.store.job_store import Outcome
 from app.store.pools import Pools
 from app.store.registry import Deployment
@@ -138,13 +139,12 @@ class Watchdog:
         return min(at, max(state["delivered_release"] for state in states)) - lost
 
     def _dead_processes(self, states: list[dict]) -> set[str]:
-        """The processes named in the jobs' `procs` whose liveness key expired: they died, with
-        their whole worker, in the middle of a batch (workers/liveness.py)."""
-        names = sorted({name for state in states for name in state["procs"]})
-        pipe = self.services.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(keys.proc_alive(name))
-        return {name for name, alive in zip(names, pipe.execute(), strict=True) if not alive}
+        """The processes named in the jobs' `procs` that their worker no longer says are alive:
+        neither their liveness key nor their worker's list of live children names them, both
+        renewed by the worker's main process (workers/liveness.py). They died in the middle of a
+        batch, alone or with their whole worker; a slow one (a predictor holding the GIL) is not
+        dead, and neither is one whose key alone Redis lost."""
+        return owners.dead(self.services.redis, sorted({name for state in states for name in state["procs"]}))
 
     def _check(self, state: dict, at: float, lost_before: float, dead: set[str]) -> bool:
         spec = state["spec"]

@@ -11,6 +11,8 @@ no space, so the first space ends it. The store's Lua reads it with `entry_batch
 
 from __future__ import annotations
 
+import re
+
 RUN_BATCH = "batchery.run_batch"
 FINALIZE_JOB = "batchery.finalize_job"
 ENQUEUE_JOB = "batchery.enqueue_job"
@@ -53,6 +55,14 @@ def process_name(host: str, pid: int, token: str) -> str:
     """A pool process's name in `procs` and in its liveness key: host, pid and a token of its own
     (a restarted container reuses pids)."""
     return f"{host}:{pid}:{token}"
+
+
+def worker_of(proc: str) -> tuple[str, str] | None:
+    """The worker a pool process belongs to and its pid: `("<host>:<token>", "<pid>")` from its
+    name `<host>:<pid>:<token>` (the token is its worker's: workers/liveness.py); None for a name
+    not of that form."""
+    found = re.fullmatch(r"(.*):(\d+):([^:]*)", proc)
+    return (f"{found[1]}:{found[3]}", found[2]) if found else None
 
 
 def process_record(state: str, batch_id: str) -> str:

@@ -82,6 +82,16 @@ class Delivery:
     number: int = 0
     reason: str = ""
     oom_kills: int = 0  # of a dead batch: how many of its deliveries the kernel killed for memory
+    owner: str = ""  # of a delivery skipped as `owned`: the live process running another delivery of it
+
+
+@dataclass
+class FinalizerStart:
+    """Whether a finalizer may run now; if not, `wait` names the live process (and its batch) it
+    waits for, or is empty: the job ended, or another finalizer runs it."""
+
+    run: bool
+    wait: str = ""
 
 
 @dataclass
@@ -261,7 +271,7 @@ class JobStore:
             "begin", spec, spec["api_name"], batch_id, proc, str(generation), flag, now=now
         )
         if action == b"skip":
-            return Delivery("skip", reason=detail.decode())
+            return Delivery("skip", reason=detail.decode(), owner=rest[0].decode() if rest else "")
         return Delivery(action.decode(), number=int(detail), oom_kills=int(rest[0]) if rest else 0)
 
     def proceed(self, spec: dict, batch_id: str, proc: str, now: float) -> bool:
@@ -334,6 +344,15 @@ class JobStore:
         after `beaten_before`. Each call is a heartbeat: it renews the finalizer's claim time,
         so the watchdog does not take a long `on_job_complete` for a lost one."""
         return bool(self._call("finalizing", spec, spec["api_name"], token, repr(beaten_before), now=now))
+
+    def start_finalizing(self, spec: dict, token: str, beaten_before: float, now: float) -> FinalizerStart:
+        """Take the right to run a job's finalizer, as `finalizing` does, unless a batch of the job
+        is still owned by a live process (a delivery with no outcome yet): then `wait` names it,
+        and the claim time is renewed so that the watchdog leaves the waiting finalizer alone."""
+        reply = self._call("finalizing", spec, spec["api_name"], token, repr(beaten_before), "1", now=now)
+        if isinstance(reply, list):
+            return FinalizerStart(False, wait=f"{reply[1].decode()} ({reply[2].decode()})")
+        return FinalizerStart(bool(reply))
 
     def published(self, spec: dict, entries: list[str], finalizer: bool = False) -> None:
         """Say that the messages of released backlog entries (`"<batch_id> <body>"`), and of the

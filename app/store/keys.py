@@ -70,7 +70,8 @@ def ended_inflight(job_id: str) -> str:
 def deliveries(job_id: str) -> str:
     """Hash: `<batch>` -> deliveries started, `<batch>:r` -> deliveries whose outcome was recorded,
     `<batch>:g` -> times the watchdog published it again, `<batch>:oom` -> deliveries killed for memory,
-    `<batch>:h` -> held: delivered while the job was paused, to publish again on resume."""
+    `<batch>:h` -> held: delivered while the job was paused, to publish again on resume,
+    `<batch>:o` -> the process that began its latest delivery (its owner while that runs)."""
     return f"{PREFIX}:job:{job_id}:deliveries"
 
 
@@ -93,9 +94,16 @@ def procs(job_id: str) -> str:
 
 
 def proc_alive(proc: str) -> str:
-    """String with a TTL: a pool process (as named in `procs`) is alive while it exists; the
-    process renews it from a thread (workers/liveness.py)."""
+    """String with a TTL: a pool process (as named in `procs`) is alive while it exists; its
+    worker's main process renews it, and the process itself from a thread (workers/liveness.py)."""
     return f"{PREFIX}:proc:{proc}:alive"
+
+
+def worker_children(worker: str) -> str:
+    """String with a TTL: the pids of a worker's live pool processes, space-separated, written by
+    the worker's main process (`worker`: `<host>:<token>`, as `app.model.wire.worker_of` reads a
+    process name); a process it lists is alive even if its own key was lost (workers/liveness.py)."""
+    return f"{PREFIX}:worker:{worker}:children"
 
 
 def job_log(job_id: str) -> str:

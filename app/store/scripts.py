@@ -46,13 +46,17 @@ def lua_file(name: str) -> str:
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
     `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, `PROGRESS_SLOTS` (app/model/progress.py),
-    `WEBHOOK_OUTBOX`, the retention's (`_retention_constants`), and `limits` (name -> integer).
-    Raises ValueError for a string Lua cannot take as it is."""
+    `WEBHOOK_OUTBOX`, the liveness keys' parts `PROC_ALIVE_*` and `WORKER_CHILDREN_*`, the
+    retention's (`_retention_constants`), and `limits` (name -> integer). Raises ValueError for a
+    string Lua cannot take as it is."""
     strings = {f"STATUS_{str(code).removeprefix('status_').upper()}": str(code) for code in status.PRECEDENCE}
     strings["RUN_BATCH_TASK"] = wire.RUN_BATCH
     strings["PROC_RUNNING"] = wire.RUNNING  # a `procs` record is "<state> <batch_id>" (wire.process_record)
     strings["PROC_INITIALIZING"] = wire.INITIALIZING
     strings["WEBHOOK_OUTBOX"] = keys.webhook_outbox()  # end_job queues a job's completion webhook there
+    # owner_alive (common.lua) reads a process's liveness key and its worker's list of children
+    strings["PROC_ALIVE_PREFIX"], strings["PROC_ALIVE_SUFFIX"] = keys.proc_alive("\n").split("\n")
+    strings["WORKER_CHILDREN_PREFIX"], strings["WORKER_CHILDREN_SUFFIX"] = keys.worker_children("\n").split("\n")
     constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
     constants["PROGRESS_SLOTS"] = str(progress.SLOTS)  # the ring of per-second counts RECORD keeps
     constants.update(_retention_constants())

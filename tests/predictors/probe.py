@@ -1,15 +1,17 @@
 """A test predictor that records what it sees in Redis, under `probe:<tag>:...`. Items steer it: an
 item {"fail": N} makes its batch raise on the first N deliveries ("always": every time); {"exit":
 X} calls sys.exit(X); {"kill": N} SIGKILLs the pool process on the first N deliveries; {"sleep": S}
-sleeps S seconds; {"oom": N} allocates memory (config["oom_mib"], default 1024 MiB) on the first N
-deliveries, touching every page, so that the kernel's OOM killer kills the pool process when it
-runs in a memory cgroup with a lower limit. config["sleep"] sleeps every batch; config["pool"] maps
+sleeps S seconds; {"hold_gil": S} sleeps S seconds in a C call that keeps the GIL; {"oom": N}
+allocates memory (config["oom_mib"], default 1024 MiB) on the first N deliveries, touching every
+page, so that the kernel's OOM killer kills the pool process when it runs in a memory cgroup with a
+lower limit. config["sleep"] sleeps every batch; config["pool"] maps
 over a multiprocessing Pool ("fork" or "spawn"); config["prints"] prints a line to stdout and one
 to stderr in each batch; config["complete_raises"] makes on_job_complete raise;
 config["complete_kills"] SIGKILLs the pool process inside the first on_job_complete of the job
 (after recording the call).
 """
 
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -64,6 +66,9 @@ class PythonPredictor:
             return
         if "sleep" in item:
             time.sleep(item["sleep"])
+        if "hold_gil" in item:  # a C call that keeps the GIL: no thread of this process runs meanwhile
+            ctypes.PyDLL(None).sleep(int(item["hold_gil"]))
+            self.redis.rpush(f"{self.key}:gil_released:{self.job_id}", json.dumps(time.time()))
         if "kill" in item and (item["kill"] == "always" or deliveries <= item["kill"]):
             self.redis.decr(f"{self.key}:running:{self.job_id}")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -85,6 +90,7 @@ class PythonPredictor:
 
     def on_job_complete(self):
         self.redis.rpush(f"{self.key}:complete", self.job_id)
+        self.redis.rpush(f"{self.key}:complete_at:{self.job_id}", json.dumps(time.time()))
         time.sleep(self.config.get("complete_sleep", 0))
         if self.config.get("complete_kills") and self.redis.incr(f"{self.key}:complete_kills:{self.job_id}") == 1:
             os.kill(os.getpid(), signal.SIGKILL)

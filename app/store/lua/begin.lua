@@ -7,9 +7,10 @@
 -- ARGV[5] generation: how many times the batch had been published again when this message was sent
 -- ARGV[6] ready: '1' if the process has the job's predictor loaded (it runs the batch at once)
 -- Touches: job (last_delivery, delivered_release, failed, skipped), inflight, deliveries
--- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom, <id>:h), released, unpublished, procs; at the deadline,
--- what end_job touches.
--- Returns {'run', delivery number}, {'skip', reason} or {'dead', deliveries, OOM kills among them}.
+-- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom, <id>:h, <id>:o), released, unpublished, procs; at the
+-- deadline, what end_job touches. Reads the owner's liveness keys (owner_alive in common.lua).
+-- Returns {'run', delivery number}, {'skip', reason} ({'skip', 'owned', process} while another
+-- delivery runs in a live process) or {'dead', deliveries, OOM kills among them}.
 
 local id, proc, generation, ready = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if not redis.call('HGET', job, 'status') then return {'skip', 'missing'} end
@@ -20,6 +21,10 @@ end
 if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} end
 -- the watchdog published this batch again (its message looked lost): only the newest message runs
 if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return {'skip', 'superseded'} end
+-- another delivery of the batch runs in a live process: this one does not run, and is neither a
+-- delivery nor a failed attempt (a max_receive_count of 1 does not dead-letter a running batch)
+local owner = owned_elsewhere(id, proc)
+if owner then return {'skip', 'owned', owner} end
 redis.call('HSET', job, 'last_delivery', ARGV[2])
 -- the latest release time of a message of the job delivered: since a queue is first in, first
 -- out, the watchdog takes a message released well before it and still undelivered for lost
@@ -53,4 +58,5 @@ if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
 end
 -- a process whose predictor is already loaded runs the batch at once: no PROCEED call needed
 redis.call('HSET', procs, proc, (ready == '1' and PROC_RUNNING or PROC_INITIALIZING) .. ' ' .. id)
+redis.call('HSET', deliveries, id .. ':o', proc)  -- its owner, while the delivery runs
 return {'run', started}

@@ -5,7 +5,7 @@
 -- KEYS[1]  job             hash: the job's spec, status, counters and times
 -- KEYS[2]  backlog         list: backlog entries not yet released
 -- KEYS[3]  inflight        hash: batch id -> backlog entry, for batches released and not finished
--- KEYS[4]  deliveries      hash: per batch, deliveries begun, recorded, generation, OOM kills
+-- KEYS[4]  deliveries      hash: per batch, deliveries begun, recorded, generation, OOM kills, owner
 -- KEYS[5]  procs           hash: process -> "initializing <batch_id>" or "running <batch_id>"
 -- KEYS[6]  active          sorted set: the API's jobs in progress
 -- KEYS[7]  lease           string: the enqueuer's lease
@@ -264,4 +264,30 @@ local function hold(id)
   redis.call('HSET', deliveries, id .. ':h', '1')
   redis.call('ZADD', released, '+inf', id)
   redis.call('ZREM', unpublished, id)
+end
+
+-- Whether the pool process `proc` (as named in procs: "<host>:<pid>:<token>") is alive: its own
+-- liveness key exists, or its worker's main process lists its pid among its live children. The
+-- main process renews both every few seconds (workers/liveness.py), so a
+-- process whose predictor holds the GIL stays alive, and a Redis that lost one of the two keys
+-- does not make it dead. Both keys are outside KEYS, like WEBHOOK_OUTBOX (fine on one Redis).
+local function owner_alive(proc)
+  if redis.call('EXISTS', PROC_ALIVE_PREFIX .. proc .. PROC_ALIVE_SUFFIX) == 1 then return true end
+  local host, pid, token = string.match(proc, '^(.*):(%d+):([^:]*)$')
+  if not pid then return false end
+  local children = redis.call('GET', WORKER_CHILDREN_PREFIX .. host .. ':' .. token .. WORKER_CHILDREN_SUFFIX)
+  if not children then return false end
+  return string.find(' ' .. children .. ' ', ' ' .. pid .. ' ', 1, true) ~= nil
+end
+
+-- Whether another delivery of batch `id` is still owned: begun by a live process other than
+-- `proc` and not yet recorded (a duplicate message: SQS's visibility ran out while a predictor
+-- held the GIL, or the watchdog published it again). Returns that process's name, or nil.
+local function owned_elsewhere(id, proc)
+  local owner = redis.call('HGET', deliveries, id .. ':o')
+  if not owner or owner == proc then return nil end
+  local begun = tonumber(redis.call('HGET', deliveries, id) or '0')
+  if begun <= tonumber(redis.call('HGET', deliveries, id .. ':r') or '0') then return nil end
+  if owner_alive(owner) then return owner end
+  return nil
 end
