@@ -40,7 +40,8 @@ class Served:
         self.node = str(getattr(sender, "hostname", "") or "worker")
         controller = getattr(sender, "controller", None)
         self.processes = int(getattr(controller, "concurrency", 0) or 1)
-        self.pools = Pools(store_client(self.settings.redis_url, self.settings, socket_timeout=5, socket_connect_timeout=5))
+        client = store_client(self.settings.redis_url, self.settings, socket_timeout=5, socket_connect_timeout=5)
+        self.pools = Pools(client)
         self._serve()
         beat_forever(self._serve, RENEW_SECONDS, "batchery-pools")
         batches = [queue for queue in self.queues if not queue.endswith(CONTROL_SUFFIX)]
