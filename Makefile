@@ -101,6 +101,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/enqueue.py --quick
 	$(BIN)/python bench/project_fetch.py --quick
 	$(BIN)/python bench/output.py --quick
+	$(BIN)/python bench/pools.py --quick
 
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
@@ -110,3 +111,4 @@ bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/enqueue.py --repeat 3
 	$(BIN)/python bench/project_fetch.py --repeat 3
 	$(BIN)/python bench/output.py --repeat 3
+	$(BIN)/python bench/pools.py --repeat 3
