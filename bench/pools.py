@@ -8,7 +8,8 @@ each) running `bench.worker`, and deploys the predictor of bench/slow_init (its 
 on the default queue, and `pool-a`, `pool-b`, `pool-c`, each with a `queue:` of its own. Three
 workers serve the default queue: the shared fleet; the three others one pool queue each
 (BATCHERY_QUEUES): the dedicated pools, the same number of processes. Both have the default
-BATCHERY_PREDICTOR_CACHE (2). In each round, on the same processes, one after the other:
+BATCHERY_PREDICTOR_CACHE (2; `--predictor-cache` sets another). In each round, on the same
+processes, one after the other:
 - shared queue: one job of each `shared-*` API at once (`--batches` batches, `workers` 2 each);
 - dedicated pools: the same three jobs of the `pool-*` APIs
 (the first of the two alternates from round to round).
@@ -129,7 +130,8 @@ def wait_final(stack: Stack, api: str, job_id: str, timeout: float) -> dict:
 def main(args: argparse.Namespace) -> int:
     print(f"machine: {machine()}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="batchery-bench-pools-"))
-    stack = Stack(start_workers=False, worker_env={"BATCHERY_APIS": str(write_apis(folder))})
+    settings = {"BATCHERY_APIS": str(write_apis(folder)), "BATCHERY_PREDICTOR_CACHE": str(args.predictor_cache)}
+    stack = Stack(start_workers=False, worker_env=settings)
     found: dict[str, list[dict]] = {mode: [] for mode in MODES}
     try:
         start_workers(stack)
@@ -155,7 +157,7 @@ def print_table(found: dict[str, list[dict]], args: argparse.Namespace) -> None:
         (
             "shape",
             f"3 APIs x 1 job x {args.batches} batches of {args.sleep * 1000:.0f} ms, workers 2 each; "
-            f"__init__ {args.init_seconds:g} s; 3 worker processes; BATCHERY_PREDICTOR_CACHE 2",
+            f"__init__ {args.init_seconds:g} s; 3 worker processes; BATCHERY_PREDICTOR_CACHE {args.predictor_cache}",
         ),
     ]
     for mode, label in MODES.items():
@@ -177,6 +179,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=60, help="batches of each job (default 60)")
     parser.add_argument("--sleep", type=float, default=0.02, help="seconds each batch sleeps (default 0.02)")
     parser.add_argument("--init-seconds", type=float, default=1.0, help="seconds each __init__ takes (default 1)")
+    parser.add_argument(
+        "--predictor-cache",
+        type=int,
+        default=2,
+        help="BATCHERY_PREDICTOR_CACHE of every worker (default 2, the default)",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 20-batch jobs (CI-sized)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
