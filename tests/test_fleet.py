@@ -8,6 +8,10 @@ failed attempt, and that a host added mid-job takes batches as soon as it is rea
 The stopped and the added host run on both brokers (a second fleet on SQS, a moto server): a
 stopping worker hands its messages back through the broker. The cap and the sharing are the job
 store's release window, the same on both: they run on the Redis broker only.
+
+Two dedicated pools join the Redis fleet (hosts with BATCHERY_QUEUES=pool-a or pool-b, for the
+timeline predictor deployed again as timeline-a and timeline-b with `queue:`): each pool runs only
+its own API's batches, and each job's predictor is loaded once per process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -267,6 +272,79 @@ def test_both_api_processes_answer_a_jobs_status_identically(fleet):
         assert answer.pop("endpoint") == f"{api.url}/batch/{API}"
     assert listed[0] == listed[1]
     assert job_id in [job["job_id"] for job in listed[0]["batch_job_statuses"]]
+
+
+# Two dedicated pools, hosts added to the fleet: a queue each (tests/predictors/timeline.yaml deploys
+# the timeline predictor as timeline-a on pool-a and timeline-b on pool-b), as BATCHERY_QUEUES names it.
+POOLS = {"pool-a": "timeline-a", "pool-b": "timeline-b"}  # queue: the API whose jobs run on it
+POOL_HOSTS = {"pa1": ("pool-a", 1), "pa2": ("pool-a", 1), "pb1": ("pool-b", 2)}  # host: queue, processes
+
+
+def submit_to(api: Gunicorn, name: str, body: dict) -> dict:
+    """Submit a job of the API `name` through one API process; its spec."""
+    response = requests.post(f"{api.url}/batch/{name}", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def final_status_of(api: Gunicorn, name: str, job_id: str) -> dict:
+    """A job of the API `name`, asked of `api`, once it is final."""
+
+    def final() -> dict | None:
+        response = requests.get(f"{api.url}/batch/{name}", params={"jobID": job_id}, timeout=30)
+        assert response.status_code == 200, response.text
+        job = response.json()["job_status"]
+        return job if status.is_final(job["status"]) else None
+
+    return wait_for(final, timeout=120, interval=0.2, what=f"job {job_id} of {name} to end")
+
+
+def test_two_pools_run_only_their_own_apis_batches_and_load_each_predictor_once_per_process(fleet):
+    with ThreadPoolExecutor(len(POOL_HOSTS)) as pool:  # the pools' hosts, started side by side
+        starting = [
+            pool.submit(fleet.start_host, host, concurrency, BATCHERY_QUEUES=queue)
+            for host, (queue, concurrency) in POOL_HOSTS.items()
+        ]
+        for started in starting:
+            started.result()
+    tag = uuid.uuid4().hex[:8]
+    batches = 8
+    # two jobs of each API at once, through both API processes: 4 jobs, each process's cache (2) holds its pool's 2
+    submitted = [
+        (queue, name, submit_to(api, name, body(tag, fleet.env["REDIS_URL"], batches, workers=2, sleep=0.2)))
+        for queue, name in POOLS.items()
+        for api in fleet.apis
+    ]
+    jobs = {spec["job_id"]: queue for queue, _, spec in submitted}
+    for queue, name, spec in submitted:
+        assert spec["queue"] == queue, spec
+        job = final_status_of(fleet.apis[0], name, spec["job_id"])
+        assert job["status"] == status.SUCCEEDED, job
+        assert job["batch_metrics"]["succeeded"] == batches and job["batch_metrics"]["failed"] == 0
+
+    hosts_of = {queue: {host for host, (served, _) in POOL_HOSTS.items() if served == queue} for queue in POOLS}
+    runs = {job_id: records(fleet, tag, "runs", job_id) for job_id in jobs}
+    inits = {  # per job: how many times each (host, pid) created its predictor
+        job_id: Counter((host_of(load), load["pid"]) for load in records(fleet, tag, "inits", job_id))
+        for job_id in jobs
+    }
+    per_host = Counter(host_of(run) for job_runs in runs.values() for run in job_runs)
+    print(
+        f"\nfleet, two pools: batches per host {dict(sorted(per_host.items()))} "
+        f"(pool-a: {sorted(hosts_of['pool-a'])}, pool-b: {sorted(hosts_of['pool-b'])}); predictor loads per job and "
+        f"process {[sorted(loads.values()) for loads in inits.values()]}"
+    )
+    for job_id, queue in jobs.items():
+        assert sorted(int(run["batch"]) for run in runs[job_id]) == list(range(batches))
+        ran_on = {host_of(run) for run in runs[job_id]}
+        assert ran_on <= hosts_of[queue], f"job {job_id} of {queue} ran batches on {ran_on}"
+        loaded_on = {host for host, _ in inits[job_id]}
+        assert loaded_on <= hosts_of[queue], f"job {job_id} of {queue} loaded its predictor on {loaded_on}"
+        # once per process: no process of the pool loaded the job's predictor twice
+        assert set(inits[job_id].values()) == {1}, f"job {job_id}: loads per (host, pid) {dict(inits[job_id])}"
+    assert sorted(fleet.redis.lrange(f"timeline:{tag}:complete", 0, -1)) == sorted(jobs)  # each finalizer once
+    for queue in POOLS:  # each pool ran batches, on each of its hosts
+        assert hosts_of[queue] <= set(per_host), f"a host of {queue} ran no batch: {per_host}"
 
 
 # stops a host and adds one: the last test of each fleet
