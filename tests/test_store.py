@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import redis
 
 from app.config import Settings
 from app.jobs import enqueuer as enqueuer_module
+from app.jobs.submission import ITEMS_STORED, known_total
 from app.model import status
 from app.model.job import build_spec
 from app.store import keys
@@ -238,3 +240,24 @@ def test_no_store_module_reads_the_environment():
     for path in (ROOT / "app" / "store").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "os.environ" not in text and "getenv(" not in text, path.name  # Settings reads it, once
+
+
+def test_an_item_list_jobs_count_is_known_once_its_batches_are_stored(store):
+    """A batch of an item_list job can begin before the job leaves enqueuing (the append that
+    stores its batches releases them): its predictor's `total_batch_count` is already final then."""
+    spec = build_spec(API, {"workers": 2, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    store.append(spec, ["0 [0]", "1 [1]"], 1000.0, cursor=json.dumps(ITEMS_STORED))
+    state = store.state(spec["job_id"], spec["api_name"], 1000.5)
+    assert state["status"] == status.ENQUEUING
+    assert known_total(store, spec["job_id"], state) == 2
+
+
+def test_an_s3_jobs_count_is_unknown_while_it_enqueues(store):
+    spec = build_spec(API, {"workers": 2, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0, {"kind": "file_path_lister", "s3_paths": ["s3://b/"]})
+    store.append(spec, ["0 [0]"], 1000.0, cursor=json.dumps({"key": "a"}))
+    state = store.state(spec["job_id"], spec["api_name"], 1000.5)
+    assert known_total(store, spec["job_id"], state) is None
+    store.enqueued(spec, 1001.0)
+    assert known_total(store, spec["job_id"], store.state(spec["job_id"], spec["api_name"], 1001.5)) == 1

@@ -17,7 +17,7 @@ from app.jobs.completion import completed_job
 from app.jobs.enqueuer import Enqueuer
 from app.jobs.output import OutputStore
 from app.jobs.services import Services
-from app.jobs.submission import follow
+from app.jobs.submission import follow, known_total
 from app.model import status
 from app.model.job import iso, now, retry_limits
 from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
@@ -111,7 +111,7 @@ def job_spec_fields(spec: dict) -> dict:
     state = services().store.state(spec["job_id"], spec["api_name"], now())
     if state is None:
         return {}
-    total = None if state["status"] == status.ENQUEUING else state["total"]
+    total = known_total(services().store, spec["job_id"], state)
     return {"total_batch_count": total, "start_time": iso(state.get("start"))}
 
 

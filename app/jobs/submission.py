@@ -152,6 +152,18 @@ class Submitter:
         follow(self.dispatcher, self.store, spec, self.store.enqueued(spec, now()), refuse_too_large=True)
 
 
+def known_total(store: JobStore, job_id: str, state: dict) -> int | None:
+    """The job's batch count if it is final, else None: an S3 job still enqueuing has more to come.
+
+    An item_list job stores all its batches in one call, whose release can start a batch before
+    the job leaves `status_enqueuing`: its count is final once its cursor says so (ITEMS_STORED).
+    """
+    if state["status"] != status.ENQUEUING:
+        return state["total"]
+    source, cursor = store.enqueue_state(job_id)
+    return state["total"] if source is None and cursor == ITEMS_STORED else None
+
+
 def _selected_objects(kind: str, source: dict) -> Iterator[s3.S3Object]:
     """The objects an S3 source selects, checked to be at least one; raises InvalidRequest."""
     try:
