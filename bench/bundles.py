@@ -1,6 +1,6 @@
 """Bundles benchmark: jobs of long and short batches with bundling on (the default) and off, same run.
 
-    .venv/bin/python bench/bundles.py [--repeat 3] [--concurrency 4] [--workers 4]
+    .venv/bin/python bench/bundles.py [--repeat 3] [--quick] [--concurrency 4] [--workers 4]
 
 Starts two stacks (each its own redis-server, the API under gunicorn and one Celery worker, prefork,
 `--concurrency` processes, running `bench.worker`): one whose worker bundles as by default
@@ -70,6 +70,8 @@ def run_job(stack: Stack, sleep: float, batches: int, workers: int, timeout: flo
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.repeat = 1
     print(f"machine: {machine()}", flush=True)
     stacks = {
         "bundled": Stack(processes=1, concurrency=args.concurrency),
@@ -122,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each job (medians are quoted)")
+    parser.add_argument("--quick", action="store_true", help="one run of each (about a minute)")
     parser.add_argument("--concurrency", type=int, default=4, help="worker pool processes (default 4)")
     parser.add_argument("--workers", type=int, default=4, help="each job's workers (default 4)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on a job after this long")
