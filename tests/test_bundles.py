@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app import create_app
-from app.model import status
+from app.model import status, wire
 from app.model.job import build_spec
 from app.store import keys
 from app.store.job_store import JobStore, Outcome
@@ -258,3 +258,17 @@ def test_nothing_starts_after_the_timeout_mid_bundle(bundling, r, probe_config):
     assert max(started) < deadline + CHECK_TO_CALL
     ran = runs(r, probe_config, job_id)
     assert len(ran) < total and set(ran.values()) == {1}
+
+
+def test_a_batch_too_large_for_a_bundle_is_left_for_a_message_of_its_own(store):
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    big = json.dumps(["x" * wire.BUNDLED_ENTRY_BYTES])
+    store.append(spec, ["0 [0]", f"1 {big}", "2 [2]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    store.begin(spec, "0", "p", 1001.0, ready=True)
+    outcome = Outcome.parse_bundled(store.record_call(spec, "0", "ok", 0.01, "p", 1001.0, head="0").run(store.redis))
+    # not taken: released instead, as a message of its own (on SQS, one over the queue's limit fails for good)
+    assert outcome.next_entry == ""
+    assert [entry.split(" ")[0] for entry in outcome.released] == ["1"]  # for the caller to publish
+    assert store.redis.hkeys(keys.inflight(spec["job_id"])) == [b"1"]

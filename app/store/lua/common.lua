@@ -24,7 +24,7 @@
 -- Names in capitals stand for values defined once, in Python; the loader writes the values in
 -- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
 -- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
--- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
+-- RUN_BATCH_TASK and BUNDLED_ENTRY_BYTES (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
 -- WEBHOOK_OUTBOX (app/store/keys.py: the sorted set of the completion webhooks due),
 -- JOB_KEY_SUFFIXES, RETENTION_ENDED and DEFAULT_JOB_RETENTION_SECONDS (the retention: keep_ended).
 
@@ -314,7 +314,8 @@ end
 
 -- The next batch of the bundle whose message's first batch is `head`, run by `proc` right after
 -- the batch it just recorded: released from the backlog and begun, as BEGIN would (its first
--- delivery), when the job runs, is not paused nor past its deadline, and has room in `workers`.
+-- delivery), when the job runs, is not paused nor past its deadline, and has room in `workers`,
+-- and the batch is no larger than BUNDLED_ENTRY_BYTES.
 -- Backlog entries were never released (append.lua), so this is always the batch's first delivery.
 -- Returns the batch's backlog entry, or nil (nothing to take: the message ends).
 local function take_next(head, proc)
@@ -322,6 +323,10 @@ local function take_next(head, proc)
   if redis.call('HLEN', inflight) >= tonumber(redis.call('HGET', job, 'workers')) then return nil end
   local entry = redis.call('LPOP', backlog)
   if not entry then return nil end
+  if #entry > BUNDLED_ENTRY_BYTES then  -- a large batch goes in a message of its own (app/model/wire.py)
+    redis.call('LPUSH', backlog, entry)
+    return nil
+  end
   local id = entry_batch_id(entry)
   redis.call('HSET', inflight, id, entry)
   redis.call('HINCRBY', job, 'released', 1)
