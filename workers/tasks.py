@@ -331,12 +331,12 @@ class BatchRun:
             raise reply
         # the RECORD script's reply, a list (run_with_lines types it `object`: it runs any script)
         parse = Outcome.parse if head is None else Outcome.parse_bundled
-        outcome_ = parse(cast(list, reply))
-        follow(services().dispatcher, self.store, self.spec, outcome_)
+        recorded = parse(cast(list, reply))
+        follow(services().dispatcher, self.store, self.spec, recorded)
         # before the broker's ack: an outcome lost in a failover, its message acked, would leave
         # the batch in flight until the watchdog found it lost
         kept_through_failover(f"batch {self.batch_id}'s outcome")
-        return outcome_.next_entry
+        return recorded.next_entry
 
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
