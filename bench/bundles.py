@@ -1,6 +1,6 @@
 """Bundles benchmark: jobs of long and short batches with bundling on (the default) and off, same run.
 
-    .venv/bin/python bench/bundles.py [--repeat 3] [--quick] [--concurrency 4] [--workers 4]
+    .venv/bin/python bench/bundles.py [--repeat 3] [--quick] [--only fairness] [--concurrency 4] [--workers 4]
 
 Starts two stacks (each its own redis-server, the API under gunicorn and one Celery worker, prefork,
 `--concurrency` processes, running `bench.worker`): one whose worker bundles as by default
@@ -13,6 +13,10 @@ Each job's time is from its POST to its `end_time`; the cap is the most batches 
 once, from the times each batch's `predict` began and ended (the noop predictor's `record`). Prints
 medians over the runs, the ratios bundled / baseline (above 1: faster), and fails if any job ran
 more than `workers` batches at once or any batch more than once.
+
+`--only fairness`: on the same two stacks, a 4-batch job submitted while a 100,000-batch job of
+1 ms batches (`workers` 10) runs: the time from its POST to its end (a bundle holds a process up
+to BATCHERY_BUNDLE_SECONDS, so the huge job's messages ahead of the small one's take longer).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Stack, machine, median, runs, table, wait_until
+from bench.harness import API_NAME, Stack, machine, median, runs, table, wait_until
 from bench.load import unix
 
 SHAPES = {"1 s": (1.0, 4), "50 ms": (0.05, 80), "1 ms": (0.001, 1000)}  # sleep, batches per worker
@@ -69,7 +73,58 @@ def run_job(stack: Stack, sleep: float, batches: int, workers: int, timeout: flo
     return {"seconds": seconds, "rate": batches / seconds, "most": most, "messages": batches - bundled}
 
 
+def behind_a_huge_job(stack: Stack, workers: int, timeout: float) -> dict:
+    """Fairness: a 4-batch job submitted while a 100,000-batch job of 1 ms batches (`workers` 10)
+    runs: the seconds from its POST to its end_time; then the huge job is stopped."""
+    huge_body = {
+        "workers": 10,
+        "config": {"sleep": 0.001},
+        "item_list": {"items": list(range(100_000)), "batch_size": 1},
+    }
+    huge = stack.submit(huge_body)["job_id"]
+    wait_until(lambda: stack.status(huge)["batch_metrics"]["succeeded"] >= 1000, timeout, 0.1, "the huge job to run")
+    small_body = {"workers": workers, "config": {"sleep": 0.001}, "item_list": {"items": [1, 2, 3, 4], "batch_size": 1}}
+    started = time.time()
+    small = stack.submit(small_body)["job_id"]
+    state: dict = {}
+
+    def ended() -> bool:
+        state.update(stack.status(small))
+        return state["status"] not in ("status_enqueuing", "status_running")
+
+    wait_until(ended, timeout=timeout, interval=0.02, what=f"job {small} to end")
+    stack.http.delete(f"{stack.url}/batch/{API_NAME}", params={"jobID": huge}, timeout=30).raise_for_status()
+    return {"seconds": unix(state["end_time"]) - started}
+
+
+def fairness(args: argparse.Namespace) -> int:
+    """The fairness figures alone (`--only fairness`): medians of `--repeat` runs on each stack."""
+    print(f"machine: {machine()}", flush=True)
+    stacks = {
+        "bundled": Stack(processes=1, concurrency=args.concurrency),
+        "baseline": Stack(processes=1, concurrency=args.concurrency, worker_env={"BATCHERY_BUNDLE_SECONDS": "0"}),
+    }
+    found: dict[str, list[float]] = {}
+    try:
+        for attempt in range(1, args.repeat + 1):
+            for name, stack in stacks.items():
+                seconds = behind_a_huge_job(stack, args.workers, args.timeout)["seconds"]
+                found.setdefault(name, []).append(seconds)
+                print(
+                    f"run {attempt}/{args.repeat}: {name}: small job ended {seconds:.3f} s after its POST", flush=True
+                )
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    rows = [("machine", machine()), ("shape", "a 4-batch job behind a 100,000-batch job of 1 ms batches, workers 10")]
+    rows += [(f"{name}: small job's POST to its end, s, median (runs)", runs(v, "{:.3f}")) for name, v in found.items()]
+    table("fairness with bundles", rows)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.only == "fairness":
+        return fairness(args)
     if args.quick:
         args.repeat = 1
     print(f"machine: {machine()}", flush=True)
@@ -125,6 +180,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each job (medians are quoted)")
     parser.add_argument("--quick", action="store_true", help="one run of each (about a minute)")
+    parser.add_argument("--only", choices=("fairness",), help="fairness: a small job behind a huge one, alone")
     parser.add_argument("--concurrency", type=int, default=4, help="worker pool processes (default 4)")
     parser.add_argument("--workers", type=int, default=4, help="each job's workers (default 4)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on a job after this long")
