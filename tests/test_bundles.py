@@ -207,7 +207,7 @@ def test_a_failed_batch_of_a_bundle_is_retried_on_its_own(bundling, r, probe_con
 
 @BOTH_BROKERS
 def test_nothing_starts_after_a_stop_mid_bundle(bundling, r, probe_config):
-    total = 2000
+    total = 4000
     job_id = submit(bundling, {**probe_config, "sleep": 0.002}, list(range(total)), workers=2)
     wait_for(lambda: bundled(r, job_id) >= 20, what="batches to run in bundles")
     response = bundling.client.delete(f"/batch/probe?jobID={job_id}")
@@ -225,7 +225,7 @@ def test_nothing_starts_after_a_stop_mid_bundle(bundling, r, probe_config):
 
 @BOTH_BROKERS
 def test_a_pause_mid_bundle_starts_nothing_and_the_resume_runs_every_batch_once(bundling, r, probe_config):
-    total = 400
+    total = 3000
     job_id = submit(bundling, {**probe_config, "sleep": 0.002}, list(range(total)), workers=2)
     wait_for(lambda: bundled(r, job_id) >= 20, what="batches to run in bundles")
     response = bundling.client.post(f"/batch/probe/{job_id}/pause")
