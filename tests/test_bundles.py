@@ -272,3 +272,17 @@ def test_a_batch_too_large_for_a_bundle_is_left_for_a_message_of_its_own(store):
     assert outcome.next_entry == ""
     assert [entry.split(" ")[0] for entry in outcome.released] == ["1"]  # for the caller to publish
     assert store.redis.hkeys(keys.inflight(spec["job_id"])) == [b"1"]
+
+
+def test_an_oom_kill_or_a_revoke_of_a_bundles_message_counts_the_batch_it_carried(store):
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    store.create(spec, API, 1000.0)
+    store.append(spec, ["0 [0]", "1 [1]", "2 [2]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    store.begin(spec, "0", "p", 1001.0, ready=True)
+    store.record_call(spec, "0", "ok", 0.01, "p", 1001.0, head="0").run(store.redis)  # batch 1 handed over
+    # the message names batch 0; the process was running batch 1
+    assert store.mark_oom(spec["job_id"], "0", 1002.0, 0)
+    assert store.redis.hget(keys.deliveries(spec["job_id"]), "1:oom") == b"1"
+    revoked = store.revoked(spec, "0", 0, True, 1002.0)
+    assert (revoked.action, revoked.entry) == ("failed", "1 [1]")  # no attempt left: no dead-letter queue
