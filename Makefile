@@ -96,6 +96,7 @@ lock: $(DEV_STAMP)
 # Each benchmark starts its own Redis, workers and API, and runs its baseline in the same run.
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/load.py --quick
+	$(BIN)/python bench/bundles.py --quick
 	$(BIN)/python bench/status.py --quick
 	$(BIN)/python bench/stop.py --quick
 	$(BIN)/python bench/enqueue.py --quick
@@ -108,6 +109,7 @@ bench: $(DEV_STAMP)
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/load.py --repeat 3
+	$(BIN)/python bench/bundles.py --repeat 3
 	$(BIN)/python bench/status.py
 	$(BIN)/python bench/stop.py --repeat 3
 	$(BIN)/python bench/enqueue.py --repeat 3

@@ -67,6 +67,9 @@ class Settings:
     project_cache_seconds: float = 86400.0
     max_project_bytes: int = 268435456  # a deployed project, packed (project_archive.MAX_PROJECT_BYTES)
     max_in_broker: int = 1000  # a job's messages waiting in the broker at once, at most (whatever its workers)
+    # a message runs the job's next batches after its own while they fit in this many seconds (a
+    # bundle: workers/tasks.py); 0: one batch per message
+    bundle_seconds: float = 0.05
     # the queues a worker serves (empty: the default queue), and its lane: `all` (their batches and
     # their control queues) or `control` (only the control queues: the process reserved for them)
     queues: tuple[str, ...] = ()
@@ -131,6 +134,9 @@ class Settings:
             max_in_broker=_at_least_one(
                 "BATCHERY_MAX_IN_BROKER", env.get("BATCHERY_MAX_IN_BROKER"), default.max_in_broker
             ),
+            bundle_seconds=_not_negative(
+                "BATCHERY_BUNDLE_SECONDS", env.get("BATCHERY_BUNDLE_SECONDS"), default.bundle_seconds
+            ),
             queues=_names(env.get("BATCHERY_QUEUES", "")),
             lane=_lane(env.get("BATCHERY_LANE", default.lane)),
             job_retention_seconds=int(env.get("BATCHERY_JOB_RETENTION_SECONDS", default.job_retention_seconds)),
@@ -147,6 +153,14 @@ def _at_least_one(name: str, value: str | None, default: int) -> int:
     if number < 1:
         raise ValueError(f"{name} must be 1 or more, not {value}")
     return number
+
+
+def _not_negative(name: str, value: str | None, default: float) -> float:
+    """A number of seconds, 0 or more (unset: `default`). Raises ValueError for anything else."""
+    seconds = default if value is None or not value.strip() else float(value)
+    if not seconds >= 0:  # NaN too
+        raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
+    return seconds
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Load benchmark: Cortex's load-test shape on Batchery, against a plain Celery chord and the raw ceiling.
 
     .venv/bin/python bench/load.py [--jobs 10] [--items 100000] [--batch-size 20] [--workers 10]
-                                   [--concurrency 2] [--predictor-cache N] [--repeat 1] [--quick]
+                                   [--concurrency 2] [--predictor-cache N] [--bundle-seconds S]
+                                   [--repeat 1] [--quick]
                                    [--only ceiling chord batchery] [--profile DIR] [--timeline DIR]
 
 Starts its own redis-server, one Celery worker (prefork, `--concurrency` processes) running
@@ -196,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
     cache = args.predictor_cache or args.jobs
     print(f"workers' BATCHERY_PREDICTOR_CACHE={cache}", flush=True)
     worker_env = {"BATCHERY_PREDICTOR_CACHE": str(cache)}
+    if args.bundle_seconds is not None:  # 0: one batch a message, as before bundles (the "before" figures)
+        worker_env["BATCHERY_BUNDLE_SECONDS"] = str(args.bundle_seconds)
+    print(f"workers' BATCHERY_BUNDLE_SECONDS={worker_env.get('BATCHERY_BUNDLE_SECONDS', 'unset (0.05)')}", flush=True)
     if args.timeline:  # bench/timeline.py summarises it
         worker_env["BENCH_TIMELINE_DIR"] = str(Path(args.timeline).resolve())
     stack = Stack(processes=1, concurrency=args.concurrency, worker_env=worker_env)
@@ -270,6 +274,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=0,
         help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 2)",
+    )
+    parser.add_argument(
+        "--bundle-seconds",
+        type=float,
+        default=None,
+        help="the workers' BATCHERY_BUNDLE_SECONDS (default: unset, 0.05; 0: no bundles, as before them)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each benchmark (medians are quoted)")
     parser.add_argument("--quick", action="store_true", help="4,000 items per job (2,000 batches), one run")

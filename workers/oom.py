@@ -217,6 +217,8 @@ class BatchRequest(Request):
             self.worker_pid,
         )
         try:
-            store().mark_oom(job_id, batch_id, time.time())
+            # a bundle's message names its first batch: the store counts the one it carried
+            generation = int(self.args[3]) if len(self.args) > 3 else 0
+            store().mark_oom(job_id, batch_id, time.time(), generation)
         except Exception as err:  # noqa: BLE001 - never keep Celery from requeueing the message
             log.error("job %s: batch %s: could not record the OOM kill: %s", job_id, batch_id, err)

@@ -20,11 +20,11 @@ from app.jobs.services import Services
 from app.jobs.submission import follow, known_total
 from app.model import status
 from app.model.job import iso, now, retry_limits
-from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry
+from app.model.wire import ENQUEUE_JOB, FINALIZE_JOB, RUN_BATCH, backlog_entry, split_backlog_entry
 from app.sources.batches import payload
 from app.store import batch_errors, keys
 from app.store.connection import replicated, store_client
-from app.store.job_store import Outcome
+from app.store.job_store import Delivery, Outcome
 from app.store.joblog import NOT_IN_JOB_LOG, flush_lines, for_job, run_with_lines
 from app.store.retries import RetryStore
 from workers import late_outcomes, liveness
@@ -123,30 +123,78 @@ def job_spec_fields(spec: dict) -> dict:
     reject_on_worker_lost=True,
     Request="workers.oom:BatchRequest",
 )
-def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) -> None:
-    """Run `predict` on one batch of a job, counting the delivery and its outcome."""
+def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) -> list[str] | None:
+    """Run `predict` on one batch of a job, counting the delivery and its outcome, then on the
+    job's next batches while they are short (a bundle). Returns the ids of the batches it ran:
+    the task's result in its events, so Flower shows which batches a message carried."""
     found = spec_and_api(job_id)
     if found is None:
         log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
-        return
+        return None
     spec, api = found
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
-        BatchRun(spec, api, batch_id, body, generation).run(self)
+        return Bundle(spec, api, batch_id).run(self, body, generation)
+
+
+class Bundle:
+    """The batches one message runs, one after the other: its own, then, while batches are short,
+    the job's next ones, each taken by the store in the call that records the one before
+    (`take_next`, app/store/lua/common.lua). Each is a delivery of its own: its own BEGIN checks,
+    outcome, retries, dead letter and log lines."""
+
+    def __init__(self, spec: dict, api: dict, head: str):
+        self.spec, self.api, self.head = spec, api, head  # head: the batch the message was sent for
+        self.started = time.perf_counter()
+        self.ran: list[str] = []
+
+    def run(self, task, body: str, generation: int) -> list[str]:
+        """Run the message's batch and the ones taken after it; the ids of those that started."""
+        batch: BatchRun | None = BatchRun(self.spec, self.api, self.head, body, generation, bundle=self)
+        while batch is not None:
+            batch = batch.run(task)
+        return self.ran
+
+    def wants_more(self) -> bool:
+        """Whether one more batch, as long as the mean of those run so far, still fits in
+        BATCHERY_BUNDLE_SECONDS: so a job of 1 s batches runs one a message, as before bundles, and
+        a message never holds its process much longer than the setting."""
+        if settings.bundle_seconds <= 0 or not self.ran:
+            return False
+        elapsed = time.perf_counter() - self.started
+        return elapsed + elapsed / len(self.ran) <= settings.bundle_seconds
+
+    def taken(self, entry: str) -> BatchRun:
+        """The run of the next batch, which the store released and began for this process."""
+        batch_id, body = split_backlog_entry(entry)
+        return BatchRun(self.spec, self.api, batch_id, body, 0, bundle=self, begun=True)
 
 
 class BatchRun:
     """One delivery of one batch."""
 
-    def __init__(self, spec: dict, api: dict, batch_id: str, body: str, generation: int = 0):
+    def __init__(
+        self,
+        spec: dict,
+        api: dict,
+        batch_id: str,
+        body: str,
+        generation: int = 0,
+        bundle: Bundle | None = None,
+        begun: bool = False,
+    ):
         self.spec, self.api, self.batch_id, self.body = spec, api, batch_id, body
         self.generation = generation
+        self.bundle = bundle or Bundle(spec, api, batch_id)
+        self.begun = begun  # taken by the store for the bundle: its (first) delivery is counted already
         self.store = services().store
         self.proc = process_id()
 
-    def run(self, task) -> None:
-        """Run the delivery: skip it, dead-letter it, or predict and count the outcome."""
+    def run(self, task) -> BatchRun | None:
+        """Run the delivery: skip it, dead-letter it, or predict and count the outcome. Returns the
+        bundle's next batch to run, if the store handed one over. Raises Celery's Retry for a
+        failed attempt of the message's own batch, BatchFailed for a batch that failed for good."""
         ready = _predictors.cached(self.spec["job_id"])  # loaded: BEGIN is the last check before predict
-        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation, ready=ready)
+        delivery = self._begin(ready)
         if delivery.action == "skip":
             if delivery.reason == "owned":
                 log.warning(
@@ -155,7 +203,7 @@ class BatchRun:
                     self.batch_id,
                     delivery.owner,
                 )
-            return
+            return None
         if delivery.action == "dead":
             died = delivery.number - 1
             error = f"the worker running delivery {died} died"
@@ -169,7 +217,10 @@ class BatchRun:
             raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
         predictor = self._predictor()
         if predictor is None or (not ready and not self.store.proceed(self.spec, self.batch_id, self.proc, now())):
-            return
+            return None
+        if not ready:  # loading the predictor is no batch's time: the bundle's clock starts now
+            self.bundle.started = time.perf_counter()
+        self.bundle.ran.append(self.batch_id)
         log.info("batch %s: started (delivery %d)", self.batch_id, delivery.number)
         try:
             items = payload(self.body)  # reads S3 for delimited_files: not predict's time
@@ -180,9 +231,24 @@ class BatchRun:
             written = write_batch_output(self.spec, self.batch_id, items, prediction, output_store)
         except Exception as err:  # noqa: BLE001 - any error in user code (or writing its output) is a failed attempt
             self._failed(task, delivery.number, err)
-            return
+            return None
         log.info("batch %s: succeeded in %.3fs%s", self.batch_id, seconds, f"; {written}" if written else "")
-        self._record("ok", seconds)
+        next_entry = self._record("ok", seconds, bundle=True)
+        return self.bundle.taken(next_entry) if next_entry else None
+
+    def _begin(self, ready: bool) -> Delivery:
+        """BEGIN's answer for this delivery; a batch the store took for the bundle is begun already."""
+        if self.begun:
+            return Delivery("run", number=1)
+        delivery = self.store.begin(self.spec, self.batch_id, self.proc, now(), self.generation, ready=ready)
+        if delivery.carried:  # the message's batch ended before its process died: it carried this one
+            self.batch_id, self.generation, self.body = delivery.carried
+            log.info("batch %s: runs in the message of batch %s, delivered again", self.batch_id, self.bundle.head)
+        return delivery
+
+    def _own_message(self) -> bool:
+        """Whether the message being run was sent for this batch (not a batch of its bundle)."""
+        return self.batch_id == self.bundle.head and not self.begun
 
     def _predictor(self):
         loading = not _predictors.cached(self.spec["job_id"])
@@ -205,6 +271,9 @@ class BatchRun:
         _, max_exception = retry_limits(self.spec)
         if number < max_exception:
             self._record("retry", 0.0)
+            if not self._own_message():  # retried on its own, with a message of its own: the bundle ends
+                self._publish_alone()
+                return
             raise task.retry(countdown=0, max_retries=None, exc=err)
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
         self._fail_for_good("failed", error, traceback.format_exc())
@@ -238,8 +307,20 @@ class BatchRun:
             log.warning("batch %s: its dead letter holds its S3 ranges, not its items: %s", self.batch_id, err)
             return json.loads(self.body)
 
-    def _record(self, outcome: str, seconds: float) -> None:
-        call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now())
+    def _publish_alone(self) -> None:
+        """Publish the batch in a message of its own (`<job>.b<batch>.a<generation + 1>`, an id no
+        message had: the batch came in another batch's message)."""
+        entry = (self.generation, backlog_entry(self.batch_id, self.body))
+        services().dispatcher.republish_batches(self.spec["job_id"], [entry], queue=self.spec.get("queue", ""))
+
+    def _record(self, outcome: str, seconds: float, bundle: bool = False) -> str:
+        """Count the outcome, with the batch's log lines, in one round trip; with `bundle`, the
+        same call takes the bundle's next batch if there is time for one. Returns its backlog
+        entry ('' for none). Raises the store's errors (an outcome unanswered is kept to retry)."""
+        head = None
+        if bundle:
+            head = self.bundle.head if self.bundle.wants_more() else ""
+        call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now(), head=head)
         # the batch's log lines go in the same round trip (one fewer a batch: bench/load.py)
         try:
             reply = run_with_lines(self.store.redis, call)
@@ -249,10 +330,13 @@ class BatchRun:
         if isinstance(reply, Exception):
             raise reply
         # the RECORD script's reply, a list (run_with_lines types it `object`: it runs any script)
-        follow(services().dispatcher, self.store, self.spec, Outcome.parse(cast(list, reply)))
+        parse = Outcome.parse if head is None else Outcome.parse_bundled
+        recorded = parse(cast(list, reply))
+        follow(services().dispatcher, self.store, self.spec, recorded)
         # before the broker's ack: an outcome lost in a failover, its message acked, would leave
         # the batch in flight until the watchdog found it lost
         kept_through_failover(f"batch {self.batch_id}'s outcome")
+        return recorded.next_entry
 
     def _record_late(self, outcome: str, seconds: float) -> None:
         reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())

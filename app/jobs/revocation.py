@@ -19,6 +19,7 @@ import logging
 from app.jobs.services import Services
 from app.jobs.submission import follow
 from app.model.job import now
+from app.model.wire import split_backlog_entry
 from app.sources.batches import payload
 from app.store import batch_errors
 from app.store.joblog import for_job
@@ -47,6 +48,8 @@ def count_revoked(
     spec, _ = found
     with for_job(spec["api_name"], job_id, services.job_log):
         revoked = services.store.revoked(spec, batch_id, generation, terminated, now())
+        if revoked.entry:  # a bundle's message: the batch it carried is the one its revoke ended
+            batch_id, body = split_backlog_entry(revoked.entry)
         task = f"batch {batch_id}: its task was {how} (Flower or `celery control revoke`)"
         if revoked.action == "ignored":
             log.info("%s; nothing to do: %s", task, revoked.why)

@@ -27,6 +27,13 @@ def batch_task_id(job_id: str, batch_id: str, generation: int = 0) -> str:
     return f"{job_id}.b{batch_id}.a{generation + 1}"
 
 
+# A bundle (app/store/lua/common.lua `take_next`) carries no backlog entry longer than this: a
+# batch that large is not the sub-millisecond kind bundles are for, and it travels in a message of
+# its own, so that a broker's limit on a message's size (an SQS queue's MaximumMessageSize) treats
+# it the same whatever the timing.
+BUNDLED_ENTRY_BYTES = 64 * 1024
+
+
 def backlog_entry(batch_id: int | str, body: str) -> str:
     """A backlog entry of a batch: its id, a space, its body."""
     return f"{batch_id} {body}"

@@ -18,7 +18,7 @@ from app.config import DEFAULT_JOB_RETENTION_SECONDS
 from app.model import progress, status
 from app.model.job import deadline, retry_limits
 from app.model.queues import job_queue, no_worker_message
-from app.model.wire import INITIALIZING, RUNNING, entry_batch_id, parse_process_record
+from app.model.wire import INITIALIZING, RUNNING, entry_batch_id, parse_process_record, split_backlog_entry
 from app.store import keys
 from app.store.pools import Pools
 from app.store.replies import as_text
@@ -59,11 +59,20 @@ class Outcome:
 
     released: list[str] = field(default_factory=list)
     finalize: bool = False
+    next_entry: str = ""  # the bundle's next batch, taken by RECORD for the process to run now
 
     @classmethod
     def parse(cls, reply: list) -> Outcome:
         """An Outcome from RECORD's reply: the finalize flag, then the released batch entries."""
         return cls(released=[e.decode() for e in reply[1:]], finalize=bool(reply and reply[0] == 1))
+
+    @classmethod
+    def parse_bundled(cls, reply: list) -> Outcome:
+        """An Outcome from the reply of RECORD given a bundle's head: the finalize flag, the
+        bundle's next entry ('' for none), then the released batch entries."""
+        next_entry = reply[1].decode() if len(reply) > 1 else ""
+        finalize = bool(reply and reply[0] == 1)
+        return cls(released=[e.decode() for e in reply[2:]], finalize=finalize, next_entry=next_entry)
 
 
 @dataclass
@@ -83,6 +92,8 @@ class Delivery:
     reason: str = ""
     oom_kills: int = 0  # of a dead batch: how many of its deliveries the kernel killed for memory
     owner: str = ""  # of a delivery skipped as `owned`: the live process running another delivery of it
+    # of a bundle's message delivered again: the batch it carried, which runs instead (common.lua)
+    carried: tuple[str, int, str] | None = None  # (batch id, generation, body)
 
 
 @dataclass
@@ -114,6 +125,7 @@ class Revoked:
     attempt: int = 0
     again: list[tuple[int, str]] = field(default_factory=list)
     why: str = ""
+    entry: str = ""  # the batch counted: a bundle's message names its first, not the one it carried
 
 
 class JobStore:
@@ -272,7 +284,12 @@ class JobStore:
         )
         if action == b"skip":
             return Delivery("skip", reason=detail.decode(), owner=rest[0].decode() if rest else "")
-        return Delivery(action.decode(), number=int(detail), oom_kills=int(rest[0]) if rest else 0)
+        oom_kills = int(rest.pop(0)) if action == b"dead" else 0
+        carried = None
+        if rest:  # the batch a bundle's message carried: it runs (or is dead) instead
+            batch, carried_generation, entry = (as_text(part) for part in rest)
+            carried = (batch, int(carried_generation), split_backlog_entry(entry)[1])
+        return Delivery(action.decode(), number=int(detail), oom_kills=oom_kills, carried=carried)
 
     def proceed(self, spec: dict, batch_id: str, proc: str, now: float) -> bool:
         """The last check before `predict` (the predictor may have taken minutes to load)."""
@@ -283,18 +300,23 @@ class JobStore:
         good; oom: its workers were killed by the kernel for memory)."""
         return Outcome.parse(self.record_call(spec, batch_id, outcome, seconds, proc, now).run(self.redis))
 
-    def record_call(self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float) -> Call:
+    def record_call(
+        self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float, head: str | None = None
+    ) -> Call:
         """`record` as a script call, to run along with others (app/store/scripts.py); `Outcome.parse`
-        reads its reply."""
-        return self._prepare("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, now=now)
+        reads its reply. `head`: the first batch of the message the batch ran in, to take the
+        bundle's next batch in the same call ('': take none); `Outcome.parse_bundled` reads that reply."""
+        bundle = () if head is None else (head,)
+        return self._prepare("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, *bundle, now=now)
 
-    def mark_oom(self, job_id: str, batch_id: str, now: float) -> bool:
+    def mark_oom(self, job_id: str, batch_id: str, now: float, generation: int = 0) -> bool:
         """Note that a delivery of a batch in flight was killed by the kernel for memory (the next
-        delivery finds it dead); False if the job or the batch is no longer in progress."""
+        delivery finds it dead); False if the job or the batch is no longer in progress. `batch_id`
+        and `generation` are the message's: a bundle's names the batch it carried."""
         api_name = self.redis.hget(keys.job(job_id), "api_name")
         if api_name is None:
             return False
-        return bool(self._call("oom", job_id, as_text(api_name), batch_id, now=now))
+        return bool(self._call("oom", job_id, as_text(api_name), batch_id, str(generation), now=now))
 
     def revoked(self, spec: dict, batch_id: str, generation: int, began: bool, now: float) -> Revoked:
         """Count a revoked delivery of a batch as a failed attempt (`began`: it was terminated
@@ -308,7 +330,8 @@ class JobStore:
         if action == "ignored":
             return Revoked(action, why=as_text(reply[1]))
         again = [_generation_entry(reply[2])] if action == "again" else []
-        return Revoked(action, attempt=int(reply[1]), again=again)
+        entry = as_text(reply[-1]) if len(reply) > (3 if action == "again" else 2) else ""
+        return Revoked(action, attempt=int(reply[1]), again=again, entry=entry)
 
     def end(self, spec: dict, final_status: str, message: str, now: float) -> bool:
         """Give a job in progress its final status; False if it had one already."""

@@ -46,6 +46,7 @@ def lua_file(name: str) -> str:
 def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     """The values Lua takes from Python, as Lua literals by name: `STATUS_<NAME>` for each status,
     `RUN_BATCH_TASK`, the process states `PROC_<STATE>`, `PROGRESS_SLOTS` (app/model/progress.py),
+    `BUNDLED_ENTRY_BYTES` (app/model/wire.py),
     `WEBHOOK_OUTBOX`, the liveness keys' parts `PROC_ALIVE_*` and `WORKER_CHILDREN_*`, the
     retention's (`_retention_constants`), and `limits` (name -> integer). Raises ValueError for a
     string Lua cannot take as it is."""
@@ -59,6 +60,7 @@ def lua_constants(limits: Mapping[str, int]) -> dict[str, str]:
     strings["WORKER_CHILDREN_PREFIX"], strings["WORKER_CHILDREN_SUFFIX"] = keys.worker_children("\n").split("\n")
     constants = {name: f"'{_plain(value)}'" for name, value in strings.items()}
     constants["PROGRESS_SLOTS"] = str(progress.SLOTS)  # the ring of per-second counts RECORD keeps
+    constants["BUNDLED_ENTRY_BYTES"] = str(wire.BUNDLED_ENTRY_BYTES)  # the largest batch a bundle takes
     constants.update(_retention_constants())
     constants.update({name: str(int(value)) for name, value in limits.items()})
     return constants

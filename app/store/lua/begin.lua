@@ -9,7 +9,9 @@
 -- Touches: job (last_delivery, delivered_release, failed, skipped), inflight, deliveries
 -- (<id>, <id>:b, <id>:g, <id>:r, <id>:oom, <id>:h, <id>:o), released, unpublished, procs; at the
 -- deadline, what end_job touches. Reads the owner's liveness keys (owner_alive in common.lua).
--- Returns {'run', delivery number}, {'skip', reason} ({'skip', 'owned', process} while another
+-- A message of a bundle whose first batch has ended runs the batch it carried (`carried`, common.lua).
+-- Returns {'run', delivery number} ({'run', number, batch id, generation, backlog entry} for the
+-- batch a bundle's message carried; 'dead' likewise), {'skip', reason} ({'skip', 'owned', process} while another
 -- delivery runs in a live process) or {'dead', deliveries, OOM kills among them}.
 
 local id, proc, generation, ready = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -18,7 +20,13 @@ if not in_progress() or past_deadline() then
   redis.call('HINCRBY', job, 'skipped', 1)
   return {'skip', redis.call('HGET', job, 'status')}
 end
-if redis.call('HEXISTS', inflight, id) == 0 then return {'skip', 'duplicate'} end
+-- a bundle's message delivered again (its process died): it runs the batch it carried then
+local switched = false
+if redis.call('HEXISTS', inflight, id) == 0 then
+  local cid, g = carried(id, generation)
+  if not cid then return {'skip', 'duplicate'} end
+  id, generation, switched = cid, g, true
+end
 -- the watchdog published this batch again (its message looked lost): only the newest message runs
 if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return {'skip', 'superseded'} end
 -- another delivery of the batch runs in a live process: this one does not run, and is neither a
@@ -54,9 +62,12 @@ end
 if started > tonumber(redis.call('HGET', job, 'max_deliveries')) then
   redis.call('HSET', deliveries, id .. ':r', started)
   -- how many of the deliveries that died were killed by the kernel for memory (OOM below)
-  return {'dead', started, tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')}
+  local oom_kills = tonumber(redis.call('HGET', deliveries, id .. ':oom') or '0')
+  if switched then return {'dead', started, oom_kills, id, generation, redis.call('HGET', inflight, id)} end
+  return {'dead', started, oom_kills}
 end
 -- a process whose predictor is already loaded runs the batch at once: no PROCEED call needed
 redis.call('HSET', procs, proc, (ready == '1' and PROC_RUNNING or PROC_INITIALIZING) .. ' ' .. id)
 redis.call('HSET', deliveries, id .. ':o', proc)  -- its owner, while the delivery runs
+if switched then return {'run', started, id, generation, redis.call('HGET', inflight, id)} end
 return {'run', started}

@@ -24,7 +24,7 @@
 -- Names in capitals stand for values defined once, in Python; the loader writes the values in
 -- their place as it reads the files (a constant, as cheap as before: no local, no upvalue):
 -- STATUS_ENQUEUING, STATUS_RUNNING, ... (app/model/status.py: one per status, its value upper-cased),
--- RUN_BATCH_TASK (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
+-- RUN_BATCH_TASK and BUNDLED_ENTRY_BYTES (app/model/wire.py), LEASE_MS and JOB_LOG_LINES (Settings, given to JobStore),
 -- WEBHOOK_OUTBOX (app/store/keys.py: the sorted set of the completion webhooks due),
 -- JOB_KEY_SUFFIXES, RETENTION_ENDED and DEFAULT_JOB_RETENTION_SECONDS (the retention: keep_ended).
 
@@ -290,4 +290,50 @@ local function owned_elsewhere(id, proc)
   if begun <= tonumber(redis.call('HGET', deliveries, id .. ':r') or '0') then return nil end
   if owner_alive(owner) then return owner end
   return nil
+end
+
+-- Bundles (issue 22): a message carries its own batch and, when the batches are short, the next
+-- ones of the job's backlog, run one after the other by the process that took the message. The
+-- process that records batch k takes batch k+1 in the same call (`take_next`, from RECORD), as the
+-- broker would have: a batch taken that way is released and begun at once (a delivery counted,
+-- owned by the process), without a message of its own. So the `workers` cap is the one it always
+-- was, batches in flight, and a bundle never holds a slot that another process could use. The
+-- message remembers, in `<head>:c` of deliveries ("<generation> <batch_id>"), the batch it
+-- carries now: a message delivered again after its process died runs that batch (`carried`).
+
+-- The batch a message carries, if its first batch `id` (of `generation`) has ended: the batch it
+-- carried last, as long as that one is still in flight and was not published again since.
+-- Returns the batch's id and generation, or nil.
+local function carried(id, generation)
+  if (redis.call('HGET', deliveries, id .. ':g') or '0') ~= generation then return nil end
+  local g, cid = string.match(redis.call('HGET', deliveries, id .. ':c') or '', '^(%d+) (.+)$')
+  if not cid or redis.call('HEXISTS', inflight, cid) == 0 then return nil end
+  if (redis.call('HGET', deliveries, cid .. ':g') or '0') ~= g then return nil end
+  return cid, g
+end
+
+-- The next batch of the bundle whose message's first batch is `head`, run by `proc` right after
+-- the batch it just recorded: released from the backlog and begun, as BEGIN would (its first
+-- delivery), when the job runs, is not paused nor past its deadline, and has room in `workers`,
+-- and the batch is no larger than BUNDLED_ENTRY_BYTES.
+-- Backlog entries were never released (append.lua), so this is always the batch's first delivery.
+-- Returns the batch's backlog entry, or nil (nothing to take: the message ends).
+local function take_next(head, proc)
+  if not in_progress() or paused() or past_deadline() then return nil end
+  if redis.call('HLEN', inflight) >= tonumber(redis.call('HGET', job, 'workers')) then return nil end
+  local entry = redis.call('LPOP', backlog)
+  if not entry then return nil end
+  if #entry > BUNDLED_ENTRY_BYTES then  -- a large batch goes in a message of its own (app/model/wire.py)
+    redis.call('LPUSH', backlog, entry)
+    return nil
+  end
+  local id = entry_batch_id(entry)
+  redis.call('HSET', inflight, id, entry)
+  redis.call('HINCRBY', job, 'released', 1)
+  redis.call('HINCRBY', job, 'bundled', 1)  -- batches that travelled in another batch's message
+  redis.call('HSET', job, 'last_release', ARGV[2], 'last_delivery', ARGV[2])
+  redis.call('HINCRBY', deliveries, id, 1)
+  redis.call('HSET', deliveries, id .. ':b', '0', id .. ':o', proc, head .. ':c', '0 ' .. id)
+  redis.call('HSET', procs, proc, PROC_RUNNING .. ' ' .. id)
+  return entry
 end

@@ -7,10 +7,13 @@
 -- ARGV[4] outcome: ok, retry (failed, runs again), failed, dead or oom (failed for good)
 -- ARGV[5] seconds: how long the delivery ran
 -- ARGV[6] proc: the worker process (as named in procs)
+-- ARGV[7] head (optional): the first batch of the message this batch ran in, when the process
+-- would run another batch in that message (a bundle, common.lua): an `ok` outcome then takes it
 -- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch, ends:<slot>), procs,
 -- job:throughput, deliveries (<id>:r), inflight, released, ended_inflight, the kept failed batches and unfinished
 -- in-flight ones (keys.failed_batches, keys.unfinished_inflight), and what release touches.
 -- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
+-- With ARGV[7]: {finalize, the next batch's backlog entry to run now ('' for none), entries...}.
 
 local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local entry  -- the batch's backlog entry, read when it failed for good
@@ -64,4 +67,10 @@ redis.call('HSET', job, bucket, second .. ' ' .. (count + 1))
 -- The job's throughput over its life (GET .../throughput, app/store/throughput.py): batches ended
 -- per 10-s bucket, in a hash kept with the job, `<bucket's first second>` -> count: one command.
 redis.call('HINCRBY', job .. ':throughput', second - second % 10, 1)
-return release_and_claim()
+if not ARGV[7] then return release_and_claim() end
+-- taken before the release, so that the slot this batch frees goes to the bundle's next batch
+local next_entry = ''
+if outcome == 'ok' and ARGV[7] ~= '' then next_entry = take_next(ARGV[7], proc) or '' end
+local out = release_and_claim()
+table.insert(out, 2, next_entry)
+return out
