@@ -103,6 +103,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/output.py --quick
 	$(BIN)/python bench/retention.py --quick
 	$(BIN)/python bench/sentinel.py --quick
+	$(BIN)/python bench/stack_load.py --quick
+	$(BIN)/python bench/predictor_cache.py --quick
 
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
@@ -114,3 +116,5 @@ bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/output.py --repeat 3
 	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/sentinel.py --repeat 5
+	$(BIN)/python bench/stack_load.py --full
+	$(BIN)/python bench/predictor_cache.py

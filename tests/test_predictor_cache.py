@@ -141,10 +141,10 @@ class Pool:
         env = {**worker_env, "BATCHERY_QUEUES": self.queue, **env}
         return Worker(env, logdir, f"cache-{self.tag}-{uuid.uuid4().hex[:4]}", concurrency=2)
 
-    def run(self, jobs: int, batches: int) -> list[str]:
+    def run(self, jobs: int, batches: int, **config) -> list[str]:
         """Submit `jobs` jobs at once, each of `batches` one-item batches on one worker (so the
-        queue holds the jobs' batches in turn); wait until they all succeed; their ids."""
-        config = {"redis_url": self.redis_url, "tag": self.tag, "count_alive": True, "sleep": 0.02}
+        queue holds the jobs' batches in turn), with `config`; wait until they all succeed; their ids."""
+        config = {"redis_url": self.redis_url, "tag": self.tag, "count_alive": True, "sleep": 0.02, **config}
         body = {"workers": 1, "config": config, "item_list": {"items": list(range(batches)), "batch_size": 1}}
         job_ids = [self.jobs.submit(self.api, body)["job_id"] for _ in range(jobs)]
         for job_id in job_ids:
@@ -196,3 +196,15 @@ def test_over_its_memory_budget_a_process_keeps_only_the_predictor_it_runs(pool,
     made = Counter((init["job"], init["pid"]) for init in inits)
     assert max(made.values()) > 1, made  # dropped while its job still ran, and made again
     assert "is over BATCHERY_PREDICTOR_MEMORY_BYTES" in log
+
+
+def test_a_process_keeps_the_models_that_fit_in_its_memory_budget(pool, worker_env, tmp_path, r):
+    """Predictors holding 100 MiB each, a budget of 300 MiB a process (a pool process starts at
+    well under 100): a process keeps two of them at most, never the six jobs' it runs in turn."""
+    worker = pool.worker(worker_env, tmp_path, BATCHERY_PREDICTOR_MEMORY_BYTES=str(300 << 20))
+    try:
+        pool.run(jobs=6, batches=6, hold_mib=100)
+    finally:
+        worker.stop()
+    alive = [init["alive"] for init in pool.inits(r)]
+    assert max(alive) <= 2, pool.inits(r)  # with no budget (the count allows 16), 5 here

@@ -9,7 +9,8 @@ over a multiprocessing Pool ("fork" or "spawn"); config["prints"] prints a line 
 to stderr in each batch; config["complete_raises"] makes on_job_complete raise;
 config["complete_kills"] SIGKILLs the pool process inside the first on_job_complete of the job
 (after recording the call). With config["count_alive"], each `inits` line says how many other
-probe predictors of the same API the process held alive then (`alive`: its predictor cache at work).
+probe predictors of the same API the process held alive then (`alive`: its predictor cache at work);
+config["hold_mib"] makes each predictor hold that much memory, every page touched, as a model would.
 """
 
 import ctypes
@@ -46,6 +47,7 @@ class PythonPredictor:
             gc.collect()  # an instance the worker dropped is not counted alive
             init["alive"] = len(ALIVE)
             ALIVE.add(self)
+        self.model = self._hog(int(config.get("hold_mib", 0)) << 20)
         self.redis.rpush(f"{self.key}:inits", json.dumps(init))
         self.redis.set(f"{self.key}:config:{self.job_id}", json.dumps(config))
         self.redis.set(f"{self.key}:job_spec:{self.job_id}", json.dumps(job_spec))
