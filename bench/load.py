@@ -269,7 +269,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--predictor-cache",
         type=int,
         default=0,
-        help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 2)",
+        help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 16)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each benchmark (medians are quoted)")
     parser.add_argument("--quick", action="store_true", help="4,000 items per job (2,000 batches), one run")
