@@ -52,7 +52,7 @@ class Settings:
     sqs_visibility_timeout: int = 60
     task_events: bool = False  # workers send task events from the start (Flower turns them on anyway)
     predictor_cache: int = 16  # predictors (of different jobs) a worker process keeps loaded, at most
-    # ...and while its RSS is over this, it keeps only the one it runs now (0: no limit; docs in the README)
+    # ...and one whose RSS is over this once it made one drops the others, least recently used first (0: no limit)
     predictor_memory_bytes: int = 2 << 30
     api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
     enqueue_lease_seconds: float = 30.0  # an S3 enqueuer silent this long is presumed dead; another resumes

@@ -211,8 +211,9 @@ def process_rss() -> int:
 
 class PredictorCache:
     """The predictors of the latest jobs this process worked on (loading a model is slow): at most
-    `size`, and, while the process's RSS is over `memory_bytes` (0: no limit) after a predictor is
-    made, only the newest one (a big model is not kept many times over; README, "The predictor cache")."""
+    `size`; and when the process's RSS is over `memory_bytes` (0: no limit) once a predictor is made,
+    the others are dropped, least recently used first, until it is under or only that one is left
+    (a big model is not kept many times over; README, "The predictor cache")."""
 
     def __init__(
         self,
