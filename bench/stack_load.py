@@ -17,7 +17,7 @@ from the first publish until the body ran.
 Each run does both, Batchery first; both stacks stay up the whole time (each idle while the other
 runs) and each Flower has turned its workers' task events on before the first run. Prints each
 run, the medians, the ratio batchery / chord (of the medians, and per run), and the CPU seconds
-per 1,000 batches of each stack's parts. --quick: one run (~2-3 minutes on 2 cores); --full: 10
+per 1,000 batches of each stack's parts. --quick: one run (1 to 2 minutes on 2 cores); --full: 10
 jobs x 5,000 batches.
 """
 
