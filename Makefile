@@ -105,6 +105,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/retention.py --quick
 	$(BIN)/python bench/sentinel.py --quick
 	$(BIN)/python bench/pools.py --quick
+	$(BIN)/python bench/stack_load.py --quick
+	$(BIN)/python bench/predictor_cache.py --quick
 
 # The real sizes, three runs each where the figures in docs/benchmarks.md are medians.
 bench-full: $(DEV_STAMP)
@@ -118,3 +120,5 @@ bench-full: $(DEV_STAMP)
 	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/sentinel.py --repeat 5
 	$(BIN)/python bench/pools.py --repeat 3
+	$(BIN)/python bench/stack_load.py --full
+	$(BIN)/python bench/predictor_cache.py

@@ -51,7 +51,9 @@ class Settings:
     sqs_queue_prefix: str = ""
     sqs_visibility_timeout: int = 60
     task_events: bool = False  # workers send task events from the start (Flower turns them on anyway)
-    predictor_cache: int = 2  # predictors (of different jobs) a worker process keeps loaded
+    predictor_cache: int = 16  # predictors (of different jobs) a worker process keeps loaded, at most
+    # ...and one whose RSS is over this once it made one drops the others, least recently used first (0: no limit)
+    predictor_memory_bytes: int = 2 << 30
     api_token: str = field(default="", repr=False)  # empty: no auth; never shown in a repr or a log
     enqueue_lease_seconds: float = 30.0  # an S3 enqueuer silent this long is presumed dead; another resumes
     job_log_lines: int = 10_000  # lines of each job's log kept in Redis
@@ -116,7 +118,10 @@ class Settings:
             sqs_queue_prefix=env.get("BATCHERY_SQS_QUEUE_PREFIX", default.sqs_queue_prefix),
             sqs_visibility_timeout=int(env.get("BATCHERY_SQS_VISIBILITY_TIMEOUT", default.sqs_visibility_timeout)),
             task_events=env.get("BATCHERY_TASK_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
-            predictor_cache=int(env.get("BATCHERY_PREDICTOR_CACHE", default.predictor_cache)),
+            predictor_cache=_at_least_one(
+                "BATCHERY_PREDICTOR_CACHE", env.get("BATCHERY_PREDICTOR_CACHE"), default.predictor_cache
+            ),
+            predictor_memory_bytes=int(env.get("BATCHERY_PREDICTOR_MEMORY_BYTES", default.predictor_memory_bytes)),
             api_token=env.get("BATCHERY_API_TOKEN", "").strip(),
             enqueue_lease_seconds=float(env.get("BATCHERY_ENQUEUE_LEASE", default.enqueue_lease_seconds)),
             job_log_lines=int(env.get("BATCHERY_JOB_LOG_LINES", default.job_log_lines)),

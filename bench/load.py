@@ -273,7 +273,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--predictor-cache",
         type=int,
         default=0,
-        help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 2)",
+        help="the workers' BATCHERY_PREDICTOR_CACHE (default: --jobs; Batchery's own default is 16)",
     )
     parser.add_argument(
         "--bundle-seconds",

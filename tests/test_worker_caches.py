@@ -35,5 +35,5 @@ def test_a_miss_is_none_and_pop_drops_one_entry():
 
 
 def test_the_predictor_cache_size_is_a_setting():
-    assert Settings().predictor_cache == 2
+    assert Settings().predictor_cache == 16  # issue 22.4: was 2 (tests/test_predictor_cache.py)
     assert Settings.from_env({"BATCHERY_PREDICTOR_CACHE": "5"}).predictor_cache == 5

@@ -43,6 +43,10 @@ class Lru(Generic[K, V]):
             self._items.popitem(last=False)
         return value
 
+    def keys(self) -> list[K]:
+        """The keys, least recently used first (reading them does not make them used)."""
+        return list(self._items)
+
     def values(self) -> list[V]:
         """The entries, least recently used first (reading them does not make them used)."""
         return list(self._items.values())
@@ -50,3 +54,10 @@ class Lru(Generic[K, V]):
     def pop(self, key: K) -> None:
         """Drop the entry for `key`, if there is one."""
         self._items.pop(key, None)
+
+    def pop_oldest(self) -> K | None:
+        """Drop the least recently used entry; its key, or None if there is none."""
+        if not self._items:
+            return None
+        key, _ = self._items.popitem(last=False)
+        return key

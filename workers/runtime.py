@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
+import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +19,8 @@ from app.store import code
 from workers import namespace
 from workers.lru import Lru
 from workers.projects import ProjectCache, ProjectError
+
+log = logging.getLogger(__name__)
 
 
 class PredictorError(Exception):
@@ -195,22 +200,38 @@ class Predictor:
             method(*arguments)
 
 
+def process_rss() -> int:
+    """This process's resident memory now, bytes (Linux's /proc/self/statm); 0 where it cannot be read."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 class PredictorCache:
-    """The predictors of the latest few jobs this process worked on (loading a model is slow)."""
+    """The predictors of the latest jobs this process worked on (loading a model is slow): at most
+    `size`; and when the process's RSS is over `memory_bytes` (0: no limit) once a predictor is made,
+    the others are dropped, least recently used first, until it is under or only that one is left
+    (a big model is not kept many times over; README, "The predictor cache")."""
 
     def __init__(
         self,
-        size: int = 2,
+        size: int = 16,
         deployed: Callable[[str], dict[str, str] | None] = lambda api_id: None,
         projects: ProjectCache | None = None,
+        memory_bytes: int = 0,
+        rss: Callable[[], int] = process_rss,
     ):
         self.deployed = deployed  # code_id -> the code deployed (the registry's)
         self.projects = projects  # where the deployed projects are fetched to (None: run from project_dir)
+        self.memory_bytes = memory_bytes
+        self.rss = rss  # the process's resident memory now (a test gives its own)
         self._items: Lru[str, Predictor] = Lru(size)
 
     @property
     def size(self) -> int:
-        """How many jobs' predictors the cache keeps."""
+        """How many jobs' predictors the cache keeps, at most."""
         return self._items.size
 
     def get(self, spec: dict, api: dict, more: Callable[[], dict] = dict) -> Predictor:
@@ -223,12 +244,35 @@ class PredictorCache:
         loaded = load_class(api, self.deployed, self.projects)
         job_spec = {**copy.deepcopy(spec), **more()}  # the predictor's own: what it does to it stays with it
         predictor = self._items.put(job_id, Predictor(loaded, job_spec["config"], job_spec))
+        self._keep_within_memory()
         self._release_projects()
         return predictor
+
+    def _keep_within_memory(self) -> None:
+        """Drop the least recently used predictors, the newest excepted, while the process's RSS is
+        over the budget. Checked only when a predictor is made: reading RSS costs a file read, and a
+        process's memory grows most when a model loads."""
+        if not self.memory_bytes:
+            return
+        while len(self._items) > 1 and (rss := self.rss()) > self.memory_bytes:
+            dropped = self._items.pop_oldest()
+            # the predictor's memory back before RSS is read again (a model may sit in a reference cycle)
+            gc.collect()
+            log.info(
+                "dropped job %s's predictor: this process's RSS, %d MiB, is over"
+                " BATCHERY_PREDICTOR_MEMORY_BYTES (%d MiB)",
+                dropped,
+                rss >> 20,
+                self.memory_bytes >> 20,
+            )
 
     def cached(self, job_id: str) -> bool:
         """Whether this process holds the job's predictor."""
         return job_id in self._items
+
+    def kept(self) -> list[str]:
+        """The jobs whose predictors this process holds, least recently used first."""
+        return list(self._items.keys())
 
     def evict(self, job_id: str) -> None:
         """Drop a finished job's predictor."""

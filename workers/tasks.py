@@ -45,7 +45,10 @@ _projects = ProjectCache(
     settings.project_cache, settings.project_cache_seconds, read=lambda project_id: _project_blob(project_id)
 )
 _predictors = PredictorCache(
-    settings.predictor_cache, deployed=lambda code_id: services().registry.code(code_id), projects=_projects
+    settings.predictor_cache,
+    deployed=lambda code_id: services().registry.code(code_id),
+    projects=_projects,
+    memory_bytes=settings.predictor_memory_bytes,
 )
 # A job's spec and API never change once it is stored, so a process reads them once per job, not
 # once per batch (the JSON of a spec with a large config is parsed once too).

@@ -8,10 +8,13 @@ lower limit. config["sleep"] sleeps every batch; config["pool"] maps
 over a multiprocessing Pool ("fork" or "spawn"); config["prints"] prints a line to stdout and one
 to stderr in each batch; config["complete_raises"] makes on_job_complete raise;
 config["complete_kills"] SIGKILLs the pool process inside the first on_job_complete of the job
-(after recording the call).
+(after recording the call). With config["count_alive"], each `inits` line says how many other
+probe predictors of the same API the process held alive then (`alive`: its predictor cache at work);
+config["hold_mib"] makes each predictor hold that much memory, every page touched, as a model would.
 """
 
 import ctypes
+import gc
 import json
 import logging
 import multiprocessing
@@ -19,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 
 import redis
 
@@ -29,13 +33,22 @@ return now
 """
 
 
+ALIVE = weakref.WeakSet()  # this process's predictors not yet collected
+
+
 class PythonPredictor:
     def __init__(self, config, job_spec):
         self.config = config
         self.job_id = job_spec["job_id"]
         self.redis = redis.Redis.from_url(config["redis_url"])
         self.key = f"probe:{config['tag']}"
-        self.redis.rpush(f"{self.key}:inits", json.dumps({"job": self.job_id, "pid": os.getpid()}))
+        init = {"job": self.job_id, "pid": os.getpid()}
+        if config.get("count_alive"):
+            gc.collect()  # an instance the worker dropped is not counted alive
+            init["alive"] = len(ALIVE)
+            ALIVE.add(self)
+        self.model = self._hog(int(config.get("hold_mib", 0)) << 20)
+        self.redis.rpush(f"{self.key}:inits", json.dumps(init))
         self.redis.set(f"{self.key}:config:{self.job_id}", json.dumps(config))
         self.redis.set(f"{self.key}:job_spec:{self.job_id}", json.dumps(job_spec))
         time.sleep(float(config.get("init_sleep", 0)))
