@@ -73,3 +73,50 @@ def test_a_patch_wraps_the_original_once():
     install_once(Owner, "method", wrap, "a patch", "an issue", f"{SUPPORTED}.0")
     assert Owner().method() == "wrapped original"
     assert getattr(Owner.method, MARK) == "a patch"
+
+
+class FakeChannel:
+    """What the poll timer of sqs_receive touches on kombu's SQS Channel: polls are recorded, not sent."""
+
+    def __init__(self):
+        self._active_queues = ["q"]
+        self.sent: list = []  # the callbacks of the polls sent
+        self.looped: list = []  # the queues whose polling went on
+        self.timers: list = []
+
+        class Hub:
+            def call_repeatedly(hub, seconds, fn, *args):
+                self.timers.append((fn, args))
+
+        class QoS:
+            def can_consume(qos):
+                return True
+
+        self.hub, self.qos = Hub(), QoS()
+
+    def _get_bulk_async(self, queue, callback):
+        self.sent.append(callback)
+
+    def _loop1(self, queue, messages_fetched=None):
+        self.looped.append(queue)
+
+
+def test_a_poll_sqs_never_answers_is_sent_again_and_its_late_reply_dropped(monkeypatch):
+    from workers.kombu_patches import sqs_receive
+
+    channel = FakeChannel()
+    schedule = sqs_receive._timed(lambda self, queue: None)
+    channel._schedule_queue = lambda queue: schedule(channel, queue)  # the patched method, as installed
+    clock = [1000.0]
+    monkeypatch.setattr(sqs_receive.time, "monotonic", lambda: clock[0])
+    schedule(channel, "q")
+    (check, args), = channel.timers
+    check(*args)
+    assert len(channel.sent) == 1  # not yet taken for lost
+    clock[0] += sqs_receive.STALLED_SECONDS
+    check(*args)
+    assert len(channel.sent) == 2  # polled again
+    channel.sent[0]([])  # the lost poll's reply comes after all: dropped
+    assert channel.looped == []
+    channel.sent[1]([])  # the new poll's reply: polling goes on, once
+    assert channel.looped == ["q"]
