@@ -37,6 +37,16 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: f
         time.sleep(interval)
 
 
+def procfile() -> dict[str, str]:
+    """The Procfile's entries, name -> command: what the stack, compose and the k8s manifests run."""
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

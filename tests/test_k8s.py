@@ -31,7 +31,7 @@ import yaml
 from app import create_app
 from app.model import status
 from tests.conftest import Jobs
-from tests.services import ROOT, VENV_BIN, free_port, stop_process, wait_for
+from tests.services import ROOT, VENV_BIN, free_port, procfile, stop_process, wait_for
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("redis", "sqs", "gpu-pool")  # each rendered by `kubectl kustomize deploy/k8s/<overlay>`
@@ -84,15 +84,6 @@ def containers(objects: list[dict]) -> list[tuple[dict, dict]]:
 
 def batchery_containers(objects: list[dict]) -> list[tuple[dict, dict]]:
     return [(obj, c) for obj, c in containers(objects) if c["image"].split(":")[0].endswith("batchery")]
-
-
-def procfile() -> dict[str, str]:
-    entries = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, _, command = line.partition(":")
-            entries[name.strip()] = command.strip()
-    return entries
 
 
 def readme_section(title: str) -> str:

@@ -23,21 +23,12 @@ import boto3
 import pytest
 import yaml
 
-from tests.services import ROOT, WEB_THREADS, free_port, wait_for
+from tests.services import ROOT, WEB_THREADS, free_port, procfile, wait_for
 
 STACK = ROOT / "scripts" / "stack.py"
 SERVICES = {"redis", "api", "worker", "control", "flower", "s3"}
 # compose service -> Procfile entry
 COMPOSE_COMMANDS = {"api": "web", "worker": "worker", "control": "control", "flower": "flower"}
-
-
-def procfile() -> dict[str, str]:
-    entries = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, _, command = line.partition(":")
-            entries[name.strip()] = command.strip()
-    return entries
 
 
 @pytest.fixture(scope="module")
