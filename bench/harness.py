@@ -3,6 +3,7 @@ gunicorn), an HTTP client for the API, the machine's description and the printed
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -239,3 +240,28 @@ def wait_until(condition, timeout: float, interval: float = 0.05, what: str = ""
 def monotonic() -> float:
     """time.perf_counter, for the benches' own timings."""
     return time.perf_counter()
+
+
+def timed_chord(script: str, env: dict, client, count: int, timeout: float, *args: str) -> dict:
+    """Run `script --child-chord <tag> --count <count> *args`, a client process publishing a plain
+    celery.chord as a user's script would, and wait for the chord's body to record its results in
+    `bench:chord:<tag>`: the seconds from the first publish to the body, the batches and the rate.
+    Raises RuntimeError if the client fails or the body got another count of results."""
+    tag = uuid.uuid4().hex[:8]
+    argv = [sys.executable, script, "--child-chord", tag, "--count", str(count), *args]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=timeout)
+    if process.returncode != 0:
+        raise RuntimeError(f"the chord client failed ({process.returncode})")
+    published = json.loads(out.strip().splitlines()[-1])
+    key = f"bench:chord:{tag}"
+    wait_until(lambda: client.exists(key), timeout=timeout, interval=0.05, what="the chord's body to run")
+    done = client.hgetall(key)
+    if int(done[b"results"]) != count:
+        raise RuntimeError(f"the chord body got {done[b'results']} results, not {count}")
+    seconds = float(done[b"time"]) - published["started"]
+    result = {"seconds": seconds, "batches": count, "rate": count / seconds}
+    if "published" in published:
+        result["publish_seconds"] = published["published"] - published["started"]
+    return result
+

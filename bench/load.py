@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, CpuMeter, Stack, celery_app, machine, median, runs, table, wait_until
+from bench.harness import CpuMeter, Stack, celery_app, machine, median, runs, table, timed_chord, wait_until
 from tests.services import VENV_BIN
 
 
@@ -102,25 +101,7 @@ def run_batchery(stack: Stack, args: argparse.Namespace, on_submitted=None) -> d
 
 def run_chord(stack: Stack, count: int, timeout: float) -> dict:
     """A plain celery.chord of `count` no-op tasks and a no-op body, published by a client process."""
-    tag = uuid.uuid4().hex[:8]
-    argv = [sys.executable, __file__, "--child-chord", tag, "--count", str(count)]
-    client = subprocess.Popen(argv, cwd=ROOT, env=stack.env, stdout=subprocess.PIPE, text=True)
-    out, _ = client.communicate(timeout=timeout)
-    if client.returncode != 0:
-        raise RuntimeError(f"the chord client failed ({client.returncode})")
-    published = json.loads(out.strip().splitlines()[-1])
-    key = f"bench:chord:{tag}"
-    wait_until(lambda: stack.redis.exists(key), timeout=timeout, interval=0.05, what="the chord's body to run")
-    done = stack.redis.hgetall(key)
-    if int(done[b"results"]) != count:
-        raise RuntimeError(f"the chord body got {done[b'results']} results, not {count}")
-    seconds = float(done[b"time"]) - published["started"]
-    return {
-        "seconds": seconds,
-        "batches": count,
-        "rate": count / seconds,
-        "publish_seconds": published["published"] - published["started"],
-    }
+    return timed_chord(__file__, stack.env, stack.redis, count, timeout)
 
 
 def child_chord(tag: str, count: int) -> None:

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import redis
@@ -39,7 +38,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, cpu_seconds, machine, median, runs, table, wait_until
+from bench.harness import ROOT, cpu_seconds, machine, median, runs, table, timed_chord, wait_until
 from bench.load import run_batchery
 from tests.services import VENV_BIN, RedisServer, free_port, stop_process
 
@@ -203,20 +202,7 @@ def _http_ok(url: str) -> bool:
 
 def run_stock_chord(stock: StockCelery, count: int, batch_size: int, timeout: float) -> dict:
     """A plain celery.chord of `count` batches and a body, published by a client process."""
-    tag = uuid.uuid4().hex[:8]
-    argv = [sys.executable, __file__, "--child-chord", tag, "--count", str(count), "--batch-size", str(batch_size)]
-    client = subprocess.Popen(argv, cwd=ROOT, env=stock.env, stdout=subprocess.PIPE, text=True)
-    out, _ = client.communicate(timeout=timeout)
-    if client.returncode != 0:
-        raise RuntimeError(f"the chord client failed ({client.returncode})")
-    published = json.loads(out.strip().splitlines()[-1])
-    key = f"bench:chord:{tag}"
-    wait_until(lambda: stock.redis.exists(key), timeout=timeout, interval=0.05, what="the chord's body to run")
-    done = stock.redis.hgetall(key)
-    if int(done[b"results"]) != count:
-        raise RuntimeError(f"the chord body got {done[b'results']} results, not {count}")
-    seconds = float(done[b"time"]) - published["started"]
-    return {"seconds": seconds, "batches": count, "rate": count / seconds}
+    return timed_chord(__file__, stock.env, stock.redis, count, timeout, "--batch-size", str(batch_size))
 
 
 def child_chord(tag: str, count: int, batch_size: int) -> None:
