@@ -60,6 +60,32 @@ def test_recording_a_batch_takes_the_next_one_in_its_slot_and_releases_nothing_m
     assert Outcome.parse_bundled(call.run(store.redis)).next_entry == ""
 
 
+def test_a_record_sent_again_after_its_reply_was_lost_gives_back_the_batch_it_took(store):
+    """Redis went away as it answered: the client (or the worker's kept outcomes) sends RECORD
+    again. The batch the first call took was never run: it goes back and is released on its own,
+    not left owned by a live process that does not run it (its job never ended: a CI failure)."""
+    spec = new_job(store, 6, workers=2)  # batches 0 and 1 released
+    job_id = spec["job_id"]
+    store.begin(spec, "0", "p", 1001.0, ready=True)
+    call = store.record_call(spec, "0", "ok", 0.01, "p", 1001.0, head="0")
+    assert Outcome.parse_bundled(call.run(store.redis)).next_entry == "2 [2]"  # its reply is lost
+    again = Outcome.parse_bundled(call.run(store.redis))
+    assert (again.next_entry, again.released) == ("", ["2 [2]"])  # given back, and released in a message
+    assert store.redis.hget(keys.procs(job_id), "p") is None
+    assert store.redis.hmget(keys.deliveries(job_id), "2", "2:o") == [None, None]
+    assert sorted(store.redis.hkeys(keys.inflight(job_id))) == [b"1", b"2"]  # still `workers` in flight
+    job = store.state(job_id, "api", 1001.0)
+    assert (job["succeeded"], job["failed"]) == (1, 0)
+    assert store.redis.hmget(keys.job(job_id), "released", "bundled") == [b"3", b"0"]
+    assert Outcome.parse_bundled(call.run(store.redis)).released == []  # a third time: nothing more
+    delivery = store.begin(spec, "2", "q", 1002.0, ready=True)
+    assert (delivery.action, delivery.number) == ("run", 1)  # its first delivery, in any process
+    # the outcome kept while the store was down is recorded with take=False: it takes nothing
+    store.begin(spec, "1", "p", 1002.0, ready=True)
+    late = store.record_call(spec, "1", "ok", 0.01, "p", 1002.0, head="1", take=False)
+    assert Outcome.parse_bundled(late.run(store.redis)) == Outcome(released=["3 [3]"], next_entry="")
+
+
 def test_a_bundle_takes_nothing_once_its_job_is_paused_stopped_or_past_its_deadline(store):
     spec = new_job(store, 20, workers=1)
     store.begin(spec, "0", "p", 1001.0, ready=True)

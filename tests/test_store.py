@@ -261,3 +261,20 @@ def test_an_s3_jobs_count_is_unknown_while_it_enqueues(store):
     assert known_total(store, spec["job_id"], state) is None
     store.enqueued(spec, 1001.0)
     assert known_total(store, spec["job_id"], store.state(spec["job_id"], spec["api_name"], 1001.5)) == 1
+
+
+def test_a_begin_sent_again_after_its_reply_was_lost_is_the_same_delivery(store):
+    """Redis went away as it answered BEGIN, and the client sent it again: the delivery the first
+    call began is this process's own, not one that died. Counted as a second delivery, a batch
+    with max_receive_count 1 was dead-lettered though it never ran."""
+    spec = build_spec(API, {"workers": 1, "config": {}}, "redis://h/q", 1000.0)
+    spec["sqs_dead_letter_queue"] = {"arn": "arn:aws:sqs:us-east-1:1:dlq", "max_receive_count": 1}
+    store.create(spec, API, 1000.0)
+    store.append(spec, ["0 [0]"], 1000.0)
+    store.enqueued(spec, 1000.0)
+    first = store.begin(spec, "0", "p", 1001.0, ready=True)
+    again = store.begin(spec, "0", "p", 1001.0, ready=True)
+    assert (first.action, first.number) == (again.action, again.number) == ("run", 1)
+    assert store.state(spec["job_id"], "api", 1001.0)["failed"] == 0
+    # another process's delivery of it, once p is gone (not alive), is a second one: p's died
+    assert store.begin(spec, "0", "q", 1002.0, ready=True).action == "dead"

@@ -320,15 +320,15 @@ class BatchRun:
         """Count the outcome, with the batch's log lines, in one round trip; with `bundle`, the
         same call takes the bundle's next batch if there is time for one. Returns its backlog
         entry ('' for none). Raises the store's errors (an outcome unanswered is kept to retry)."""
-        head = None
-        if bundle:
-            head = self.bundle.head if self.bundle.wants_more() else ""
-        call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now(), head=head)
+        head = self.bundle.head if bundle else None
+        take = bundle and self.bundle.wants_more()
+        call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now(), head, take)
         # the batch's log lines go in the same round trip (one fewer a batch: bench/load.py)
         try:
             reply = run_with_lines(self.store.redis, call)
         except late_outcomes.UNANSWERED:
-            late_outcomes.keep(partial(self._record_late, outcome, seconds), f"batch {self.batch_id}")
+            # the call may have been carried out, its reply lost: the late one gives back what it took
+            late_outcomes.keep(partial(self._record_late, outcome, seconds, head), f"batch {self.batch_id}")
             raise
         if isinstance(reply, Exception):
             raise reply
@@ -341,9 +341,11 @@ class BatchRun:
         kept_through_failover(f"batch {self.batch_id}'s outcome")
         return recorded.next_entry
 
-    def _record_late(self, outcome: str, seconds: float) -> None:
-        reply = self.store.record(self.spec, self.batch_id, outcome, seconds, self.proc, now())
-        follow(services().dispatcher, self.store, self.spec, reply)
+    def _record_late(self, outcome: str, seconds: float, head: str | None) -> None:
+        call = self.store.record_call(self.spec, self.batch_id, outcome, seconds, self.proc, now(), head, take=False)
+        reply = call.run(self.store.redis)
+        recorded = Outcome.parse(reply) if head is None else Outcome.parse_bundled(reply)
+        follow(services().dispatcher, self.store, self.spec, recorded)
         if outcome == "retry":  # the task's retry, which publishes the next delivery, never ran
             entry = (self.generation, backlog_entry(self.batch_id, self.body))
             services().dispatcher.republish_batches(self.spec["job_id"], [entry], queue=self.spec.get("queue", ""))

@@ -301,12 +301,22 @@ class JobStore:
         return Outcome.parse(self.record_call(spec, batch_id, outcome, seconds, proc, now).run(self.redis))
 
     def record_call(
-        self, spec: dict, batch_id: str, outcome: str, seconds: float, proc: str, now: float, head: str | None = None
+        self,
+        spec: dict,
+        batch_id: str,
+        outcome: str,
+        seconds: float,
+        proc: str,
+        now: float,
+        head: str | None = None,
+        take: bool = True,
     ) -> Call:
         """`record` as a script call, to run along with others (app/store/scripts.py); `Outcome.parse`
-        reads its reply. `head`: the first batch of the message the batch ran in, to take the
-        bundle's next batch in the same call ('': take none); `Outcome.parse_bundled` reads that reply."""
-        bundle = () if head is None else (head,)
+        reads its reply. `head`: the first batch of the message the batch ran in; with it, the call
+        takes the bundle's next batch if `take` (and `head` is not ''), and `Outcome.parse_bundled`
+        reads the reply. A call sent again after its reply was lost gives back the batch the first
+        one took (give_back in app/store/lua/common.lua)."""
+        bundle = () if head is None else (head, "1" if take else "0")
         return self._prepare("record", spec, spec["api_name"], batch_id, outcome, repr(seconds), proc, *bundle, now=now)
 
     def mark_oom(self, job_id: str, batch_id: str, now: float, generation: int = 0) -> bool:

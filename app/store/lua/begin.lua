@@ -47,6 +47,15 @@ if paused() then
   hold(id)
   return {'skip', 'paused'}
 end
+-- the same call sent again (Redis went away as it answered, and the client retried): the delivery
+-- it began is this one, not one that died (a max_receive_count of 1 dead-lettered the batch)
+local holding = redis.call('HGET', procs, proc)
+if holding and string.match(holding, ' (.*)$') == id and redis.call('HGET', deliveries, id .. ':o') == proc
+    and redis.call('HGET', deliveries, id .. ':b') == generation then
+  local begun = tonumber(redis.call('HGET', deliveries, id))
+  if switched then return {'run', begun, id, generation, redis.call('HGET', inflight, id)} end
+  return {'run', begun}
+end
 local started = redis.call('HINCRBY', deliveries, id, 1)
 redis.call('HSET', deliveries, id .. ':b', generation)  -- this generation's delivery began
 local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r') or '0')

@@ -337,3 +337,24 @@ local function take_next(head, proc)
   redis.call('HSET', procs, proc, PROC_RUNNING .. ' ' .. id)
   return entry
 end
+
+-- Undo the `take_next` of a RECORD whose reply was lost (Redis went away as it answered): the
+-- process never learnt of the batch it was given, so that batch would stay owned by a live
+-- process that does not run it, and its job would never end. `id` is the batch that RECORD
+-- recorded, `head` its message's first batch and `proc` the process. The batch taken goes back to
+-- the front of the backlog, its delivery uncounted, as if it had never been taken.
+local function give_back(head, id, proc)
+  local cid = string.match(redis.call('HGET', deliveries, head .. ':c') or '', '^0 (.+)$')
+  if not cid or cid == id then return end  -- the lost call took nothing
+  local taken = redis.call('HMGET', deliveries, cid, cid .. ':o', cid .. ':r', cid .. ':g')
+  -- still as take_next left it: its first delivery, owned by `proc`, not recorded nor published again
+  if taken[1] ~= '1' or taken[2] ~= proc or taken[3] or (taken[4] or '0') ~= '0' then return end
+  local entry = redis.call('HGET', inflight, cid)
+  if not entry then return end
+  redis.call('HDEL', inflight, cid)
+  redis.call('LPUSH', backlog, entry)
+  redis.call('HINCRBY', job, 'released', -1)
+  redis.call('HINCRBY', job, 'bundled', -1)
+  redis.call('HDEL', deliveries, cid, cid .. ':b', cid .. ':o', head .. ':c')
+  if redis.call('HGET', procs, proc) == PROC_RUNNING .. ' ' .. cid then redis.call('HDEL', procs, proc) end
+end

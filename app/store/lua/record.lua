@@ -7,13 +7,16 @@
 -- ARGV[4] outcome: ok, retry (failed, runs again), failed, dead or oom (failed for good)
 -- ARGV[5] seconds: how long the delivery ran
 -- ARGV[6] proc: the worker process (as named in procs)
--- ARGV[7] head (optional): the first batch of the message this batch ran in, when the process
--- would run another batch in that message (a bundle, common.lua): an `ok` outcome then takes it
+-- ARGV[7] head (optional): the first batch of the message this batch ran in (a bundle, common.lua)
+-- ARGV[8] take (with ARGV[7]): '1' if the process would run another batch in that message: an
+-- `ok` outcome then takes it ('0', or an empty head: take none)
 -- Touches: job (succeeded, time_sum, failed, failed_batches, oom_batches, oom_batch, ends:<slot>), procs,
--- job:throughput, deliveries (<id>:r), inflight, released, ended_inflight, the kept failed batches and unfinished
+-- job:throughput, deliveries (<id>:r; a batch given back: its own fields and <head>:c), backlog, inflight, released, ended_inflight, the kept failed batches and unfinished
 -- in-flight ones (keys.failed_batches, keys.unfinished_inflight), and what release touches.
 -- Returns {finalize (1: the caller runs the finalizer), entries to publish...}; {0}: nothing to do.
 -- With ARGV[7]: {finalize, the next batch's backlog entry to run now ('' for none), entries...}.
+-- The same call made again (its reply was lost, and the client, or the worker's kept outcomes,
+-- sent it again) takes nothing, and gives back the batch the first call took (give_back).
 
 local id, outcome, seconds, proc = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local entry  -- the batch's backlog entry, read when it failed for good
@@ -30,7 +33,13 @@ if live then
   -- a batch that failed for good is kept, its entry with it, for a retry (below)
   if outcome ~= 'ok' then entry = redis.call('HGET', inflight, id) end
   -- a second delivery of a batch that already finished (at-least-once) is not counted twice
-  if redis.call('HDEL', inflight, id) == 0 then return {0} end
+  if redis.call('HDEL', inflight, id) == 0 then
+    if not ARGV[7] then return {0} end
+    give_back(ARGV[7], id, proc)
+    local out = release_and_claim()  -- publishes the batch given back, if any
+    table.insert(out, 2, '')
+    return out
+  end
   redis.call('ZREM', released, id)
 else
   -- The job ended (or this store never had it: a Redis that lost its data, where a count would
@@ -70,7 +79,7 @@ redis.call('HINCRBY', job .. ':throughput', second - second % 10, 1)
 if not ARGV[7] then return release_and_claim() end
 -- taken before the release, so that the slot this batch frees goes to the bundle's next batch
 local next_entry = ''
-if outcome == 'ok' and ARGV[7] ~= '' then next_entry = take_next(ARGV[7], proc) or '' end
+if outcome == 'ok' and ARGV[7] ~= '' and ARGV[8] ~= '0' then next_entry = take_next(ARGV[7], proc) or '' end
 local out = release_and_claim()
 table.insert(out, 2, next_entry)
 return out
