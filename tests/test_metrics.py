@@ -139,6 +139,24 @@ def test_redis_broker_queue_depth_is_the_length_of_the_queue(redis_server, r):
     assert value(scrape(app.test_client()), "batchery_broker_queue_depth", queue=queue) == 3
 
 
+def test_broker_queue_depth_covers_every_pool_and_its_control_queue(redis_server, r):
+    """A fleet with a dedicated pool: each queue a worker serves, and its control queue, has its depth
+    (only the default queue's was exported)."""
+    from app.store.pools import Pools
+
+    queue, gpu = f"depth-{uuid.uuid4().hex[:8]}", f"gpu-{uuid.uuid4().hex[:8]}"
+    app = create_app({"SETTINGS": Settings(redis_url=redis_server.url, queue=queue, apis_file="", watchdog_seconds=0)})
+    Pools(r).serve("w1", [gpu, f"{gpu}-control"], 2)
+    r.rpush(gpu, "a", "b")
+    r.rpush(f"{gpu}-control", "f")
+    samples = scrape(app.test_client())
+    assert value(samples, "batchery_broker_queue_depth", queue=queue) == 0
+    assert value(samples, "batchery_broker_queue_depth", queue=gpu) == 2
+    assert value(samples, "batchery_broker_queue_depth", queue=f"{gpu}-control") == 1
+    assert value(samples, "batchery_queue_demand", queue=gpu) == 0
+    assert value(samples, "batchery_queue_processes", queue=gpu) == 2
+
+
 def test_sqs_broker_queue_depth_is_its_approximate_number_of_messages(redis_server, moto):
     queue = f"depth-{uuid.uuid4().hex[:8]}"
     settings = Settings(

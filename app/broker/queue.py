@@ -23,20 +23,25 @@ QUICK = botocore.config.Config(
 
 
 class BrokerQueue:
-    """The queue `settings.queue` on the Redis broker, or on SQS (`<prefix><queue>`)."""
+    """The broker's queues as the API reads them: `settings.queue` unless told another, on the
+    Redis broker or on SQS (`<prefix><queue>`)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     @property
     def sqs_name(self) -> str:
-        """The queue's name on SQS: kombu prefixes it (BATCHERY_SQS_QUEUE_PREFIX)."""
+        """The default queue's name on SQS: kombu prefixes it (BATCHERY_SQS_QUEUE_PREFIX)."""
         return f"{self.settings.sqs_queue_prefix}{self.settings.queue}"
 
     @property
     def name(self) -> str:
-        """The queue's name on its broker, as an operator finds it there."""
-        return self.sqs_name if is_sqs(self.settings) else self.settings.queue
+        """The default queue's name on its broker, as an operator finds it there."""
+        return self.name_of(self.settings.queue)
+
+    def name_of(self, queue: str) -> str:
+        """A queue's name on its broker (with the prefix on SQS)."""
+        return f"{self.settings.sqs_queue_prefix}{queue}" if is_sqs(self.settings) else queue
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -57,13 +62,15 @@ class BrokerQueue:
         else:
             self.redis.ping()
 
-    def depth(self) -> int:
-        """Messages waiting in the queue (on SQS approximate, not counting those being worked on)."""
+    def depth(self, queue: str | None = None) -> int:
+        """Messages waiting in `queue` (default: `settings.queue`; on SQS approximate, not counting
+        those being worked on). Raises the broker client's error if it does not answer."""
+        queue = queue or self.settings.queue
         if not is_sqs(self.settings):
             # kombu's Redis transport keeps a queue's messages (priority 0) in the list named after it
-            return int(self.redis.llen(self.settings.queue))
+            return int(self.redis.llen(queue))
         try:
-            url = self.sqs.get_queue_url(QueueName=self.sqs_name)["QueueUrl"]
+            url = self.sqs.get_queue_url(QueueName=self.name_of(queue))["QueueUrl"]
         except self.sqs.exceptions.QueueDoesNotExist:
             return 0  # kombu creates it on first use
         reply = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])

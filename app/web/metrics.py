@@ -57,8 +57,10 @@ class JobStoreCollector(Collector):
         per_job = list(self._per_job(api_names, demand))
         yield self._jobs_per_status(api_names)
         yield from per_job
-        yield from self._queues(demand)
-        depth = self._broker_depth()
+        known = Pools(self.store.redis).known_queues()
+        queues = sorted({self.settings.queue, *known, *demand} - {q for q in known if q.endswith(CONTROL_SUFFIX)})
+        yield from self._queues(queues, demand)
+        depth = self._broker_depth([*queues, *(q + CONTROL_SUFFIX for q in queues if q + CONTROL_SUFFIX in known)])
         if depth is not None:
             yield depth
 
@@ -69,10 +71,8 @@ class JobStoreCollector(Collector):
                 gauge.add_metric([api_name, code], count)
         return gauge
 
-    def _queues(self, demand: dict[str, int]) -> Iterator[Metric]:
-        """Per queue: the batches that want a worker process now, and the processes serving it."""
-        pools = Pools(self.store.redis)
-        queues = sorted({self.settings.queue, *pools.known_queues(), *demand} - _control_queues(pools))
+    def _queues(self, queues: list[str], demand: dict[str, int]) -> Iterator[Metric]:
+        """Per queue of batches: the batches that want a worker process now, and the processes serving it."""
         wanted = GaugeMetricFamily(
             "batchery_queue_demand",
             "Batches that want a worker process now: for each job in progress on the queue, min(workers, its "
@@ -83,7 +83,7 @@ class JobStoreCollector(Collector):
         serving = GaugeMetricFamily(
             "batchery_queue_processes", "Pool processes of live workers serving the queue's batches.", labels=["queue"]
         )
-        for queue, processes in pools.processes(queues).items():
+        for queue, processes in Pools(self.store.redis).processes(queues).items():
             wanted.add_metric([queue], demand.get(queue, 0))
             serving.add_metric([queue], processes)
         yield from (wanted, serving)
@@ -128,16 +128,17 @@ class JobStoreCollector(Collector):
                 demand[queue] = demand.get(queue, 0) + job_demand(state)
         yield from (succeeded, attempts, failed, seconds, in_queue, total, workers)
 
-    def _broker_depth(self) -> Metric | None:
-        try:
-            depth = self.queue.depth()
-        except Exception as err:  # noqa: BLE001 - the job metrics are still worth serving
-            log.warning("cannot read the broker queue's depth: %s", type(err).__name__)
-            return None
+    def _broker_depth(self, queues: list[str]) -> Metric | None:
+        """Messages waiting in each of `queues` on the broker; None if the broker does not answer."""
         gauge = GaugeMetricFamily(
             "batchery_broker_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
         )
-        gauge.add_metric([self.queue.name], depth)
+        try:
+            for queue in queues:
+                gauge.add_metric([self.queue.name_of(queue)], self.queue.depth(queue))
+        except Exception as err:  # noqa: BLE001 - the job metrics are still worth serving
+            log.warning("cannot read the broker queue's depth: %s", type(err).__name__)
+            return None
         return gauge
 
 
@@ -148,10 +149,6 @@ def job_demand(state: dict) -> int:
     if state["status"] not in (status.ENQUEUING, status.RUNNING):
         return 0
     return max(1, min(state["workers"], job.batches_in_queue(state)))
-
-
-def _control_queues(pools: Pools) -> set[str]:
-    return {queue for queue in pools.known_queues() if queue.endswith(CONTROL_SUFFIX)}
 
 
 def registry_for(store: JobStore, settings: Settings, queue: BrokerQueue) -> CollectorRegistry:
