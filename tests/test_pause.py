@@ -182,6 +182,7 @@ def test_the_store_holds_what_is_delivered_while_paused_and_publishes_it_again_o
     assert store.pause(spec, t0 + 1) == (False, status.PAUSED)
     assert store.enqueued(spec, t0 + 1).released == []  # enqueued while paused: still paused, nothing released
     assert not store.proceed(spec, "0", "p", t0 + 1)  # loaded after the pause: it does not start
+    assert not store.proceed(spec, "0", "p", t0 + 1)  # the same call sent again (its reply lost) undoes nothing more
     assert store.begin(spec, "1", "q", t0 + 1).reason == "paused"
     job = services.redis.hgetall(keys.job(spec["job_id"]))
     assert job[b"status"] == status.PAUSED.encode() and job[b"failed"] == b"0"

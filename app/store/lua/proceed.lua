@@ -13,8 +13,8 @@ if not in_progress() or past_deadline() then
   return 0
 end
 if paused() then  -- paused while the predictor loaded: the batch did not start, BEGIN's count is undone
-  redis.call('HINCRBY', deliveries, ARGV[4], -1)
-  redis.call('HDEL', procs, ARGV[3])
+  -- once: the same call sent again (its reply lost) finds the process's record gone
+  if redis.call('HDEL', procs, ARGV[3]) == 1 then redis.call('HINCRBY', deliveries, ARGV[4], -1) end
   hold(ARGV[4])
   return 0
 end
