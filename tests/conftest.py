@@ -195,3 +195,13 @@ class Jobs:
 @pytest.fixture
 def jobs(client) -> Jobs:
     return Jobs(client)
+
+
+@pytest.fixture
+def unconsumed(redis_server, probe_config):
+    """The services of an app whose queue no worker consumes, its watchdog swept by hand."""
+    queue = f"nobody-consumes-{probe_config['tag']}"
+    settings = Settings(
+        redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue, watchdog_seconds=0
+    )
+    return create_app({"SETTINGS": settings}).extensions["batchery"]

@@ -142,16 +142,6 @@ def own_fleet(settings, worker_env, tmp_path, name: str, lost: float, concurrenc
         own.stop()
 
 
-@pytest.fixture
-def unconsumed(redis_server, probe_config):
-    """The services of an app whose queue no worker consumes, its watchdog swept by hand."""
-    queue = f"nobody-consumes-{probe_config['tag']}"
-    settings = Settings(
-        redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue, watchdog_seconds=0
-    )
-    return create_app({"SETTINGS": settings}).extensions["batchery"]
-
-
 def test_a_message_is_called_lost_when_the_queue_delivered_one_released_lost_seconds_after_it(unconsumed):
     """Not by its age: a saturated fleet delivers messages that waited longer than LOST. A queue is
     first in, first out: one released LOST seconds after it delivered means it was lost."""

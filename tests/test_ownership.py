@@ -23,7 +23,7 @@ from app.model import status
 from app.model.job import build_spec, now
 from app.store import keys, owners
 from app.store.joblog import attach_job_log
-from tests.conftest import BOTH_BROKERS, PREDICTORS, Jobs
+from tests.conftest import BOTH_BROKERS, Jobs
 from tests.services import RedisServer, Worker, wait_for
 from workers import liveness
 
@@ -151,16 +151,6 @@ def test_on_job_complete_waits_for_a_live_owner_of_a_batch_already_counted(
     assert completed >= began + sleep  # not before the owner's delivery ended
     assert any("the finalizer waits for a batch still running" in line for line in lines)
     assert r.lrange(f"probe:{tag}:complete", 0, -1) == [job_id]
-
-
-@pytest.fixture
-def unconsumed(redis_server, probe_config):
-    """The services of an app whose queue no worker consumes, its watchdog swept by hand."""
-    queue = f"nobody-owns-{probe_config['tag']}"
-    settings = Settings(
-        redis_url=redis_server.url, apis_file=str(PREDICTORS / "cortex.yaml"), queue=queue, watchdog_seconds=0
-    )
-    return create_app({"SETTINGS": settings}).extensions["batchery"]
 
 
 def test_a_live_owner_keeps_its_batch_and_holds_back_the_finalizer(unconsumed):
