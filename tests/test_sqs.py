@@ -88,3 +88,28 @@ def test_a_later_batch_too_large_for_the_sqs_queue_fails_for_good_and_the_job_en
         line["message"].startswith("batch 1: failed for good without running: a batch's message is over the SQS")
         for line in lines
     ), lines
+
+
+def test_a_dead_letter_queue_deleted_mid_job_does_not_hang_the_job(client, jobs, worker, probe_config):
+    """The dead letter's send raised, the outcome went unrecorded, and the job never ended. It is
+    recorded all the same, the job log saying why the letter is missing, and the batch is kept for
+    a retry job."""
+    sqs = boto3.client("sqs")
+    name = f"deleted-dlq-{probe_config['tag']}"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    items = [1, {"fail": "always", "sleep": 1}]
+    body = {"workers": 2, "config": probe_config, "item_list": {"items": items, "batch_size": 1}}
+    body["sqs_dead_letter_queue"] = dlq(f"arn:aws:sqs:us-east-1:123456789012:{name}", 1)
+    spec = jobs.submit("probe", body)
+    sqs.delete_queue(QueueUrl=url)  # while the failing batch sleeps in predict
+    job = jobs.wait_final("probe", spec["job_id"])
+    assert job["status"] == status.COMPLETED_WITH_FAILURES, job
+    assert (job["batch_metrics"]["succeeded"], job["batches_in_queue"]) == (1, 0)
+    lines = client.get(f"/batch/probe/logs?jobID={spec['job_id']}").get_json()["lines"]
+    assert any("batch 1: its dead letter could not be sent" in line["message"] for line in lines)
+    sqs.create_queue(QueueName=f"{name}-2")  # the retry needs a dead-letter queue that exists
+    again = {"sqs_dead_letter_queue": dlq(f"arn:aws:sqs:us-east-1:123456789012:{name}-2", 1)}
+    retry = client.post(f"/batch/probe/{spec['job_id']}/retry", json=again)
+    assert retry.status_code == 200, retry.get_json()
+    retried = jobs.wait_final("probe", retry.get_json()["job_id"])
+    assert retried["total_batch_count"] == 1  # the failed batch, kept

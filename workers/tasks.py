@@ -286,20 +286,29 @@ class BatchRun:
     def _fail_for_good(self, outcome: str, error: str, trace: str = "") -> None:
         dlq = self.spec.get("sqs_dead_letter_queue")
         if dlq:
-            services().dead_letters.send(
-                dlq["arn"],
-                {
-                    "job_id": self.spec["job_id"],
-                    "api_name": self.spec["api_name"],
-                    "batch_id": self.batch_id,
-                    "payload": self._items_for_letter(),
-                    "error": error,
-                    "traceback": trace,
-                    "failed_time": now(),
-                },
-            )
+            try:
+                self._send_dead_letter(dlq["arn"], error, trace)
+            except Exception as err:  # noqa: BLE001 - the outcome is recorded all the same (below)
+                # Raised, the outcome went unrecorded and the job never ended. The batch is kept
+                # with the job's failed batches for a retry job (POST /batch/<api>/<job_id>/retry).
+                log.error("batch %s: its dead letter could not be sent to %s: %s", self.batch_id, dlq["arn"], err)
+                error = f"{error} (its dead letter could not be sent: {err})"
         batch_errors.note(self.store.redis, self.spec["job_id"], self.batch_id, error)  # the dashboard's dead letters
         self._record(outcome, 0.0)
+
+    def _send_dead_letter(self, arn: str, error: str, trace: str) -> None:
+        services().dead_letters.send(
+            arn,
+            {
+                "job_id": self.spec["job_id"],
+                "api_name": self.spec["api_name"],
+                "batch_id": self.batch_id,
+                "payload": self._items_for_letter(),
+                "error": error,
+                "traceback": trace,
+                "failed_time": now(),
+            },
+        )
 
     def _items_for_letter(self) -> list | dict:
         """The batch's items, for its dead letter to be replayed: a delimited_files batch's are read
