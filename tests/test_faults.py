@@ -406,6 +406,33 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
     assert worker.process.poll() is None
 
 
+@pytest.mark.parametrize("broker", ["sqs"], indirect=True)
+def test_a_store_outage_while_the_predictor_loads_is_a_failed_attempt_not_a_hung_job(
+    persistent_redis, settings, worker_env, tmp_path, r, probe_config
+):
+    """The job store stops while a predictor loads, longer than BATCHERY_STORE_OUTAGE_SECONDS: the
+    check before predict (PROCEED) failed, the task with it, and the batch stayed begun in a live
+    process that would never run it (its message acked, on SQS): the job never ended."""
+    queue = f"load-outage-{probe_config['tag']}"
+    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_STORE_OUTAGE_SECONDS="0")
+    worker = Worker(env, tmp_path, "load-outage", concurrency=1)
+    own = dataclasses.replace(settings, redis_url=persistent_redis.url, queue=queue, watchdog_seconds=1, lost_seconds=5)
+    app = create_app({"SETTINGS": own})
+    try:
+        jobs = Jobs(app.test_client())
+        config = {**probe_config, "init_sleep": 3}  # the probe records in the tests' own Redis, not stopped
+        spec = jobs.submit("probe", {"workers": 1, "config": config, "item_list": {"items": [1], "batch_size": 1}})
+        wait_for(lambda: r.llen(f"probe:{probe_config['tag']}:inits") == 1, what="the predictor to be loading")
+        persistent_redis.restart(down=5)  # it ends loading while the store is down
+        job = wait_for(lambda: _final_or_none(jobs, spec["job_id"]), timeout=90, interval=0.2, what="the job to end")
+        assert job["status"] == status.SUCCEEDED, job
+        assert (job["batch_metrics"]["succeeded"], job["batch_metrics"]["failed"]) == (1, 1)
+        assert "recorded once it does" in worker.output()  # the failed attempt, kept while the store was down
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        worker.stop()
+
+
 @pytest.mark.parametrize(
     ("items", "dead_letters", "failed"),
     [

@@ -218,8 +218,16 @@ class BatchRun:
             log.error("batch %s: failed for good: %s", self.batch_id, error)
             self._fail_for_good("oom" if delivery.oom_kills else "dead", error)
             raise BatchFailed(f"batch {self.batch_id} failed for good: {error}")
-        predictor = self._predictor()
-        if predictor is None or (not ready and not self.store.proceed(self.spec, self.batch_id, self.proc, now())):
+        try:
+            predictor = self._predictor()
+            starts = predictor is not None and (ready or self.store.proceed(self.spec, self.batch_id, self.proc, now()))
+        except Exception as err:  # noqa: BLE001 - Batchery's own error: the job store gone for longer than its outage budget
+            # Raised, the batch stayed begun in this live process, never to run, and the job never
+            # ended. A failed attempt instead, limited as a dead worker's are (not predict's error):
+            # it runs again, and the outcome is kept if the store is down.
+            self._failed(task, delivery.number, err, limit=retry_limits(self.spec)[0])
+            return None
+        if not starts:
             return None
         if not ready:  # loading the predictor is no batch's time: the bundle's clock starts now
             self.bundle.started = time.perf_counter()
@@ -269,10 +277,11 @@ class BatchRun:
             self.store.end(self.spec, status.WORKER_ERROR, str(err), now())
             return None
 
-    def _failed(self, task, number: int, err: Exception) -> None:
+    def _failed(self, task, number: int, err: Exception, limit: int | None = None) -> None:
+        """Count a failed attempt: run the batch again, or, after `limit` deliveries (by default the
+        job's limit for a raising predict), fail it for good. Raises Retry or BatchFailed."""
         log.warning("batch %s: failed (delivery %d)", self.batch_id, number, exc_info=err)
-        _, max_exception = retry_limits(self.spec)
-        if number < max_exception:
+        if number < (limit or retry_limits(self.spec)[1]):
             self._record("retry", 0.0)
             if not self._own_message():  # retried on its own, with a message of its own: the bundle ends
                 self._publish_alone()
