@@ -56,13 +56,7 @@ def run_job(stack: Stack, sleep: float, batches: int, workers: int, timeout: flo
     }
     started = time.time()
     job_id = stack.submit(body)["job_id"]
-    state: dict = {}
-
-    def ended() -> bool:
-        state.update(stack.status(job_id))
-        return state["status"] not in ("status_enqueuing", "status_running")
-
-    wait_until(ended, timeout=timeout, interval=0.2, what=f"job {job_id} to end")
+    state = stack.wait_final(job_id, timeout)
     if state["status"] != "status_succeeded" or state["batch_metrics"]["succeeded"] != batches:
         raise RuntimeError(f"job {job_id} ended {state['status']}: {state['batch_metrics']}")
     seconds = unix(state["end_time"]) - started
@@ -86,13 +80,7 @@ def behind_a_huge_job(stack: Stack, workers: int, timeout: float) -> dict:
     small_body = {"workers": workers, "config": {"sleep": 0.001}, "item_list": {"items": [1, 2, 3, 4], "batch_size": 1}}
     started = time.time()
     small = stack.submit(small_body)["job_id"]
-    state: dict = {}
-
-    def ended() -> bool:
-        state.update(stack.status(small))
-        return state["status"] not in ("status_enqueuing", "status_running")
-
-    wait_until(ended, timeout=timeout, interval=0.02, what=f"job {small} to end")
+    state = stack.wait_final(small, timeout, interval=0.02)
     stack.http.delete(f"{stack.url}/batch/{API_NAME}", params={"jobID": huge}, timeout=30).raise_for_status()
     return {"seconds": unix(state["end_time"]) - started}
 

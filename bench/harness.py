@@ -105,6 +105,17 @@ class Stack:
         response.raise_for_status()
         return response.json()["job_status"]
 
+    def wait_final(self, job_id: str, timeout: float, interval: float = 0.2) -> dict:
+        """GET a job's status until it has ended; that status. Raises AssertionError past `timeout`."""
+        state: dict = {}
+
+        def ended() -> bool:
+            state.update(self.status(job_id))
+            return state["status"] not in ("status_enqueuing", "status_running")
+
+        wait_until(ended, timeout=timeout, interval=interval, what=f"job {job_id} to end")
+        return state
+
     def stop(self) -> None:
         """Stop every process started, and remove the work directory."""
         for worker in self.workers:
@@ -264,4 +275,3 @@ def timed_chord(script: str, env: dict, client, count: int, timeout: float, *arg
     if "published" in published:
         result["publish_seconds"] = published["published"] - published["started"]
     return result
-

@@ -175,6 +175,17 @@ def settled(r, job_id: str) -> bool:
     return int(released) == int(succeeded) + int(failed) + int(skipped)
 
 
+def call_mid_bundle(jobs: Jobs, r, probe_config: dict, total: int, method: str, path: str) -> tuple[str, float]:
+    """Submit a job of `total` 2-ms batches (`workers` 2) and, once bundles run, make the call
+    (`path` with {} for the job id); the job id and when the call returned."""
+    job_id = submit(jobs, {**probe_config, "sleep": 0.002}, list(range(total)), workers=2)
+    wait_for(lambda: bundled(r, job_id) >= 20, what="batches to run in bundles")
+    response = getattr(jobs.client, method)(path.format(job_id))
+    returned_at = time.time()
+    assert response.status_code == 200, response.get_json()
+    return job_id, returned_at
+
+
 @BOTH_BROKERS
 def test_short_batches_travel_in_bundles_under_the_same_workers_cap(bundling, r, probe_config):
     total, workers = 150, 2
@@ -234,11 +245,7 @@ def test_a_failed_batch_of_a_bundle_is_retried_on_its_own(bundling, r, probe_con
 @BOTH_BROKERS
 def test_nothing_starts_after_a_stop_mid_bundle(bundling, r, probe_config):
     total = 4000
-    job_id = submit(bundling, {**probe_config, "sleep": 0.002}, list(range(total)), workers=2)
-    wait_for(lambda: bundled(r, job_id) >= 20, what="batches to run in bundles")
-    response = bundling.client.delete(f"/batch/probe?jobID={job_id}")
-    stopped_at = time.time()
-    assert response.status_code == 200
+    job_id, stopped_at = call_mid_bundle(bundling, r, probe_config, total, "delete", "/batch/probe?jobID={}")
     wait_for(lambda: settled(r, job_id), what="batches in flight to come back")
     started = starts(r, probe_config, job_id)
     assert max(started) < stopped_at + CHECK_TO_CALL
@@ -252,11 +259,7 @@ def test_nothing_starts_after_a_stop_mid_bundle(bundling, r, probe_config):
 @BOTH_BROKERS
 def test_a_pause_mid_bundle_starts_nothing_and_the_resume_runs_every_batch_once(bundling, r, probe_config):
     total = 3000
-    job_id = submit(bundling, {**probe_config, "sleep": 0.002}, list(range(total)), workers=2)
-    wait_for(lambda: bundled(r, job_id) >= 20, what="batches to run in bundles")
-    response = bundling.client.post(f"/batch/probe/{job_id}/pause")
-    paused_at = time.time()
-    assert response.status_code == 200
+    job_id, paused_at = call_mid_bundle(bundling, r, probe_config, total, "post", "/batch/probe/{}/pause")
     wait_for(lambda: bundling.status("probe", job_id)["worker_counts"]["running"] == 0, what="batches to end")
     started = starts(r, probe_config, job_id)
     assert max(started) < paused_at + CHECK_TO_CALL
