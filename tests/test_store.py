@@ -278,3 +278,27 @@ def test_a_begin_sent_again_after_its_reply_was_lost_is_the_same_delivery(store)
     assert store.state(spec["job_id"], "api", 1001.0)["failed"] == 0
     # another process's delivery of it, once p is gone (not alive), is a second one: p's died
     assert store.begin(spec, "0", "q", 1002.0, ready=True).action == "dead"
+
+
+class RepliesLost(redis.Redis):
+    """A client that carries out each script call twice and answers the second reply: what
+    redis-py's retry does when the connection drops after Redis ran a call, before its reply."""
+
+    def evalsha(self, sha, numkeys, *keys_and_args):  # type: ignore[override]
+        super().evalsha(sha, numkeys, *keys_and_args)
+        return super().evalsha(sha, numkeys, *keys_and_args)
+
+
+def test_an_append_sent_again_after_its_reply_was_lost_appends_nothing_twice(store):
+    """Each batch ran twice and the job counted twice its batches (total_batch_count) when an
+    enqueuer's or the API's APPEND was sent again by the client's retry."""
+    twice = JobStore(RepliesLost(connection_pool=store.redis.connection_pool))
+    spec = build_spec(API, {"workers": 2, "config": {}}, "redis://h/q", 1000.0)
+    twice.create(spec, API, 1000.0)
+    appended = twice.append(spec, [f"{i} [{i}]" for i in range(1500)], 1000.0)  # two calls: 1,000 and 500
+    assert appended.accepted
+    twice.enqueued(spec, 1000.0)
+    job_id = spec["job_id"]
+    assert store.redis.hget(keys.job(job_id), "total") == b"1500"
+    assert store.redis.llen(keys.backlog(job_id)) + store.redis.hlen(keys.inflight(job_id)) == 1500
+    assert store.state(job_id, "api", 1001.0)["total"] == 1500

@@ -8,6 +8,7 @@ shared functions of app/store/lua/common.lua can end a job or release batches fr
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +243,9 @@ class JobStore:
         for start in range(0, len(entries), 1000):  # Lua's unpack() takes a few thousand at most
             chunk = entries[start : start + 1000]
             last = start + 1000 >= len(entries)
-            reply = self._call("append", spec, spec["api_name"], cursor if last else "", token, *chunk, now=now)
+            call_id = uuid.uuid4().hex  # the same call sent again after a lost reply appends nothing (append.lua)
+            after = cursor if last else ""
+            reply = self._call("append", spec, spec["api_name"], after, token, call_id, *chunk, now=now)
             result.accepted = reply[0] == 1
             if not result.accepted:
                 break
