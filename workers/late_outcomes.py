@@ -26,6 +26,7 @@ UNANSWERED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 _pending: list[Callable[[], object]] = []
 _lock = threading.Lock()
+_recording = threading.Lock()  # one recorder at a time: the thread, or a task about to begin a batch
 _thread: threading.Thread | None = None
 
 
@@ -40,15 +41,23 @@ def keep(record: Callable[[], object], what: str) -> None:
 
 
 def record_kept() -> None:
-    """Record the kept outcomes, oldest first, until the store fails to answer again."""
-    with _lock:
-        todo = list(_pending)
-    for record in todo:
-        try:
-            record()
-        except UNANSWERED:
-            return  # still down: the next round tries again
-        except Exception:  # an outcome that cannot be recorded is not retried forever
-            log.exception("a kept outcome could not be recorded")
+    """Record the kept outcomes, oldest first, until the store fails to answer again.
+
+    The thread calls it every RETRY_SECONDS, and a task before it begins a batch: a process that
+    begins another batch while it holds an outcome leaves the held batch in no `procs` record, so
+    that if the process then died, nothing would publish that batch again.
+    """
+    if not _pending:
+        return
+    with _recording:  # two recorders at once would each record the same outcome
         with _lock:
-            _pending.remove(record)
+            todo = list(_pending)
+        for record in todo:
+            try:
+                record()
+            except UNANSWERED:
+                return  # still down: the next round tries again
+            except Exception:  # an outcome that cannot be recorded is not retried forever
+                log.exception("a kept outcome could not be recorded")
+            with _lock:
+                _pending.remove(record)

@@ -135,6 +135,7 @@ def run_batch(self, job_id: str, batch_id: str, body: str, generation: int = 0) 
         log.warning("job %s: batch %s belongs to no known job; dropped", job_id, batch_id)
         return None
     spec, api = found
+    late_outcomes.record_kept()  # outcomes this process holds from a store outage, before a new batch begins
     with kept_invisible(self.request, settings.sqs_visibility_timeout), for_job(spec["api_name"], job_id):
         return Bundle(spec, api, batch_id).run(self, body, generation)
 
