@@ -406,6 +406,21 @@ def test_redis_restarted_mid_job_with_append_only_persistence_loses_nothing(
     assert worker.process.poll() is None
 
 
+@contextlib.contextmanager
+def outage_stack(persistent_redis, settings, worker_env, tmp_path, queue: str, concurrency: int):
+    """A worker and an API of their own on `persistent_redis`, on `queue`; the worker has no outage
+    budget (BATCHERY_STORE_OUTAGE_SECONDS 0), so any outage outlasts it. Yields (jobs, worker)."""
+    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_STORE_OUTAGE_SECONDS="0")
+    worker = Worker(env, tmp_path, queue, concurrency=concurrency)
+    own = dataclasses.replace(settings, redis_url=persistent_redis.url, queue=queue, watchdog_seconds=1, lost_seconds=5)
+    app = create_app({"SETTINGS": own})
+    try:
+        yield Jobs(app.test_client()), worker
+    finally:
+        app.extensions["batchery_watchdog"].stop()
+        worker.stop()
+
+
 @pytest.mark.parametrize("broker", ["sqs"], indirect=True)
 def test_a_store_outage_while_the_predictor_loads_is_a_failed_attempt_not_a_hung_job(
     persistent_redis, settings, worker_env, tmp_path, r, probe_config
@@ -413,13 +428,8 @@ def test_a_store_outage_while_the_predictor_loads_is_a_failed_attempt_not_a_hung
     """The job store stops while a predictor loads, longer than BATCHERY_STORE_OUTAGE_SECONDS: the
     check before predict (PROCEED) failed, the task with it, and the batch stayed begun in a live
     process that would never run it (its message acked, on SQS): the job never ended."""
-    queue = f"load-outage-{probe_config['tag']}"
-    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_STORE_OUTAGE_SECONDS="0")
-    worker = Worker(env, tmp_path, "load-outage", concurrency=1)
-    own = dataclasses.replace(settings, redis_url=persistent_redis.url, queue=queue, watchdog_seconds=1, lost_seconds=5)
-    app = create_app({"SETTINGS": own})
-    try:
-        jobs = Jobs(app.test_client())
+    stack = outage_stack(persistent_redis, settings, worker_env, tmp_path, f"load-outage-{probe_config['tag']}", 1)
+    with stack as (jobs, worker):
         config = {**probe_config, "init_sleep": 3}  # the probe records in the tests' own Redis, not stopped
         spec = jobs.submit("probe", {"workers": 1, "config": config, "item_list": {"items": [1], "batch_size": 1}})
         wait_for(lambda: r.llen(f"probe:{probe_config['tag']}:inits") == 1, what="the predictor to be loading")
@@ -428,9 +438,6 @@ def test_a_store_outage_while_the_predictor_loads_is_a_failed_attempt_not_a_hung
         assert job["status"] == status.SUCCEEDED, job
         assert (job["batch_metrics"]["succeeded"], job["batch_metrics"]["failed"]) == (1, 1)
         assert "recorded once it does" in worker.output()  # the failed attempt, kept while the store was down
-    finally:
-        app.extensions["batchery_watchdog"].stop()
-        worker.stop()
 
 
 @pytest.mark.parametrize(
@@ -448,12 +455,7 @@ def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_whe
     """A Redis outage longer than BATCHERY_STORE_OUTAGE_SECONDS failed the tasks whose batches
     ended in it: their outcomes were lost, and the job stayed running, its batches in flight."""
     queue = f"outage-{probe_config['tag']}"
-    env = dict(worker_env, REDIS_URL=persistent_redis.url, BATCHERY_QUEUE=queue, BATCHERY_STORE_OUTAGE_SECONDS="0")
-    worker = Worker(env, tmp_path, "outage", concurrency=2)
-    own = dataclasses.replace(settings, redis_url=persistent_redis.url, queue=queue, watchdog_seconds=1, lost_seconds=5)
-    app = create_app({"SETTINGS": own})
-    try:
-        jobs = Jobs(app.test_client())
+    with outage_stack(persistent_redis, settings, worker_env, tmp_path, queue, 2) as (jobs, worker):
         config = {**probe_config, "sleep": 1.5}  # the probe records in the tests' own Redis, not stopped
         body = {"workers": 2, "config": config, "item_list": {"items": items, "batch_size": 1}}
         if dead_letters:
@@ -468,9 +470,6 @@ def test_outcomes_the_store_could_not_take_during_a_long_outage_are_recorded_whe
         assert job["batch_metrics"]["succeeded"] == 4 and job["batches_in_queue"] == 0
         assert job["batch_metrics"]["failed"] == failed
         assert "recorded once it does" in worker.output()  # the store was down as the batches ended
-    finally:
-        app.extensions["batchery_watchdog"].stop()
-        worker.stop()
 
 
 def _final_or_none(jobs, job_id):
