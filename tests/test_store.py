@@ -302,3 +302,13 @@ def test_an_append_sent_again_after_its_reply_was_lost_appends_nothing_twice(sto
     assert store.redis.hget(keys.job(job_id), "total") == b"1500"
     assert store.redis.llen(keys.backlog(job_id)) + store.redis.hlen(keys.inflight(job_id)) == 1500
     assert store.state(job_id, "api", 1001.0)["total"] == 1500
+
+
+def test_a_failed_attempt_recorded_twice_after_a_lost_reply_counts_once(store):
+    spec = new_job(store, 1, workers=1)
+    twice = JobStore(RepliesLost(connection_pool=store.redis.connection_pool))
+    store.begin(spec, "0", "p", 1001.0, ready=True)
+    assert twice.record(spec, "0", "retry", 0.0, "p", 1001.0).released == []
+    assert store.state(spec["job_id"], "api", 1001.0)["failed"] == 1
+    assert store.begin(spec, "0", "q", 1002.0, ready=True).number == 2  # the retry's delivery: no death counted
+    assert store.state(spec["job_id"], "api", 1002.0)["failed"] == 1

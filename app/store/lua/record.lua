@@ -27,6 +27,12 @@ if live then
   if holding and string.sub(holding, -#id - 1) == ' ' .. id then redis.call('HDEL', procs, proc) end
   if outcome ~= 'dead' and outcome ~= 'oom' then redis.call('HINCRBY', deliveries, id .. ':r', 1) end
   if outcome == 'retry' then
+    -- every delivery begun has its outcome already: the same call sent again (its reply lost)
+    local recorded = tonumber(redis.call('HGET', deliveries, id .. ':r'))
+    if recorded > tonumber(redis.call('HGET', deliveries, id) or '0') then
+      redis.call('HINCRBY', deliveries, id .. ':r', -1)
+      return {0}
+    end
     redis.call('HINCRBY', job, 'failed', 1)
     return {0}
   end
