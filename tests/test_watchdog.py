@@ -16,7 +16,7 @@ from app.model import status
 from app.model.job import build_spec, now
 from app.store import keys
 from app.store.job_store import Outcome
-from tests.services import free_port, wait_for
+from tests.services import RedisServer, free_port, wait_for
 
 STALE_SECONDS = Settings().enqueue_lease_seconds  # the tests' API runs with the default lease
 
@@ -116,22 +116,25 @@ def test_jobs_on_another_queue_are_left_to_their_own_fleet(flask_app, probe_conf
     services.store.end(spec, status.STOPPED, "", now())
 
 
-def test_a_fleet_taking_its_sweep_turn_leaves_another_fleet_its_own(redis_server):
+def test_a_fleet_taking_its_sweep_turn_leaves_another_fleet_its_own(tmp_path):
     """One sweep per fleet at a time, not per Redis: two fleets whose watchdogs shared one turn
-    left one fleet's lost batches to a watchdog that never got it (a test app left running did)."""
+    left one fleet's lost batches to a watchdog that never got it (a test app left running did).
+    On a Redis of its own: on the shared one, the queues other tests' workers serve become
+    homeless when their fleet's watchdog stops, and any process then takes their turn."""
+    server = RedisServer(tmp_path)
 
     def fleet() -> Services:
         queue = f"fleet-{uuid.uuid4().hex[:8]}"
-        return Services.build(Settings(redis_url=redis_server.url, apis_file="", queue=queue, watchdog_seconds=0))
+        return Services.build(Settings(redis_url=server.url, apis_file="", queue=queue, watchdog_seconds=0))
 
-    this_fleet, other_fleet = fleet(), fleet()
-    this, other = Watchdog(this_fleet), Watchdog(other_fleet)
     try:
+        this_fleet, other_fleet = fleet(), fleet()
+        this, other = Watchdog(this_fleet), Watchdog(other_fleet)
         assert other.sweep_in_turn(60)  # the other fleet swept: its turn is held for 54 s
         assert this.sweep_in_turn(60)  # ...and this fleet's watchdog sweeps all the same
         assert not Watchdog(this_fleet).sweep_in_turn(60)  # a second process of this fleet waits its turn
     finally:
-        this_fleet.redis.delete(keys.watchdog_lock(this.queue_url), keys.watchdog_lock(other.queue_url))
+        server.stop()
 
 
 def test_a_job_the_sweep_fails_on_does_not_stop_it_for_the_others(flask_app, jobs, probe_config, monkeypatch, caplog):
