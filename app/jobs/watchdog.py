@@ -241,10 +241,10 @@ class Watchdog:
         while not self._stopped.wait(every):
             self.sweep_in_turn(every)
 
-    def sweep_in_turn(self, every: float) -> bool:
+    def sweep_in_turn(self, every: float) -> set[str]:
         """Sweep each queue (this process's own, and every known one that no fleet calls its own)
-        that no other process swept in the last `every` seconds; whether this one swept any. Never
-        raises: a failed sweep is logged, and the next one tries again."""
+        that no other process swept in the last `every` seconds; the queues this one swept (empty:
+        none). Never raises: a failed sweep is logged, and the next one tries again."""
         # The turn is each queue's, not the Redis's: a process taking one queue's turn leaves the
         # others to whichever process takes theirs, and no queue's jobs wait on another's sweep.
         try:
@@ -254,10 +254,10 @@ class Watchdog:
                 at = now()
                 states = self._jobs_in_progress(at)
                 self._sweep([s for s in states if job_queue(s["spec"], self.default_queue) in taken], at)
-            return bool(taken)
+            return taken
         except redis.RedisError as err:
             # One line, not a traceback every few seconds for as long as Redis is down.
             log.warning("watchdog sweep skipped: the job store does not answer (%s)", err)
         except Exception:
             log.exception("watchdog sweep failed")
-        return False
+        return set()
