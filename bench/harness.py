@@ -232,6 +232,19 @@ def runs(values: Sequence[float], fmt: str = "{:.0f}") -> str:
     return f"{fmt.format(median(values))} ({', '.join(fmt.format(v) for v in values)})"
 
 
+def cpu_row(name: str, found: list[dict]) -> tuple[str, str]:
+    """The row of CPU seconds per 1,000 batches, by part (median of the runs in `found`)."""
+    parts = {part: median([1000 * r["cpu"][part] / r["batches"] for r in found]) for part in found[0]["cpu"]}
+    return f"{name}: CPU s per 1,000 batches", ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+
+
+def ratio_row(name: str, rates: list[float], baseline: str, baseline_rates: list[float]) -> tuple[str, str]:
+    """The row of `name`'s rate over a baseline's: the ratio of the medians, then run by run."""
+    ratio = median(rates) / median(baseline_rates)
+    each = ", ".join(f"{a / b:.2f}" for a, b in zip(rates, baseline_rates, strict=False))
+    return f"ratio {name} / {baseline} (of medians; per run)", f"{ratio:.2f}; {each}"
+
+
 def table(title: str, rows: list[tuple[str, str]]) -> None:
     """Print a two-column table."""
     width = max(len(name) for name, _ in rows)

@@ -39,7 +39,19 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import CpuMeter, Stack, celery_app, machine, median, runs, table, timed_chord, wait_until
+from bench.harness import (
+    CpuMeter,
+    Stack,
+    celery_app,
+    cpu_row,
+    machine,
+    median,
+    ratio_row,
+    runs,
+    table,
+    timed_chord,
+    wait_until,
+)
 from tests.services import VENV_BIN
 
 
@@ -232,14 +244,10 @@ def report(args: argparse.Namespace, total: int, results: dict[str, list[dict]])
         rows.append((f"batchery: {args.jobs} POSTs answered in, median", f"{submit:.2f} s"))
     for name, found in results.items():
         if found:
-            parts = {part: median([1000 * r["cpu"][part] / r["batches"] for r in found]) for part in found[0]["cpu"]}
-            rows.append((f"{name}: CPU s per 1,000 batches", ", ".join(f"{k} {v:.2f}" for k, v in parts.items())))
+            rows.append(cpu_row(name, found))
     for other in ("chord", "ceiling"):
         if rates.get("batchery") and rates.get(other):
-            per_run = [b / o for b, o in zip(rates["batchery"], rates[other], strict=False)]
-            ratio = median(rates["batchery"]) / median(rates[other])
-            each = ", ".join(f"{x:.2f}" for x in per_run)
-            rows.append((f"ratio batchery / {other} (of medians; per run)", f"{ratio:.2f}; {each}"))
+            rows.append(ratio_row("batchery", rates["batchery"], other, rates[other]))
     table("load benchmark", rows)
 
 
